@@ -1,0 +1,58 @@
+# Two entry points for a fresh machine: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+FUNCTIONS := chat usage stripe-webhook monthly-reset-cron
+
+.PHONY: dev test install vendor lint format typecheck unit bench chromium web clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/dev.txt
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# shared/metering is the only copy anyone edits; each function gets a generated copy.
+vendor: install
+	$(BIN)/python tools/vendor.py
+
+web: install
+	$(BIN)/python tools/build_web.py
+
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: vendor
+	$(BIN)/mypy shared/metering localruntime tools
+	@for fn in $(FUNCTIONS); do \
+		(cd functions/$$fn && ../../$(BIN)/mypy --config-file ../../pyproject.toml src/main.py) || exit 1; \
+	done
+
+# pytest exits 5 when it collects nothing: that is not a failure of the code.
+test: vendor web chromium lint typecheck
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+unit: vendor
+	$(BIN)/python -m pytest tests/unit
+
+dev: vendor web
+	$(BIN)/python -m localruntime --port $(PORT)
+
+bench: vendor
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

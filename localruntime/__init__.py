@@ -1,0 +1,1 @@
+"""Run the whole system locally: the page, the functions and an Appwrite-compatible surface."""

@@ -1,0 +1,36 @@
+"""Import a function the way open-runtimes does: its folder is a package, ``src.main`` inside it.
+
+Each function gets its own package name so that all four load side by side in one process,
+each with its own vendored ``metering`` copy, exactly as deployed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_DIR = ROOT / "functions"
+FUNCTION_IDS = ("chat", "usage", "stripe-webhook", "monthly-reset-cron")
+
+
+def package_name(function_id: str) -> str:
+    return "fn_" + function_id.replace("-", "_")
+
+
+def load_function(function_id: str, functions_dir: Path = FUNCTIONS_DIR) -> types.ModuleType:
+    """Import ``functions/<function_id>/src/main.py`` as ``fn_<id>.src.main`` (relative imports
+    inside it resolve against the function's own folder)."""
+    name = package_name(function_id)
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(functions_dir / function_id)]
+        sys.modules[name] = package
+    return importlib.import_module(f"{name}.src.main")
+
+
+def main_of(function_id: str) -> Any:
+    return load_function(function_id).main

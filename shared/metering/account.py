@@ -1,0 +1,186 @@
+"""A user's subscription state, the usage figures derived from it, and the reset rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .plans import Plan
+from .timeutil import format_timestamp, month_start, next_month_start
+
+WARNING_PERCENT = 75
+CRITICAL_PERCENT = 90
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    EXCEEDED = "exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One row of ``subscriptions``, in domain words. Counters change only through the store."""
+
+    user_id: str
+    plan: str
+    status: str
+    max_tokens_per_month: int
+    period_start: datetime
+    row_id: str = ""
+    period_end: datetime | None = None
+    current_tokens_used: int = 0
+    lifetime_tokens_used: int = 0
+    addon_tokens: int = 0
+    topup_tokens: int = 0
+    last_token_reset_at: datetime | None = None
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    # `created` (Unix seconds) of the newest Stripe subscription event applied: older ones lose.
+    stripe_updated_at: int = 0
+    storage_bytes_used: int = 0
+    storage_bytes_limit: int = 0
+    bank_connections_used: int = 0
+    bank_connections_limit: int = 0
+
+    @property
+    def limit(self) -> int:
+        return self.max_tokens_per_month + self.addon_tokens + self.topup_tokens
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.current_tokens_used)
+
+    @property
+    def has_subscription(self) -> bool:
+        return bool(self.stripe_subscription_id)
+
+    @property
+    def resets_at(self) -> datetime | None:
+        """When usage returns to zero: the Stripe period's end, or the next UTC month for Demo."""
+        if self.has_subscription:
+            return self.period_end
+        return next_month_start(self.period_start)
+
+
+def new_account(user_id: str, plan: Plan, now: datetime, row_id: str = "") -> Account:
+    """A first-touch account: the default plan, a calendar-month period starting this month."""
+    return Account(
+        user_id=user_id,
+        row_id=row_id or user_id,
+        plan=plan.id,
+        status="none",
+        max_tokens_per_month=plan.tokens_per_month,
+        period_start=month_start(now),
+        period_end=next_month_start(now),
+        storage_bytes_limit=plan.storage_bytes,
+        bank_connections_limit=plan.bank_connections,
+    )
+
+
+def percent(used: int, limit: int) -> float:
+    """Percentage rounded to one decimal; a zero limit with any use is 100 %."""
+    if limit <= 0:
+        return 100.0 if used > 0 else 0.0
+    return round(min(used / limit, 1.0) * 100, 1) if used <= limit else 100.0
+
+
+def level(used: int, limit: int) -> Level:
+    if limit <= 0 or used >= limit:
+        return Level.EXCEEDED
+    # Integer comparisons: 74.99 % must not round up into a warning.
+    if used * 100 >= limit * CRITICAL_PERCENT:
+        return Level.CRITICAL
+    if used * 100 >= limit * WARNING_PERCENT:
+        return Level.WARNING
+    return Level.OK
+
+
+def usage_stats(account: Account) -> dict[str, Any]:
+    """The UsageStats document of the HTTP contract."""
+    used, limit = account.current_tokens_used, account.limit
+    resets_at = account.resets_at
+    return {
+        "userId": account.user_id,
+        "plan": account.plan,
+        "level": level(used, limit).value,
+        "tokens": {
+            "used": used,
+            "limit": limit,
+            "remaining": account.remaining,
+            "percent": percent(used, limit),
+            "planTokens": account.max_tokens_per_month,
+            "addonTokens": account.addon_tokens,
+            "topupTokens": account.topup_tokens,
+            "lifetimeUsed": account.lifetime_tokens_used,
+            "periodStart": format_timestamp(account.period_start),
+            "resetsAt": format_timestamp(resets_at) if resets_at else None,
+        },
+        "storage": _metric(account.storage_bytes_used, account.storage_bytes_limit),
+        "banks": _metric(account.bank_connections_used, account.bank_connections_limit),
+    }
+
+
+def _metric(used: int, limit: int) -> dict[str, Any]:
+    return {"used": used, "limit": limit, "percent": percent(used, limit) if limit else 0.0}
+
+
+@dataclass(frozen=True, slots=True)
+class ResetPlan:
+    """What a period reset does to one account, computed from a snapshot of it.
+
+    ``used`` is subtracted from the counter (not set to zero) so that reservations taken after the
+    snapshot survive the reset.
+    """
+
+    user_id: str
+    used: int
+    topup_consumed: int
+    period_start: datetime
+    period_end: datetime | None
+    reset_at: datetime
+
+
+def plan_reset(
+    account: Account, period_start: datetime, period_end: datetime | None, now: datetime
+) -> ResetPlan | None:
+    """The reset to a new period, or None when it would not move the period forward."""
+    if period_start <= account.period_start:
+        return None
+    used = account.current_tokens_used
+    allowance = account.max_tokens_per_month + account.addon_tokens
+    topup_consumed = min(account.topup_tokens, max(0, used - allowance))
+    return ResetPlan(
+        user_id=account.user_id,
+        used=used,
+        topup_consumed=topup_consumed,
+        period_start=period_start,
+        period_end=period_end,
+        reset_at=now,
+    )
+
+
+def apply_reset(account: Account, reset: ResetPlan) -> Account:
+    """The account after ``reset``: the reference semantics every store must match."""
+    return replace(
+        account,
+        current_tokens_used=max(0, account.current_tokens_used - reset.used),
+        lifetime_tokens_used=account.lifetime_tokens_used + reset.used,
+        topup_tokens=account.topup_tokens - reset.topup_consumed,
+        period_start=reset.period_start,
+        period_end=reset.period_end,
+        last_token_reset_at=reset.reset_at,
+    )
+
+
+def demo_period_due(account: Account, now: datetime) -> tuple[datetime, datetime] | None:
+    """For an account without a Stripe subscription: the calendar month to move to, if it began."""
+    if account.has_subscription:
+        return None
+    current = month_start(now)
+    if current <= account.period_start:
+        return None
+    return current, next_month_start(current)

@@ -1,0 +1,112 @@
+"""One hierarchy of domain errors, each with a stable code and the HTTP status it maps to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MeteringError(Exception):
+    """Base of every error the domain raises; ``code`` and ``status`` are the public contract."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str = "", *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+
+class InvalidRequest(MeteringError):
+    code = "invalid_request"
+    status = 400
+
+
+class Unauthenticated(MeteringError):
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(MeteringError):
+    code = "forbidden"
+    status = 403
+
+
+class RequestInProgress(MeteringError):
+    """A request with the same idempotency key is still running."""
+
+    code = "request_in_progress"
+    status = 409
+
+
+class PayloadTooLarge(MeteringError):
+    code = "payload_too_large"
+    status = 413
+
+
+class TokenLimitExceeded(MeteringError):
+    """Nothing could be reserved: the caller's allowance is used up."""
+
+    code = "token_limit_exceeded"
+    status = 429
+
+    def __init__(self, message: str = "", *, usage: dict[str, Any] | None = None) -> None:
+        super().__init__(message or "Monthly token limit reached")
+        self.usage = usage
+
+
+class UpstreamError(MeteringError):
+    """The model provider (or another upstream) answered with an error."""
+
+    code = "upstream_error"
+    status = 502
+
+
+class UpstreamUnavailable(MeteringError):
+    """The upstream is overloaded, rate limited, timed out or unreachable: try again later."""
+
+    code = "upstream_unavailable"
+    status = 503
+
+
+class InternalError(MeteringError):
+    code = "internal"
+    status = 500
+
+
+# Errors below describe broken data or configuration; they are never shown to end users.
+
+
+class ConfigurationError(InternalError):
+    """Configuration is missing or invalid; raised once, at cold start."""
+
+
+class PlanError(InternalError):
+    """A plans file is malformed or names an unknown plan."""
+
+
+class PricingError(InternalError):
+    """A price table is malformed, or a model has no price."""
+
+
+class StoreError(InternalError):
+    """The store failed in a way the caller cannot fix."""
+
+
+class LimitReached(MeteringError):
+    """A bounded increment would pass the limit; the store changed nothing."""
+
+    code = "token_limit_exceeded"
+    status = 429
+
+
+class AlreadyExists(MeteringError):
+    """A row keyed by an idempotency key already exists."""
+
+    code = "already_exists"
+    status = 409
+
+
+class NotFound(MeteringError):
+    code = "not_found"
+    status = 404

@@ -1,0 +1,158 @@
+"""The interfaces the domain needs from outside systems, in domain words only.
+
+Adapters implement them; no vendor type crosses them. Every method may raise ``StoreError`` (or
+another ``MeteringError``) for failures the caller cannot fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Generic, Protocol, TypedDict, TypeVar
+
+from .account import Account, ResetPlan
+from .ledger import LedgerEntry, LedgerStatus
+from .tokens import TokenUsage
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    # Opaque; pass it back to get the next page. None when this page is the last.
+    next_cursor: str | None
+
+
+class AccountPatch(TypedDict, total=False):
+    """Plain (non-counter) fields a caller may set on an account. Counters are never patched."""
+
+    plan: str
+    status: str
+    max_tokens_per_month: int
+    addon_tokens: int
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    stripe_updated_at: int
+    period_start: datetime
+    period_end: datetime | None
+    storage_bytes_limit: int
+    bank_connections_limit: int
+
+
+class LedgerPatch(TypedDict, total=False):
+    """Fields of a ledger entry its owning request sets; ``reserved_tokens`` is never patched."""
+
+    status: LedgerStatus
+    model: str
+    usage: TokenUsage
+    cost_micro_usd: int
+    price_version: str
+    reply: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccountQuery:
+    """Filters for paging through accounts due for maintenance (all given filters apply)."""
+
+    subscribed: bool | None = None  # True: has a Stripe subscription id; False: has none
+    period_start_before: datetime | None = None
+    period_end_before: datetime | None = None
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"  # the caller owns it now: act, then complete or release
+    DONE = "done"  # already handled: do nothing
+    IN_PROGRESS = "in_progress"  # another worker holds an unexpired claim
+
+
+class UsageStore(Protocol):
+    """Subscriptions, the usage ledger and event claims.
+
+    Counters (``current_tokens_used``, ``lifetime_tokens_used``, ``topup_tokens`` and a ledger
+    entry's ``reserved_tokens``) change only through the atomic operations below, never through a
+    read-modify-write by the caller.
+    """
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def get_account(self, user_id: str) -> Account | None:
+        """The account of ``user_id`` (rows are found by their ``userId`` column)."""
+
+    def create_account(self, account: Account) -> Account:
+        """Insert ``account``; if the user already has one (a race), return that one instead."""
+
+    def find_account_by_customer(self, stripe_customer_id: str) -> Account | None: ...
+
+    def find_account_by_subscription(self, stripe_subscription_id: str) -> Account | None: ...
+
+    def update_account(self, user_id: str, patch: AccountPatch) -> Account:
+        """Set plain fields; raises ``NotFound`` when the user has no account."""
+
+    def add_topup(self, user_id: str, tokens: int) -> Account:
+        """Atomically credit ``tokens`` of one-time top-up balance."""
+
+    def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
+        """One page of matching accounts in a stable order."""
+
+    # -- the hard cap --------------------------------------------------------------------------
+
+    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+        """Atomically add ``tokens`` to the user's counter unless that would pass ``limit``.
+
+        On success also adds them to the ledger entry's ``reserved_tokens`` and returns the new
+        counter value. Raises ``LimitReached`` (changing nothing) when ``used + tokens > limit``.
+        """
+
+    def release(self, user_id: str, request_id: str, tokens: int) -> None:
+        """Give back ``tokens`` of the entry's reservation: the counter (never below zero) and the
+        entry's ``reserved_tokens`` both go down by them."""
+
+    def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
+        """Apply a period reset once, and only forward.
+
+        Subtracts ``reset.used`` from the counter (never below zero), adds it to the lifetime
+        counter, consumes ``reset.topup_consumed`` of top-up balance and sets the period fields,
+        but only if the stored period still starts at ``previous_period_start``. Returns the
+        updated account, or None when the reset was already applied or is no longer forward.
+        """
+
+    # -- the ledger ----------------------------------------------------------------------------
+
+    def create_ledger(self, entry: LedgerEntry) -> None:
+        """Insert ``entry`` keyed by its request id; raises ``AlreadyExists`` if there is one."""
+
+    def get_ledger(self, request_id: str) -> LedgerEntry | None: ...
+
+    def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry: ...
+
+    def list_stale_reservations(
+        self, updated_before: datetime, limit: int, cursor: str | None
+    ) -> Page[LedgerEntry]:
+        """Entries still ``reserved`` whose last update is older than ``updated_before``."""
+
+    def ledger_total(self, user_id: str, period_start: datetime) -> int:
+        """Sum over the user's entries of that period of charged plus still-reserved tokens."""
+
+    # -- event claims (Stripe events, and keys of effects that must happen once) ---------------
+
+    def claim_event(
+        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta
+    ) -> ClaimOutcome:
+        """Claim by id: creating the row is the claim. A claim left ``pending`` longer than
+        ``lease`` (its worker died) may be taken over."""
+
+    def complete_event(self, event_id: str, outcome: str, now: datetime) -> None: ...
+
+    def release_event(self, event_id: str) -> None:
+        """Drop a claim so that a retry can run (the effect did not happen)."""
+
+
+class IdentityVerifier(Protocol):
+    """Turns an execution's JWT into the verified user id."""
+
+    def verify(self, jwt: str) -> str:
+        """The user id the JWT belongs to; raises ``Unauthenticated`` when it is not valid."""
