@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -49,10 +50,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stale vendored copy: {copy.relative_to(ROOT)}", file=sys.stderr)
         return 1 if stale else 0
     for copy in stale:
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(SOURCE, copy, ignore=IGNORED)
+        replace_tree(copy)
         print(f"vendored shared/metering -> {copy.relative_to(ROOT)}")
     return 0
+
+
+def replace_tree(copy: Path) -> None:
+    """Swap in a fresh copy with renames, so a reader never sees a half-written package."""
+    fresh = copy.with_name(f".metering-new-{os.getpid()}")
+    retired = copy.with_name(f".metering-old-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(SOURCE, fresh, ignore=IGNORED)
+    if copy.exists():
+        copy.rename(retired)
+    fresh.rename(copy)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 if __name__ == "__main__":

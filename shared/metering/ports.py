@@ -127,6 +127,10 @@ class UsageStore(Protocol):
 
     def get_ledger(self, request_id: str) -> LedgerEntry | None: ...
 
+    def discard_ledger(self, request_id: str) -> None:
+        """Delete an entry that holds and charged nothing (a request refused before any call),
+        so that a refused request leaves no trace. No-op when it does not exist."""
+
     def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry: ...
 
     def list_stale_reservations(
