@@ -1,0 +1,668 @@
+"""The ``UsageStore`` contract: one suite that every store implementation must pass."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from metering.account import Account, apply_reset, new_account, plan_reset
+from metering.adapters.sqlite_store import SQLiteStore
+from metering.errors import AlreadyExists, LimitReached, NotFound
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.plans import PlanCatalog, load_default_plans
+from metering.ports import AccountQuery, ClaimOutcome, UsageStore
+from metering.service import get_or_create_account
+from metering.tokens import TokenUsage
+
+NOW = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
+MARCH = datetime(2026, 3, 1, tzinfo=UTC)
+APRIL = datetime(2026, 4, 1, tzinfo=UTC)
+MAY = datetime(2026, 5, 1, tzinfo=UTC)
+UNLIMITED = 10**12
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture(scope="module")
+def plans() -> PlanCatalog:
+    return load_default_plans()
+
+
+def make_account(store: UsageStore, user_id: str, tokens_per_month: int = 1_000) -> Account:
+    """A fresh account on a plan of ``tokens_per_month``, its period starting in March."""
+    store.create_account(new_account(user_id, load_default_plans().default, NOW))
+    return store.update_account(user_id, {"max_tokens_per_month": tokens_per_month})
+
+
+def make_entry(user_id: str, request_id: str, **fields: object) -> LedgerEntry:
+    entry = LedgerEntry(
+        request_id=request_id,
+        user_id=user_id,
+        status=LedgerStatus.RESERVED,
+        model="claude-sonnet-5-5",
+        period_start=MARCH,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    return replace(entry, **fields)  # type: ignore[arg-type]
+
+
+def charge(store: UsageStore, user_id: str, request_id: str, tokens: int) -> None:
+    """Put ``tokens`` on the user's counter through a reservation of its own."""
+    store.create_ledger(make_entry(user_id, request_id))
+    store.reserve(user_id, request_id, tokens, UNLIMITED)
+
+
+def used(store: UsageStore, user_id: str) -> int:
+    account = store.get_account(user_id)
+    assert account is not None
+    return account.current_tokens_used
+
+
+def reserved(store: UsageStore, request_id: str) -> int:
+    entry = store.get_ledger(request_id)
+    assert entry is not None
+    return entry.reserved_tokens
+
+
+# -- accounts ----------------------------------------------------------------------------------
+
+
+def test_get_or_create_creates_the_default_plan_account_once(
+    store: UsageStore, plans: PlanCatalog
+) -> None:
+    """First touch creates a Demo account with zeroed counters; the next touch finds it."""
+    first = get_or_create_account(store, plans, "user-1", NOW)
+    again = get_or_create_account(store, plans, "user-1", NOW + timedelta(days=1))
+
+    assert (first.plan, first.max_tokens_per_month) == ("demo", 30)
+    assert (first.current_tokens_used, first.lifetime_tokens_used, first.topup_tokens) == (0, 0, 0)
+    assert (first.period_start, first.period_end) == (MARCH, APRIL)
+    assert again == first
+    assert store.get_account("user-1") == first
+    assert len(store.list_accounts(AccountQuery(), 10, None).items) == 1
+
+
+def test_get_account_of_an_unknown_user_is_none(store: UsageStore) -> None:
+    """A user without a row has no account (rather than an error)."""
+    assert store.get_account("nobody") is None
+
+
+def test_create_account_that_exists_returns_the_stored_one(store: UsageStore) -> None:
+    """Losing a creation race returns the winner's account and writes nothing."""
+    winner = make_account(store, "user-1", tokens_per_month=500)
+    starter = load_default_plans().get("starter")
+
+    loser = store.create_account(new_account("user-1", starter, NOW))
+
+    assert loser == winner
+    assert len(store.list_accounts(AccountQuery(), 10, None).items) == 1
+
+
+def test_concurrent_creations_leave_one_account(store: UsageStore, plans: PlanCatalog) -> None:
+    """Eight simultaneous first touches of one user all see the same single row."""
+    results: list[Account] = []
+    barrier = threading.Barrier(8)
+
+    def touch() -> None:
+        barrier.wait()
+        results.append(get_or_create_account(store, plans, "user-1", NOW))
+
+    threads = [threading.Thread(target=touch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 8
+    assert len({account.row_id for account in results}) == 1
+    assert len(store.list_accounts(AccountQuery(), 10, None).items) == 1
+
+
+def test_accounts_are_found_by_stripe_customer_and_subscription(store: UsageStore) -> None:
+    """Linked Stripe ids find their account; unknown ids find nothing."""
+    make_account(store, "user-1")
+    make_account(store, "user-2")
+    store.update_account(
+        "user-2", {"stripe_customer_id": "cus_2", "stripe_subscription_id": "sub_2"}
+    )
+
+    by_customer = store.find_account_by_customer("cus_2")
+    by_subscription = store.find_account_by_subscription("sub_2")
+
+    assert by_customer is not None
+    assert by_customer.user_id == "user-2"
+    assert by_subscription is not None
+    assert by_subscription.user_id == "user-2"
+    assert store.find_account_by_customer("cus_unknown") is None
+    assert store.find_account_by_subscription("sub_unknown") is None
+
+
+def test_update_account_sets_plain_fields_and_keeps_counters(store: UsageStore) -> None:
+    """Every patchable field round-trips, None clears, and counters are left alone."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 40)
+
+    updated = store.update_account(
+        "user-1",
+        {
+            "plan": "pro",
+            "status": "active",
+            "max_tokens_per_month": 200_000,
+            "addon_tokens": 5_000,
+            "stripe_customer_id": "cus_1",
+            "stripe_subscription_id": "sub_1",
+            "stripe_updated_at": 1_770_000_000,
+            "period_start": APRIL,
+            "period_end": MAY,
+            "storage_bytes_limit": 10,
+            "bank_connections_limit": 2,
+        },
+    )
+    cleared = store.update_account("user-1", {"stripe_subscription_id": None, "period_end": None})
+
+    assert updated.plan == "pro"
+    assert updated.status == "active"
+    assert (updated.max_tokens_per_month, updated.addon_tokens) == (200_000, 5_000)
+    assert (updated.stripe_customer_id, updated.stripe_subscription_id) == ("cus_1", "sub_1")
+    assert updated.stripe_updated_at == 1_770_000_000
+    assert (updated.period_start, updated.period_end) == (APRIL, MAY)
+    assert (updated.storage_bytes_limit, updated.bank_connections_limit) == (10, 2)
+    assert updated.current_tokens_used == 40
+    assert store.get_account("user-1") == cleared
+    assert (cleared.stripe_subscription_id, cleared.period_end) == (None, None)
+    assert cleared.stripe_customer_id == "cus_1"
+
+
+def test_update_account_of_an_unknown_user_raises_not_found(store: UsageStore) -> None:
+    """Patching a user without an account is an error, not an insert."""
+    with pytest.raises(NotFound):
+        store.update_account("nobody", {"plan": "pro"})
+    assert store.get_account("nobody") is None
+
+
+def test_add_topup_credits_the_balance_cumulatively(store: UsageStore) -> None:
+    """Two top-ups add up and raise the limit by their sum."""
+    make_account(store, "user-1", tokens_per_month=1_000)
+
+    store.add_topup("user-1", 300)
+    account = store.add_topup("user-1", 200)
+
+    assert account.topup_tokens == 500
+    assert account.limit == 1_500
+    assert store.get_account("user-1") == account
+
+
+# -- the hard cap ------------------------------------------------------------------------------
+
+
+def test_reserve_adds_to_the_counter_and_the_entry(store: UsageStore) -> None:
+    """A reservation returns the new counter and is held on the ledger entry too."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+
+    assert store.reserve("user-1", "req-1", 300, 1_000) == 300
+    assert store.reserve("user-1", "req-1", 200, 1_000) == 500
+    assert used(store, "user-1") == 500
+    assert reserved(store, "req-1") == 500
+
+
+def test_reserve_up_to_exactly_the_limit_succeeds(store: UsageStore) -> None:
+    """The limit is inclusive: used + tokens == limit is allowed."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+
+    store.reserve("user-1", "req-1", 600, 1_000)
+
+    assert store.reserve("user-1", "req-1", 400, 1_000) == 1_000
+
+
+def test_reserve_past_the_limit_raises_and_changes_nothing(store: UsageStore) -> None:
+    """One token past the limit is refused with LimitReached; counter and entry stay put."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 600, 1_000)
+
+    with pytest.raises(LimitReached):
+        store.reserve("user-1", "req-1", 401, 1_000)
+
+    assert used(store, "user-1") == 600
+    assert reserved(store, "req-1") == 600
+
+
+def test_release_gives_back_to_the_counter_and_the_entry(store: UsageStore) -> None:
+    """Releasing part of a reservation lowers both the counter and the entry's hold."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 500, 1_000)
+
+    store.release("user-1", "req-1", 180)
+
+    assert used(store, "user-1") == 320
+    assert reserved(store, "req-1") == 320
+
+
+def test_release_never_takes_the_counter_below_zero(store: UsageStore) -> None:
+    """Releasing more than is held floors the counter and the entry at zero."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 100, 1_000)
+
+    store.release("user-1", "req-1", 250)
+
+    assert used(store, "user-1") == 0
+    assert reserved(store, "req-1") == 0
+
+
+# -- the ledger --------------------------------------------------------------------------------
+
+
+def test_ledger_entry_round_trips(store: UsageStore) -> None:
+    """Every field of a created entry reads back as written."""
+    entry = make_entry(
+        "user-1",
+        "req-1",
+        status=LedgerStatus.SETTLED,
+        usage=TokenUsage(
+            input_tokens=10,
+            cache_creation_input_tokens=8,
+            cache_read_input_tokens=6,
+            output_tokens=4,
+            cache_creation_1h_tokens=3,
+            steps=2,
+        ),
+        cost_micro_usd=1234,
+        price_version="2026-11-01",
+        reply="Hello, world",
+    )
+
+    store.create_ledger(entry)
+
+    assert store.get_ledger("req-1") == entry
+    assert store.get_ledger("req-unknown") is None
+
+
+def test_create_ledger_twice_raises_already_exists(store: UsageStore) -> None:
+    """A request id is an idempotency key: the second creation fails and keeps the first."""
+    store.create_ledger(make_entry("user-1", "req-1", reply="first"))
+
+    with pytest.raises(AlreadyExists):
+        store.create_ledger(make_entry("user-1", "req-1", reply="second"))
+
+    stored = store.get_ledger("req-1")
+    assert stored is not None
+    assert stored.reply == "first"
+
+
+def test_update_ledger_sets_the_patched_fields_only(store: UsageStore) -> None:
+    """A settle patch sets status, usage, cost and reply; the hold is left alone."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 70, 1_000)
+    usage = TokenUsage(input_tokens=20, output_tokens=30, steps=1)
+
+    updated = store.update_ledger(
+        "req-1",
+        {
+            "status": LedgerStatus.SETTLED,
+            "model": "claude-haiku-4-5",
+            "usage": usage,
+            "cost_micro_usd": 510,
+            "price_version": "2026-11-01",
+            "reply": "done",
+            "updated_at": NOW + timedelta(seconds=3),
+        },
+    )
+
+    assert updated.status is LedgerStatus.SETTLED
+    assert (updated.model, updated.usage, updated.reply) == ("claude-haiku-4-5", usage, "done")
+    assert (updated.cost_micro_usd, updated.price_version) == (510, "2026-11-01")
+    assert updated.updated_at == NOW + timedelta(seconds=3)
+    assert (updated.created_at, updated.reserved_tokens) == (NOW, 70)
+    assert store.get_ledger("req-1") == updated
+
+
+def test_update_ledger_of_an_unknown_request_raises_not_found(store: UsageStore) -> None:
+    """Patching a missing entry is an error and creates nothing."""
+    with pytest.raises(NotFound):
+        store.update_ledger("req-unknown", {"status": LedgerStatus.SETTLED})
+    assert store.get_ledger("req-unknown") is None
+
+
+def test_discard_ledger_removes_the_entry_and_tolerates_absence(store: UsageStore) -> None:
+    """A discarded entry is gone and its id can be used again; discarding twice is harmless."""
+    store.create_ledger(make_entry("user-1", "req-1"))
+
+    store.discard_ledger("req-1")
+    store.discard_ledger("req-1")
+
+    assert store.get_ledger("req-1") is None
+    store.create_ledger(make_entry("user-1", "req-1"))
+    assert store.get_ledger("req-1") is not None
+
+
+def test_list_stale_reservations_pages_through_exactly_the_stale_ones(store: UsageStore) -> None:
+    """Old ``reserved`` entries are listed once each across pages; fresh or finished ones never."""
+    old = NOW - timedelta(hours=1)
+    stale = {f"req-stale-{i}" for i in range(7)}
+    for request_id in sorted(stale):
+        store.create_ledger(make_entry("user-1", request_id, updated_at=old))
+    store.create_ledger(make_entry("user-1", "req-fresh", updated_at=NOW))
+    store.create_ledger(make_entry("user-1", "req-settled", status=LedgerStatus.SETTLED))
+    store.update_ledger("req-settled", {"updated_at": old})
+    store.create_ledger(make_entry("user-2", "req-reclaimed", updated_at=old))
+    store.update_ledger("req-reclaimed", {"status": LedgerStatus.RECLAIMED})
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = store.list_stale_reservations(NOW - timedelta(minutes=10), 3, cursor)
+        pages += 1
+        seen.extend(entry.request_id for entry in page.items)
+        assert len(page.items) <= 3
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert sorted(seen) == sorted(stale)
+    assert pages >= 3
+
+
+def test_ledger_total_sums_charged_and_held_tokens_of_one_period(store: UsageStore) -> None:
+    """The total counts settled usage plus live holds, of this user and period only."""
+    make_account(store, "user-1")
+    make_account(store, "user-2")
+    store.create_ledger(
+        make_entry(
+            "user-1",
+            "req-settled",
+            status=LedgerStatus.SETTLED,
+            usage=TokenUsage(input_tokens=100, cache_read_input_tokens=20, output_tokens=30),
+        )
+    )
+    charge(store, "user-1", "req-held", 45)
+    charge(store, "user-2", "req-other-user", 1_000)
+    store.create_ledger(
+        make_entry(
+            "user-1",
+            "req-last-period",
+            period_start=datetime(2026, 2, 1, tzinfo=UTC),
+            status=LedgerStatus.SETTLED,
+            usage=TokenUsage(input_tokens=999),
+        )
+    )
+
+    assert store.ledger_total("user-1", MARCH) == 150 + 45
+    assert store.ledger_total("user-1", APRIL) == 0
+
+
+# -- resets ------------------------------------------------------------------------------------
+
+
+def test_apply_reset_moves_usage_to_lifetime_and_consumes_topup(store: UsageStore) -> None:
+    """The stored result equals the domain's reference ``apply_reset`` of the same plan."""
+    make_account(store, "user-1", tokens_per_month=1_000)
+    store.add_topup("user-1", 500)
+    charge(store, "user-1", "req-1", 1_300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+    assert reset is not None
+
+    result = store.apply_reset(reset, snapshot.period_start)
+
+    expected = apply_reset(snapshot, reset)
+    assert result is not None
+    assert result.current_tokens_used == expected.current_tokens_used == 0
+    assert result.lifetime_tokens_used == expected.lifetime_tokens_used == 1_300
+    assert result.topup_tokens == expected.topup_tokens == 200
+    assert (result.period_start, result.period_end) == (APRIL, MAY)
+    assert result.last_token_reset_at == NOW
+    assert store.get_account("user-1") == result
+
+
+def test_apply_reset_twice_applies_once(store: UsageStore) -> None:
+    """Replaying a reset (a duplicate webhook, the cron) returns None and changes nothing."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+    assert reset is not None
+    first = store.apply_reset(reset, snapshot.period_start)
+
+    assert store.apply_reset(reset, snapshot.period_start) is None
+    assert store.get_account("user-1") == first
+
+
+def test_apply_reset_never_moves_a_period_backwards(store: UsageStore) -> None:
+    """A reset to a period not after the stored one is refused even when the guard matches."""
+    make_account(store, "user-1")
+    store.update_account("user-1", {"period_start": APRIL, "period_end": MAY})
+    charge(store, "user-1", "req-1", 300)
+    before = store.get_account("user-1")
+    assert before is not None
+    backwards = plan_reset(
+        replace(before, period_start=datetime(2026, 1, 1, tzinfo=UTC)), MARCH, APRIL, NOW
+    )
+    assert backwards is not None
+
+    assert store.apply_reset(backwards, APRIL) is None
+    assert store.apply_reset(backwards, MARCH) is None
+    assert store.get_account("user-1") == before
+
+
+def test_apply_reset_keeps_reservations_taken_after_the_snapshot(store: UsageStore) -> None:
+    """Tokens reserved between planning and applying a reset stay on the new period's counter."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+    assert reset is not None
+    charge(store, "user-1", "req-in-flight", 120)
+
+    result = store.apply_reset(reset, snapshot.period_start)
+
+    assert result is not None
+    assert result.current_tokens_used == 120
+    assert result.lifetime_tokens_used == 300
+
+
+# -- listing accounts --------------------------------------------------------------------------
+
+
+def _collect(store: UsageStore, query: AccountQuery, page_size: int) -> list[str]:
+    user_ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_accounts(query, page_size, cursor)
+        assert len(page.items) <= page_size
+        user_ids.extend(account.user_id for account in page.items)
+        if page.next_cursor is None:
+            return user_ids
+        cursor = page.next_cursor
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param(AccountQuery(), id="all"),
+        pytest.param(AccountQuery(subscribed=True), id="subscribed"),
+        pytest.param(AccountQuery(subscribed=False), id="demo"),
+        pytest.param(AccountQuery(period_start_before=APRIL), id="period-started-before"),
+        pytest.param(AccountQuery(period_end_before=NOW), id="period-ended-before"),
+        pytest.param(
+            AccountQuery(subscribed=True, period_end_before=NOW), id="subscribed-and-ended"
+        ),
+        pytest.param(
+            AccountQuery(subscribed=False, period_start_before=APRIL), id="demo-and-started"
+        ),
+    ],
+)
+def test_list_accounts_pages_through_exactly_the_matching_accounts(
+    store: UsageStore, query: AccountQuery
+) -> None:
+    """Over more rows than a page, each matching account is listed once and no other."""
+    accounts: list[Account] = []
+    for index in range(13):
+        user_id = f"user-{index:02d}"
+        make_account(store, user_id)
+        patch: dict[str, object] = {}
+        if index % 2:
+            patch["stripe_subscription_id"] = f"sub_{index}"
+        if index % 3 == 0:
+            patch["period_start"] = APRIL
+            patch["period_end"] = MAY
+        elif index % 3 == 1:
+            patch["period_end"] = NOW - timedelta(days=1)
+        accounts.append(store.update_account(user_id, patch))  # type: ignore[arg-type]
+
+    def matches(account: Account) -> bool:
+        if query.subscribed is not None and account.has_subscription != query.subscribed:
+            return False
+        if query.period_start_before and not account.period_start < query.period_start_before:
+            return False
+        end_before = query.period_end_before
+        return not end_before or (
+            account.period_end is not None and account.period_end < end_before
+        )
+
+    listed = _collect(store, query, page_size=4)
+
+    assert sorted(listed) == sorted(account.user_id for account in accounts if matches(account))
+    assert len(listed) == len(set(listed))
+
+
+def test_list_accounts_order_is_stable(store: UsageStore) -> None:
+    """Paging twice yields the same sequence."""
+    for index in range(6):
+        make_account(store, f"user-{index}")
+
+    assert _collect(store, AccountQuery(), 4) == _collect(store, AccountQuery(), 4)
+
+
+# -- event claims ------------------------------------------------------------------------------
+
+
+def test_claim_then_complete_makes_the_event_done(store: UsageStore) -> None:
+    """The first claim wins; a claim during the lease waits; a completed event is done for good."""
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.CLAIMED
+    assert (
+        store.claim_event("evt_1", "invoice.paid", "in_1", NOW + timedelta(seconds=1), LEASE)
+        is ClaimOutcome.IN_PROGRESS
+    )
+
+    store.complete_event("evt_1", "reset", NOW + timedelta(seconds=2))
+
+    later = NOW + timedelta(days=1)
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is ClaimOutcome.DONE
+
+
+def test_released_claim_can_be_claimed_again(store: UsageStore) -> None:
+    """Releasing a claim after a failed effect lets the retry claim it at once."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+
+    store.release_event("evt_1")
+
+    soon = NOW + timedelta(seconds=1)
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", soon, LEASE) is ClaimOutcome.CLAIMED
+
+
+def test_expired_claim_is_taken_over_once(store: UsageStore) -> None:
+    """A claim pending past its lease (a dead worker) is taken over, which starts a new lease."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    within = NOW + LEASE - timedelta(seconds=1)
+    after = NOW + LEASE + timedelta(seconds=1)
+
+    assert store.claim_event("evt_1", "t", "in_1", within, LEASE) is ClaimOutcome.IN_PROGRESS
+    assert store.claim_event("evt_1", "t", "in_1", after, LEASE) is ClaimOutcome.CLAIMED
+    assert (
+        store.claim_event("evt_1", "t", "in_1", after + timedelta(seconds=1), LEASE)
+        is ClaimOutcome.IN_PROGRESS
+    )
+
+
+def test_claims_of_different_events_are_independent(store: UsageStore) -> None:
+    """Completing one event does not affect another."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    store.complete_event("evt_1", "reset", NOW)
+
+    assert store.claim_event("evt_2", "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.CLAIMED
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+CONCURRENT_LIMIT = 3_000
+
+
+def _reserve_and_settle(
+    store: UsageStore, user_id: str, request_id: str, rounds: int, seed: int
+) -> int:
+    """Reserve random amounts and settle each to part of it; the total charged."""
+    rng = random.Random(seed)
+    store.create_ledger(make_entry(user_id, request_id))
+    charged = 0
+    for _ in range(rounds):
+        amount = rng.randint(1, 200)
+        try:
+            store.reserve(user_id, request_id, amount, CONCURRENT_LIMIT)
+        except LimitReached:
+            continue
+        release = rng.randint(0, amount)
+        store.release(user_id, request_id, release)
+        charged += amount - release
+    return charged
+
+
+def test_concurrent_reservations_never_pass_the_limit_nor_lose_updates(
+    store: UsageStore,
+) -> None:
+    """32 threads reserving against one user end with used <= limit and used == sum charged."""
+    make_account(store, "user-1", tokens_per_month=CONCURRENT_LIMIT)
+    barrier = threading.Barrier(32)
+    charged: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            charged.append(_reserve_and_settle(store, "user-1", f"req-{index}", 6, index))
+        except BaseException as exc:  # surfaced below: a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    final = used(store, "user-1")
+    assert final <= CONCURRENT_LIMIT
+    assert final == sum(charged)
+    assert store.ledger_total("user-1", MARCH) == final
+
+
+def _process_worker(path: str, index: int) -> int:
+    return _reserve_and_settle(SQLiteStore(path), "user-1", f"req-{index}", 25, index)
+
+
+def test_sqlite_reservations_from_several_processes_never_pass_the_limit(tmp_path: Path) -> None:
+    """Four processes sharing one SQLite file end with used <= limit and used == sum charged."""
+    path = str(tmp_path / "metering.sqlite3")
+    store = SQLiteStore(path)
+    make_account(store, "user-1", tokens_per_month=CONCURRENT_LIMIT)
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        charged = pool.starmap(_process_worker, [(path, index) for index in range(4)])
+
+    final = used(store, "user-1")
+    assert final <= CONCURRENT_LIMIT
+    assert final == sum(charged)
+    assert store.ledger_total("user-1", MARCH) == final
