@@ -1,0 +1,151 @@
+"""Wiring of the chat function, done once per cold start: configuration, model client, identity."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .metering.adapters.anthropic_model import AnthropicModel
+from .metering.adapters.appwrite_account import AppwriteAccountVerifier
+from .metering.chat import ChatSettings
+from .metering.config import EnvReader, Secret, StoreSettings
+from .metering.errors import ConfigurationError
+from .metering.identity import CachedVerifier
+from .metering.model import ModelClient
+from .metering.plans import PlanCatalog, load_default_plans
+from .metering.ports import IdentityVerifier
+from .metering.pricing import PriceTable, load_default_prices
+from .schema import BodyLimits
+
+DEFAULT_MODEL = "claude-sonnet-5-5"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant inside a personal finance app. Answer concisely. "
+    "When the user asks about their own token usage or plan, call get_my_usage."
+)
+# Appwrite stops synchronous executions at 30 s: attempts x timeout must stay well below it.
+SYNC_EXECUTION_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    store: StoreSettings
+    anthropic_api_key: Secret
+    anthropic_base_url: str | None
+    chat: ChatSettings
+    limits: BodyLimits
+    timeout_seconds: float
+    max_retries: int
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> ChatConfig:
+        env = EnvReader(environ)
+        store = StoreSettings.read(env)
+        api_key = env.secret("ANTHROPIC_API_KEY", required=True)
+        base_url = env.optional("ANTHROPIC_BASE_URL")
+        chat = ChatSettings(
+            model=env.text("CHAT_MODEL", DEFAULT_MODEL),
+            max_tokens=env.integer("CHAT_MAX_TOKENS", 1024, minimum=1, maximum=64_000),
+            min_output_tokens=env.integer("CHAT_MIN_OUTPUT_TOKENS", 16, minimum=1),
+            system_prompt=env.text("CHAT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+            max_steps=env.integer("CHAT_MAX_STEPS", 4, minimum=1, maximum=16),
+        )
+        limits = BodyLimits(
+            max_body_bytes=env.integer("CHAT_MAX_BODY_BYTES", 262_144, minimum=64),
+            max_messages=env.integer("CHAT_MAX_MESSAGES", 50, minimum=1),
+            max_message_chars=env.integer("CHAT_MAX_MESSAGE_CHARS", 20_000, minimum=1),
+        )
+        timeout = env.number("CHAT_TIMEOUT_SECONDS", 12.0, minimum=1.0, maximum=29.0)
+        retries = env.integer("CHAT_MAX_RETRIES", 1, minimum=0, maximum=5)
+        if chat.min_output_tokens > chat.max_tokens:
+            env.problems.append("CHAT_MIN_OUTPUT_TOKENS must not exceed CHAT_MAX_TOKENS")
+        if timeout * (retries + 1) >= SYNC_EXECUTION_SECONDS:
+            env.problems.append(
+                "CHAT_TIMEOUT_SECONDS x (CHAT_MAX_RETRIES + 1) must stay below the 30 s limit"
+            )
+        env.finish()
+        return cls(
+            store=store,
+            anthropic_api_key=api_key,
+            anthropic_base_url=base_url,
+            chat=chat,
+            limits=limits,
+            timeout_seconds=timeout,
+            max_retries=retries,
+        )
+
+
+@dataclass(frozen=True)
+class ChatApp:
+    config: ChatConfig
+    model: ModelClient
+    verifier: IdentityVerifier
+    plans: PlanCatalog
+    prices: PriceTable
+    clock: Callable[[], datetime]
+    new_request_id: Callable[[], str]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build(
+    environ: Mapping[str, str],
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    verifier: IdentityVerifier | None = None,
+    anthropic_http_client: Any = None,
+) -> ChatApp:
+    """Everything an execution needs; ``anthropic_http_client`` carries a test transport."""
+    config = ChatConfig.read(environ)
+    prices = load_default_prices()
+    if not prices.has_model(config.chat.model, clock()):
+        raise ConfigurationError(f"CHAT_MODEL {config.chat.model!r} has no price")
+    model = AnthropicModel.connect(
+        config.anthropic_api_key.value,
+        base_url=config.anthropic_base_url,
+        timeout_seconds=config.timeout_seconds,
+        max_retries=config.max_retries,
+        http_client=anthropic_http_client,
+    )
+    identity = verifier or AppwriteAccountVerifier(
+        config.store.appwrite_endpoint, config.store.appwrite_project_id
+    )
+    return ChatApp(
+        config=config,
+        model=model,
+        verifier=CachedVerifier(identity),
+        plans=load_default_plans(),
+        prices=prices,
+        clock=clock,
+        new_request_id=new_request_id,
+    )
+
+
+_app: ChatApp | None = None
+_lock = threading.Lock()
+
+
+def current() -> ChatApp:
+    """The app of this cold start, built from the process environment on first use."""
+    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
+    with _lock:
+        if _app is None:
+            _app = build(os.environ)
+        return _app
+
+
+def install(app: ChatApp | None) -> None:
+    """Replace the app (tests build one from a dict and fake transports)."""
+    global _app  # noqa: PLW0603
+    with _lock:
+        _app = app

@@ -1,0 +1,13 @@
+"""Appwrite entrypoint of ``chat``: POST a conversation, get Claude's reply and the usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import bootstrap
+from .handler import handle_chat
+from .metering.http import run_handler
+
+
+def main(context: Any) -> Any:
+    return run_handler(context, "chat", lambda: handle_chat(context, bootstrap.current()))

@@ -1,0 +1,64 @@
+"""Wiring of the usage function, done once per cold start: configuration and identity."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .metering.adapters.appwrite_account import AppwriteAccountVerifier
+from .metering.config import EnvReader, StoreSettings
+from .metering.identity import CachedVerifier
+from .metering.plans import PlanCatalog, load_default_plans
+from .metering.ports import IdentityVerifier
+
+
+@dataclass(frozen=True)
+class UsageApp:
+    store: StoreSettings
+    verifier: IdentityVerifier
+    plans: PlanCatalog
+    clock: Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build(
+    environ: Mapping[str, str],
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    verifier: IdentityVerifier | None = None,
+) -> UsageApp:
+    env = EnvReader(environ)
+    store = StoreSettings.read(env)
+    env.finish()
+    identity = verifier or AppwriteAccountVerifier(
+        store.appwrite_endpoint, store.appwrite_project_id
+    )
+    return UsageApp(
+        store=store, verifier=CachedVerifier(identity), plans=load_default_plans(), clock=clock
+    )
+
+
+_app: UsageApp | None = None
+_lock = threading.Lock()
+
+
+def current() -> UsageApp:
+    """The app of this cold start, built from the process environment on first use."""
+    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
+    with _lock:
+        if _app is None:
+            _app = build(os.environ)
+        return _app
+
+
+def install(app: UsageApp | None) -> None:
+    """Replace the app (tests build one from a dict)."""
+    global _app  # noqa: PLW0603
+    with _lock:
+        _app = app

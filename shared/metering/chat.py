@@ -1,0 +1,389 @@
+"""The metered chat: a bounded tool loop in which every model call is reserved, capped and settled.
+
+Written against the ports only (``UsageStore``, ``ModelClient``); ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from .account import Account, usage_stats
+from .errors import (
+    AlreadyExists,
+    InvalidRequest,
+    LimitReached,
+    MeteringError,
+    RequestInProgress,
+    TokenLimitExceeded,
+)
+from .ledger import LedgerEntry, LedgerStatus
+from .model import (
+    STOP_MAX_TOKENS,
+    STOP_TOOL_USE,
+    Block,
+    Message,
+    ModelClient,
+    ModelReply,
+    ModelRequest,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+    request_input_bound,
+)
+from .plans import PlanCatalog
+from .ports import UsageStore
+from .pricing import PriceTable
+from .reservation import CallBudget, budget_call, settle
+from .service import get_or_create_account
+from .tokens import TokenUsage
+
+Json = dict[str, Any]
+_PICO_PER_MICRO = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    model: str
+    max_tokens: int
+    min_output_tokens: int
+    system_prompt: str
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated conversation: plain text turns, the last from the user."""
+
+    messages: tuple[Message, ...]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    body: Json
+    request_id: str
+    usage: TokenUsage
+    truncated: bool
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    spec: ToolSpec
+    run: Callable[[str], Json]
+
+
+def usage_tool(store: UsageStore) -> Tool:
+    """``get_my_usage``: the caller's own usage stats, read from the store when called."""
+
+    def run(user_id: str) -> Json:
+        account = store.get_account(user_id)
+        if account is None:
+            return {"error": "no account"}
+        return usage_stats(account)
+
+    spec = ToolSpec(
+        name="get_my_usage",
+        description=(
+            "Returns the current user's token usage for this billing period: plan, tokens used, "
+            "monthly limit, remaining tokens, percent used and when usage resets."
+        ),
+        input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+    )
+    return Tool(spec=spec, run=run)
+
+
+@dataclass
+class _Run:
+    """What one chat request has done so far."""
+
+    user_id: str
+    request_id: str
+    limit: int
+    remaining: int
+    conversation: list[Message]
+    usage: TokenUsage = TokenUsage()  # noqa: RUF009 -- immutable
+    pico_usd: int = 0
+    price_version: str = ""
+    model: str = ""
+    held: int = 0
+    texts: list[str] = field(default_factory=list)
+    stop_reason: str = ""
+    truncated: bool = False
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        store: UsageStore,
+        model: ModelClient,
+        plans: PlanCatalog,
+        prices: PriceTable,
+        settings: ChatSettings,
+        new_request_id: Callable[[], str],
+        tools: Mapping[str, Tool] | None = None,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.plans = plans
+        self.prices = prices
+        self.settings = settings
+        self.new_request_id = new_request_id
+        default_tools = (usage_tool(store),)
+        self.tools = dict(tools) if tools is not None else {t.spec.name: t for t in default_tools}
+
+    def handle(self, user_id: str, request: ChatRequest, now: datetime) -> ChatResult:
+        account = get_or_create_account(self.store, self.plans, user_id, now)
+        if request.request_id is not None:
+            replayed = self._replay(user_id, request.request_id)
+            if replayed is not None:
+                return replayed
+        run = _Run(
+            user_id=user_id,
+            request_id=request.request_id or self.new_request_id(),
+            limit=account.limit,
+            remaining=account.remaining,
+            conversation=list(request.messages),
+        )
+        first = self._request(run, step=0)
+        # Decided before anything is written: a refused request leaves no trace.
+        budget = self._budget(first, run.remaining)
+        if budget is None:
+            raise TokenLimitExceeded(usage=usage_stats(account))
+        self._open_ledger(run, account, now)
+        try:
+            self._loop(run, first, budget, now)
+        except BaseException:
+            self._abandon(run, now)
+            raise
+        return self._finish(run, now)
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    def _replay(self, user_id: str, request_id: str) -> ChatResult | None:
+        entry = self.store.get_ledger(request_id)
+        if entry is None:
+            return None
+        if entry.user_id != user_id:
+            raise InvalidRequest("requestId is already in use; send a new one")
+        if entry.status is LedgerStatus.RESERVED:
+            raise RequestInProgress("a request with this requestId is still running")
+        if entry.status is not LedgerStatus.SETTLED or not entry.reply:
+            raise InvalidRequest("the request with this requestId did not complete; send a new one")
+        account = self._account(user_id)
+        body = {"message": json.loads(entry.reply), "usage": usage_stats(account)}
+        return ChatResult(body, request_id, entry.usage, _truncated(body), replayed=True)
+
+    def _open_ledger(self, run: _Run, account: Account, now: datetime) -> None:
+        entry = LedgerEntry(
+            request_id=run.request_id,
+            user_id=run.user_id,
+            status=LedgerStatus.RESERVED,
+            model=self.settings.model,
+            period_start=account.period_start,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            self.store.create_ledger(entry)
+        except AlreadyExists:
+            # A concurrent request with the same id won the race.
+            if self._replay(run.user_id, run.request_id) is None:
+                raise RequestInProgress("a request with this requestId is still running") from None
+            raise RequestInProgress("a request with this requestId has just completed") from None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self, run: _Run, first: ModelRequest, budget: CallBudget, now: datetime) -> None:
+        request = first
+        for step in range(self.settings.max_steps):
+            if step > 0:
+                request = self._request(run, step)
+                next_budget = self._budget(request, run.remaining)
+                if next_budget is None:
+                    run.truncated = True
+                    return
+                budget = next_budget
+            if not self._reserve(run, budget, first_call=step == 0):
+                run.truncated = True
+                return
+            reply = self.model.complete(replace(request, max_tokens=budget.max_tokens))
+            self._settle(run, reply, now)
+            run.texts.extend(b.text for b in reply.blocks if isinstance(b, TextBlock) and b.text)
+            run.stop_reason = reply.stop_reason
+            if reply.stop_reason == STOP_MAX_TOKENS and budget.capped:
+                run.truncated = True
+            last = step == self.settings.max_steps - 1
+            if reply.stop_reason != STOP_TOOL_USE or not reply.tool_uses or last:
+                return
+            # The provider refuses empty text blocks when they are sent back.
+            said = tuple(b for b in reply.blocks if not isinstance(b, TextBlock) or b.text)
+            run.conversation.append(Message(role="assistant", blocks=said))
+            run.conversation.append(Message(role="user", blocks=self._run_tools(run, reply)))
+
+    def _request(self, run: _Run, step: int) -> ModelRequest:
+        last = step == self.settings.max_steps - 1
+        has_tool_history = step > 0
+        # On the last allowed step tools stay defined only because earlier turns refer to them.
+        tools = tuple(t.spec for t in self.tools.values())
+        if last and not has_tool_history:
+            tools = ()
+        return ModelRequest(
+            model=self.settings.model,
+            system=self.settings.system_prompt,
+            messages=tuple(run.conversation),
+            max_tokens=self.settings.max_tokens,
+            tools=tools,
+            tool_choice="none" if last else "auto",
+        )
+
+    def _budget(self, request: ModelRequest, remaining: int) -> CallBudget | None:
+        settings = self.settings
+        estimate = request_input_bound(request)
+        budget = budget_call(remaining, estimate, settings.max_tokens, settings.min_output_tokens)
+        if budget is not None:
+            return budget
+        # Close to the limit the local bound is too coarse; the provider's count is exact.
+        if remaining < settings.min_output_tokens:
+            return None
+        exact = self.model.count_tokens(request)
+        return budget_call(remaining, exact, settings.max_tokens, settings.min_output_tokens)
+
+    def _reserve(self, run: _Run, budget: CallBudget, *, first_call: bool) -> bool:
+        try:
+            used = self.store.reserve(run.user_id, run.request_id, budget.reserve_tokens, run.limit)
+        except LimitReached:
+            if first_call:
+                account = self._account(run.user_id)
+                raise TokenLimitExceeded(usage=usage_stats(account)) from None
+            return False
+        run.held = budget.reserve_tokens
+        run.remaining = max(0, run.limit - used)
+        return True
+
+    def _settle(self, run: _Run, reply: ModelReply, now: datetime) -> None:
+        usage = reply.usage if reply.usage.steps else replace(reply.usage, steps=1)
+        settlement = settle(run.held, usage.total_tokens)
+        if settlement.release:
+            self.store.release(run.user_id, run.request_id, settlement.release)
+        run.held = 0
+        run.remaining += settlement.release
+        if settlement.extra:
+            run.remaining = max(0, run.remaining - self._charge_extra(run, settlement.extra))
+        cost = self.prices.cost(self.settings.model, usage, now)
+        run.usage += usage
+        run.pico_usd += cost.pico_usd
+        run.price_version = cost.price_version
+        run.model = reply.model or self.settings.model
+
+    def _charge_extra(self, run: _Run, extra: int) -> int:
+        """Charge usage the provider reported beyond the reservation, never past the limit."""
+        try:
+            self.store.reserve(run.user_id, run.request_id, extra, run.limit)
+        except LimitReached:
+            room = self._account(run.user_id).remaining
+            part = min(extra, room)
+            if part <= 0:
+                return 0
+            try:
+                self.store.reserve(run.user_id, run.request_id, part, run.limit)
+            except LimitReached:
+                return 0
+            return part
+        return extra
+
+    def _run_tools(self, run: _Run, reply: ModelReply) -> tuple[Block, ...]:
+        results: list[Block] = []
+        for call in reply.tool_uses:
+            results.append(self._run_tool(run.user_id, call))
+        return tuple(results)
+
+    def _run_tool(self, user_id: str, call: ToolUseBlock) -> ToolResultBlock:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            content = json.dumps({"error": f"unknown tool {call.name!r}"})
+            return ToolResultBlock(call.id, content, is_error=True)
+        return ToolResultBlock(call.id, json.dumps(tool.run(user_id)))
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _finish(self, run: _Run, now: datetime) -> ChatResult:
+        usage = run.usage
+        message: Json = {
+            "role": "assistant",
+            "content": "\n\n".join(run.texts),
+            "model": run.model or self.settings.model,
+            "stopReason": run.stop_reason,
+            "truncated": run.truncated,
+            "usage": {
+                "inputTokens": usage.input_tokens,
+                "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+                "cacheReadInputTokens": usage.cache_read_input_tokens,
+                "outputTokens": usage.output_tokens,
+                "totalTokens": usage.total_tokens,
+                "steps": usage.steps,
+                "costUsd": _micro_usd(run.pico_usd) / 1e6,
+            },
+        }
+        self.store.update_ledger(
+            run.request_id,
+            {
+                "status": LedgerStatus.SETTLED,
+                "model": message["model"],
+                "usage": usage,
+                "cost_micro_usd": _micro_usd(run.pico_usd),
+                "price_version": run.price_version,
+                "reply": json.dumps(message, separators=(",", ":")),
+                "updated_at": now,
+            },
+        )
+        account = self._account(run.user_id)
+        body = {"message": message, "usage": usage_stats(account)}
+        return ChatResult(body, run.request_id, usage, run.truncated)
+
+    def _abandon(self, run: _Run, now: datetime) -> None:
+        """After a failure: give back what is held and keep only completed steps charged.
+
+        Best effort: whatever this cannot undo, the cron reclaims from the still-reserved entry.
+        """
+        with contextlib.suppress(MeteringError):
+            if run.held:
+                self.store.release(run.user_id, run.request_id, run.held)
+                run.held = 0
+            if run.usage.steps == 0:
+                # Nothing charged: forget the request so that a retry with its id can run.
+                self.store.discard_ledger(run.request_id)
+                return
+            self.store.update_ledger(
+                run.request_id,
+                {
+                    "status": LedgerStatus.FAILED,
+                    "model": run.model or self.settings.model,
+                    "usage": run.usage,
+                    "cost_micro_usd": _micro_usd(run.pico_usd),
+                    "price_version": run.price_version,
+                    "updated_at": now,
+                },
+            )
+
+    def _account(self, user_id: str) -> Account:
+        account = self.store.get_account(user_id)
+        if account is None:
+            raise MeteringError(f"account of {user_id} vanished")
+        return account
+
+
+def _micro_usd(pico_usd: int) -> int:
+    return (pico_usd + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO
+
+
+def _truncated(body: Json) -> bool:
+    message = body.get("message")
+    return bool(isinstance(message, dict) and message.get("truncated"))

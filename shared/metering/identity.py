@@ -1,0 +1,66 @@
+"""Who is calling: the user id verified from the execution's JWT, never taken from a header."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from .errors import Forbidden, Unauthenticated
+from .ports import IdentityVerifier
+
+JWT_HEADER = "x-appwrite-user-jwt"
+USER_ID_HEADER = "x-appwrite-user-id"
+
+
+def caller_id(headers: Mapping[str, str], verifier: IdentityVerifier) -> str:
+    """The verified user id of an execution.
+
+    ``x-appwrite-user-id`` is only a hint (a caller of createExecution can forge it); when present
+    it must agree with the user the JWT belongs to.
+    """
+    jwt = headers.get(JWT_HEADER, "").strip()
+    if not jwt:
+        raise Unauthenticated("sign in to use this function")
+    user_id = verifier.verify(jwt)
+    hint = headers.get(USER_ID_HEADER, "").strip()
+    if hint and hint != user_id:
+        raise Forbidden("the user id does not match the signed-in user")
+    return user_id
+
+
+class CachedVerifier:
+    """Remembers verified JWTs for a short while, keyed by their hash, so that warm executions
+    skip the identity round trip. Failures are never cached."""
+
+    def __init__(
+        self,
+        verifier: IdentityVerifier,
+        *,
+        ttl_seconds: float = 60.0,
+        max_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._verifier = verifier
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, jwt: str) -> str:
+        key = hashlib.sha256(jwt.encode("utf-8", "surrogatepass")).hexdigest()
+        now = self._clock()
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+            self._entries.pop(key, None)
+        user_id = self._verifier.verify(jwt)
+        with self._lock:
+            self._entries[key] = (user_id, now + self._ttl)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return user_id

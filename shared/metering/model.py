@@ -1,0 +1,132 @@
+"""A model conversation in domain words, and the port to the model provider.
+
+Adapters translate these types to and from a vendor SDK; nothing of the SDK crosses the port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .reservation import input_upper_bound
+from .tokens import TokenUsage
+
+Role = Literal["user", "assistant"]
+ToolChoice = Literal["auto", "none"]
+
+STOP_TOOL_USE = "tool_use"
+STOP_MAX_TOKENS = "max_tokens"
+
+# Framing a tool call or result costs more than a plain text turn; counted per block.
+PER_BLOCK_OVERHEAD_TOKENS = 32
+# With tools, the provider adds its own tool-use system prompt (documented at a few hundred
+# tokens for current models); the bound doubles the largest documented figure.
+TOOL_USE_SYSTEM_PROMPT_TOKENS = 1100
+
+
+@dataclass(frozen=True, slots=True)
+class TextBlock:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUseBlock:
+    id: str
+    name: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultBlock:
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+Block = TextBlock | ToolUseBlock | ToolResultBlock
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    blocks: tuple[Block, ...]
+
+    @classmethod
+    def text(cls, role: Role, text: str) -> Message:
+        return cls(role=role, blocks=(TextBlock(text),))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, and a JSON schema of its input."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    model: str
+    system: str
+    messages: tuple[Message, ...]
+    max_tokens: int
+    tools: tuple[ToolSpec, ...] = ()
+    # "none" lets a conversation that already holds tool calls end with a plain answer.
+    tool_choice: ToolChoice = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    blocks: tuple[Block, ...]
+    stop_reason: str
+    usage: TokenUsage
+    model: str
+
+    @property
+    def text(self) -> str:
+        return "".join(block.text for block in self.blocks if isinstance(block, TextBlock))
+
+    @property
+    def tool_uses(self) -> tuple[ToolUseBlock, ...]:
+        return tuple(block for block in self.blocks if isinstance(block, ToolUseBlock))
+
+
+class ModelClient(Protocol):
+    """The model provider. Failures surface as ``UpstreamError`` (the provider refused) or
+    ``UpstreamUnavailable`` (overloaded, rate limited, timed out, unreachable)."""
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """One model call; ``usage`` of the reply is what the provider billed for it."""
+
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens ``request`` would use (the provider's free count)."""
+
+
+def _block_texts(block: Block) -> tuple[str, ...]:
+    if isinstance(block, TextBlock):
+        return (block.text,)
+    if isinstance(block, ToolUseBlock):
+        return (block.id, block.name, json.dumps(block.input, ensure_ascii=False))
+    return (block.tool_use_id, block.content)
+
+
+def request_input_bound(request: ModelRequest) -> int:
+    """A safe upper bound on the input tokens of ``request``, computed locally."""
+    texts: list[str] = [request.system]
+    blocks = 0
+    for message in request.messages:
+        for block in message.blocks:
+            texts.extend(_block_texts(block))
+            blocks += 1
+    for tool in request.tools:
+        texts.extend(
+            (tool.name, tool.description, json.dumps(tool.input_schema, ensure_ascii=False))
+        )
+    bound = input_upper_bound(texts, len(request.messages))
+    bound += blocks * PER_BLOCK_OVERHEAD_TOKENS
+    if request.tools:
+        bound += TOOL_USE_SYSTEM_PROMPT_TOKENS + len(request.tools) * PER_BLOCK_OVERHEAD_TOKENS
+    return bound
