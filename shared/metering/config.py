@@ -5,6 +5,7 @@ Each function composes the sections it needs; all problems are reported together
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class EnvReader:
             value = parse(raw)
         except ValueError:
             self.problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problems.append(f"{name} must be a finite number, got {raw!r}")
             return default
         if value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
             bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")

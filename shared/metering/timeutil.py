@@ -9,14 +9,18 @@ def parse_timestamp(value: object) -> datetime:
     """Parse ISO-8601 (``Z`` or offset) or a Unix timestamp into an aware UTC datetime."""
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"not a timestamp: {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp has no timezone: {value!r}")
-    return parsed.astimezone(UTC)
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, tz=UTC)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"not a timestamp: {value!r}")
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise ValueError(f"timestamp has no timezone: {value!r}")
+        return parsed.astimezone(UTC)
+    except (OverflowError, OSError) as exc:
+        # Out-of-range values are bad input like any other, not a platform failure.
+        raise ValueError(f"timestamp out of range: {value!r}") from exc
 
 
 def format_timestamp(value: datetime) -> str:

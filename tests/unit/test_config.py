@@ -127,3 +127,13 @@ def test_unknown_store_backend_is_a_problem() -> None:
 
     with pytest.raises(ConfigurationError, match="METERING_STORE"):
         env.finish()
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_a_problem(raw: str) -> None:
+    """NaN and infinity pass no bound check, so they are refused outright."""
+    env = EnvReader({"TEMPERATURE": raw})
+
+    assert env.number("TEMPERATURE", 1.0, maximum=2.0) == 1.0
+    with pytest.raises(ConfigurationError, match="TEMPERATURE"):
+        env.finish()

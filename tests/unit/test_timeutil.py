@@ -39,6 +39,9 @@ def test_parse_timestamp_yields_aware_utc(raw: object, expected: datetime) -> No
         pytest.param("next tuesday", id="prose"),
         pytest.param(None, id="none"),
         pytest.param(True, id="bool"),
+        pytest.param(10**20, id="unix-seconds-out-of-range"),
+        pytest.param(float("inf"), id="infinite"),
+        pytest.param("9999-12-31T23:59:59-01:00", id="iso-past-year-9999-in-utc"),
     ],
 )
 def test_parse_timestamp_refuses_ambiguous_or_garbage_input(raw: object) -> None:
