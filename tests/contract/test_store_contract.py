@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from metering.account import Account, apply_reset, new_account, plan_reset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
 from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import AlreadyExists, LimitReached, NotFound
 from metering.ledger import LedgerEntry, LedgerStatus
@@ -18,6 +20,8 @@ from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, UsageStore
 from metering.service import get_or_create_account
 from metering.tokens import TokenUsage
+
+from tests.strategies import periods
 
 NOW = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
@@ -472,6 +476,57 @@ def test_apply_reset_keeps_reservations_taken_after_the_snapshot(store: UsageSto
     assert result is not None
     assert result.current_tokens_used == 120
     assert result.lifetime_tokens_used == 300
+
+
+_user_ids = (f"user-prop-{index}" for index in range(10**9))
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    # One store serves every example; each example works on a user of its own.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    plan_tokens=st.integers(min_value=0, max_value=5_000),
+    addon=st.integers(min_value=0, max_value=1_000),
+    topup=st.integers(min_value=0, max_value=1_000),
+    charged=st.integers(min_value=0, max_value=8_000),
+    period=periods(),
+)
+def test_store_reset_matches_the_reference_and_applies_at_most_once(
+    store: UsageStore,
+    *,
+    plan_tokens: int,
+    addon: int,
+    topup: int,
+    charged: int,
+    period: tuple[datetime, datetime],
+) -> None:
+    """For any state and period: the store does what ``apply_reset`` does, once, only forward."""
+    user_id = next(_user_ids)
+    make_account(store, user_id, tokens_per_month=plan_tokens)
+    store.update_account(user_id, {"addon_tokens": addon})
+    if topup:
+        store.add_topup(user_id, topup)
+    charge(store, user_id, f"req-{user_id}", charged)
+    snapshot = store.get_account(user_id)
+    assert snapshot is not None
+    reset = plan_reset(snapshot, period[0], period[1], NOW)
+    if reset is None:
+        # Not forward: even an explicit plan for it changes nothing.
+        backwards = ResetPlan(user_id, snapshot.current_tokens_used, 0, period[0], period[1], NOW)
+        assert store.apply_reset(backwards, snapshot.period_start) is None
+        assert store.get_account(user_id) == snapshot
+        return
+
+    once = store.apply_reset(reset, snapshot.period_start)
+    twice = store.apply_reset(reset, snapshot.period_start)
+
+    assert once is not None
+    assert twice is None
+    assert store.get_account(user_id) == once
+    assert once == replace(apply_reset(snapshot, reset), row_id=once.row_id)
 
 
 # -- listing accounts --------------------------------------------------------------------------
