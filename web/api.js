@@ -1,0 +1,168 @@
+// The page's only door to the backend: Appwrite Account and function executions, with every
+// failure turned into an ApiError whose `kind` tells the page what to do.
+
+import { Account, AppwriteException, Client, Functions, ID } from "./vendor/appwrite.js";
+
+export const ErrorKind = Object.freeze({
+  AUTH: "auth", // not (or no longer) logged in: back to the login form
+  LIMIT: "limit", // 429: the allowance is used up; `usage` carries the figures
+  RETRYABLE: "retryable", // network, timeout, 5xx: the same request may succeed later
+  TOO_LARGE: "too_large", // 413: the conversation no longer fits in one request
+  INVALID: "invalid", // any other 4xx: retrying the same thing will not help
+});
+
+export class ApiError extends Error {
+  constructor(kind, message, { status = 0, code = "", usage = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.kind = kind;
+    this.status = status;
+    this.code = code;
+    this.usage = usage;
+  }
+}
+
+const NETWORK_MESSAGE = "Couldn't reach the server. Check your connection and try again.";
+const SERVER_MESSAGE = "The assistant is having trouble right now. Please try again.";
+
+export async function loadConfig(url = "config.json") {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`config.json answered ${response.status}`);
+  const config = await response.json();
+  if (typeof config?.endpoint !== "string" || typeof config?.projectId !== "string") {
+    throw new Error("config.json needs an endpoint and a projectId");
+  }
+  return {
+    endpoint: new URL(config.endpoint, window.location.href).href.replace(/\/$/, ""),
+    projectId: config.projectId,
+    offlineModel: config.offlineModel === true,
+    functions: { chat: "chat", usage: "usage", ...(config.functions ?? {}) },
+  };
+}
+
+function parseJson(text) {
+  if (typeof text !== "string" || text === "") return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+// Errors thrown by the SDK itself: the execution never reached the function.
+function transportError(error) {
+  if (error instanceof AppwriteException && error.code === 401) {
+    return new ApiError(ErrorKind.AUTH, "Your session has ended. Please log in again.", {
+      status: 401,
+      code: error.type ?? "",
+    });
+  }
+  if (error instanceof AppwriteException && error.code >= 400 && error.code < 500) {
+    if (error.code === 429) {
+      // Appwrite's own rate limit, not the token allowance: waiting helps.
+      return new ApiError(ErrorKind.RETRYABLE, "Too many requests. Wait a moment and try again.", {
+        status: 429,
+      });
+    }
+    return new ApiError(ErrorKind.INVALID, error.message || "The request was refused.", {
+      status: error.code,
+      code: error.type ?? "",
+    });
+  }
+  const status = error instanceof AppwriteException ? error.code : 0;
+  return new ApiError(ErrorKind.RETRYABLE, status ? SERVER_MESSAGE : NETWORK_MESSAGE, { status });
+}
+
+// The function's own answer, carried inside the execution object.
+function functionError(status, body) {
+  const code = body?.error?.code ?? "";
+  const message = body?.error?.message;
+  if (status === 401) {
+    return new ApiError(ErrorKind.AUTH, "Your session has ended. Please log in again.", {
+      status,
+      code,
+    });
+  }
+  if (status === 429) {
+    return new ApiError(ErrorKind.LIMIT, message || "Monthly token limit reached.", {
+      status,
+      code,
+      usage: body?.usage ?? null,
+    });
+  }
+  if (status === 413) {
+    return new ApiError(
+      ErrorKind.TOO_LARGE,
+      "This conversation is too long to send. Start a new chat to continue.",
+      { status, code },
+    );
+  }
+  if (status === 408 || status === 409 || status >= 500 || status === 0) {
+    // 408: the synchronous execution timed out; 409: the same request is still running.
+    const text =
+      status === 409 ? "Still working on your previous message. Try again in a moment." : SERVER_MESSAGE;
+    return new ApiError(ErrorKind.RETRYABLE, text, { status, code });
+  }
+  return new ApiError(ErrorKind.INVALID, message || "The request was refused.", { status, code });
+}
+
+export function createBackend(config) {
+  const client = new Client().setEndpoint(config.endpoint).setProject(config.projectId);
+  const account = new Account(client);
+  const functions = new Functions(client);
+
+  async function execute(functionId, method, body) {
+    let execution;
+    try {
+      execution = await functions.createExecution(
+        functionId,
+        body === undefined ? "" : JSON.stringify(body),
+        false,
+        "/",
+        method,
+        { "content-type": "application/json" },
+      );
+    } catch (error) {
+      throw transportError(error);
+    }
+    const status = Number(execution?.responseStatusCode ?? 0);
+    const parsed = parseJson(execution?.responseBody);
+    if (status >= 200 && status < 300 && parsed !== null) return parsed;
+    throw functionError(status >= 200 && status < 300 ? 502 : status, parsed);
+  }
+
+  async function accountCall(call) {
+    try {
+      return await call();
+    } catch (error) {
+      if (error instanceof AppwriteException && error.code >= 400 && error.code < 500) {
+        throw new ApiError(
+          error.code === 401 ? ErrorKind.AUTH : ErrorKind.INVALID,
+          error.message || "The request was refused.",
+          { status: error.code, code: error.type ?? "" },
+        );
+      }
+      throw transportError(error);
+    }
+  }
+
+  return {
+    currentUser: () => accountCall(() => account.get()),
+    logIn: (email, password) =>
+      accountCall(() => account.createEmailPasswordSession(email, password)),
+    signUp: (email, password, name) =>
+      accountCall(() => account.create(ID.unique(), email, password, name || undefined)),
+    logOut: () => accountCall(() => account.deleteSession("current")),
+    chat: (messages, requestId) =>
+      execute(config.functions.chat, "POST", { messages, requestId }),
+    usage: () => execute(config.functions.usage, "GET"),
+  };
+}
+
+// 36 characters from [A-Za-z0-9-]: what the chat function accepts as an idempotency key.
+export function newRequestId() {
+  if (window.crypto?.randomUUID) return window.crypto.randomUUID();
+  const bytes = new Uint8Array(16);
+  window.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
