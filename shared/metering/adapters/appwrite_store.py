@@ -1,0 +1,719 @@
+"""``UsageStore`` on Appwrite TablesDB (SDK 27): bounded atomic increments for the hard cap.
+
+Every ``AppwriteException`` is translated here; nothing above this module sees an Appwrite type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from appwrite.client import Client
+from appwrite.exception import AppwriteException
+from appwrite.query import Query
+from appwrite.services.tables_db import TablesDB
+
+from ..account import Account, ResetPlan
+from ..config import StoreSettings
+from ..errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
+from ..ledger import LedgerEntry, LedgerStatus
+from ..plans import PlanCatalog, load_default_plans
+from ..ports import AccountPatch, AccountQuery, ClaimOutcome, LedgerPatch, Page
+from ..timeutil import format_timestamp, month_start, parse_timestamp
+from ..tokens import TokenUsage
+
+T = TypeVar("T")
+
+ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
+LIMIT_EXCEEDED = "column_limit_exceeded"
+PAGE_SIZE = 100
+# A reset claim whose worker died is taken over after this long.
+RESET_LEASE = timedelta(minutes=10)
+# Attempts at a reset transaction that a concurrent change of the counter made fail.
+RESET_ATTEMPTS = 5
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PENDING = "pending"
+DONE = "done"
+
+_ACCOUNT_COLUMNS: dict[str, str] = {
+    "plan": "plan",
+    "status": "status",
+    "max_tokens_per_month": "maxTokensPerMonth",
+    "addon_tokens": "addonTokens",
+    "stripe_customer_id": "stripeCustomerId",
+    "stripe_subscription_id": "stripeSubscriptionId",
+    "stripe_updated_at": "stripeUpdatedAt",
+    "period_start": "periodStart",
+    "period_end": "periodEnd",
+    "storage_bytes_limit": "storageBytesLimit",
+    "bank_connections_limit": "bankConnectionsLimit",
+}
+
+
+def row_key(key: str) -> str:
+    """A valid Appwrite row id for ``key``: itself when it already is one, else a stable hash.
+
+    Appwrite ids are at most 36 characters of ``[A-Za-z0-9._-]`` not starting with a symbol.
+    """
+    if ROW_ID.match(key):
+        return key
+    return "h" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:35]
+
+
+def _ms(value: datetime) -> datetime:
+    """Appwrite keeps datetimes to the millisecond: compare at that precision."""
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _time(value: datetime | None) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def _optional_time(value: Any) -> datetime | None:
+    return parse_timestamp(value) if value else None
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class AppwriteStore:
+    """Subscriptions, the ledger and event claims in three TablesDB tables."""
+
+    def __init__(
+        self, tables: TablesDB, settings: StoreSettings, plans: PlanCatalog | None = None
+    ) -> None:
+        self._db = tables
+        self._database = settings.database_id
+        self._subscriptions = settings.subscriptions_table
+        self._ledger = settings.usage_events_table
+        self._events = settings.stripe_events_table
+        self._plans = plans or load_default_plans()
+        # Row ids never change, so a user's row id is looked up once per warm instance.
+        self._row_ids: dict[str, str] = {}
+        self._row_ids_lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, settings: StoreSettings, api_key: str) -> AppwriteStore:
+        if not settings.appwrite_endpoint:
+            # The SDK would otherwise talk to Appwrite Cloud.
+            raise StoreError("no Appwrite endpoint configured")
+        client = Client()
+        try:
+            client.set_endpoint(settings.appwrite_endpoint)
+        except AppwriteException as exc:
+            raise StoreError(f"invalid Appwrite endpoint: {exc.message}") from exc
+        client.set_project(settings.appwrite_project_id)
+        client.set_key(api_key)
+        return cls(TablesDB(client), settings)
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """Run one SDK call; any failure not handled by the caller becomes a ``StoreError``."""
+        try:
+            return action()
+        except AppwriteException as exc:
+            raise StoreError(f"{what} failed: {exc.code} {exc.type}") from exc
+
+    def _try(self, what: str, action: Callable[[], T], **expected: type[Exception]) -> T:
+        """Like ``_call`` but Appwrite error types in ``expected`` become those domain errors."""
+        try:
+            return action()
+        except AppwriteException as exc:
+            error = expected.get(str(exc.type))
+            if error is not None:
+                raise error(f"{what}: {exc.type}") from exc
+            raise StoreError(f"{what} failed: {exc.code} {exc.type}") from exc
+
+    def _get(self, table: str, row_id: str) -> dict[str, Any] | None:
+        try:
+            row = self._db.get_row(self._database, table, row_id)
+        except AppwriteException as exc:
+            if exc.type == "row_not_found":
+                return None
+            raise StoreError(f"reading {table} failed: {exc.code} {exc.type}") from exc
+        return _document(row)
+
+    def _list(self, table: str, queries: list[str]) -> list[dict[str, Any]]:
+        result = self._call(
+            f"listing {table}", lambda: self._db.list_rows(self._database, table, queries)
+        )
+        return [_document(row) for row in result.rows]
+
+    def _page(
+        self, table: str, filters: list[str], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if limit <= 0:
+            raise InvalidRequest("limit must be positive")
+        queries = [*filters, Query.limit(limit + 1)]
+        if cursor:
+            queries.append(Query.cursor_after(cursor))
+        rows = self._list(table, queries)
+        if len(rows) > limit:
+            rows = rows[:limit]
+            return rows, str(rows[-1]["$id"])
+        return rows, None
+
+    def _all(self, table: str, filters: list[str]) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            rows, cursor = self._page(table, filters, PAGE_SIZE, cursor)
+            yield from rows
+            if cursor is None:
+                return
+
+    # -- accounts --------------------------------------------------------------------------------
+
+    def _account(self, row: Mapping[str, Any]) -> Account:
+        plan = self._plans.find(_text(row.get("plan"))) or self._plans.default
+        max_tokens = row.get("maxTokensPerMonth")
+        created = _optional_time(row.get("$createdAt")) or EPOCH
+        return Account(
+            user_id=str(row.get("userId", "")),
+            row_id=str(row["$id"]),
+            plan=_text(row.get("plan")) or plan.id,
+            status=_text(row.get("status")) or "none",
+            max_tokens_per_month=(
+                _int(max_tokens) if max_tokens is not None else plan.tokens_per_month
+            ),
+            period_start=_optional_time(row.get("periodStart")) or month_start(created),
+            period_end=_optional_time(row.get("periodEnd")),
+            current_tokens_used=_int(row.get("currentTokensUsed")),
+            lifetime_tokens_used=_int(row.get("lifetimeTokensUsed")),
+            addon_tokens=_int(row.get("addonTokens")),
+            topup_tokens=_int(row.get("topupTokens")),
+            last_token_reset_at=_optional_time(row.get("lastTokenResetAt")),
+            stripe_customer_id=_text(row.get("stripeCustomerId")),
+            stripe_subscription_id=_text(row.get("stripeSubscriptionId")),
+            stripe_updated_at=_int(row.get("stripeUpdatedAt")),
+            storage_bytes_used=_int(row.get("storageBytesUsed")),
+            storage_bytes_limit=(
+                _int(row["storageBytesLimit"])
+                if row.get("storageBytesLimit") is not None
+                else plan.storage_bytes
+            ),
+            bank_connections_used=_int(row.get("bankConnectionsUsed")),
+            bank_connections_limit=(
+                _int(row["bankConnectionsLimit"])
+                if row.get("bankConnectionsLimit") is not None
+                else plan.bank_connections
+            ),
+        )
+
+    def _find_account_row(self, column: str, value: str) -> dict[str, Any] | None:
+        rows = self._list(self._subscriptions, [Query.equal(column, value), Query.limit(1)])
+        if not rows:
+            return None
+        if column == "userId":
+            self._remember(value, str(rows[0]["$id"]))
+        return rows[0]
+
+    def _remember(self, user_id: str, row_id: str) -> None:
+        with self._row_ids_lock:
+            self._row_ids[user_id] = row_id
+
+    def _row_id(self, user_id: str) -> str:
+        """The row id of the user's subscription; raises ``NotFound`` when there is none."""
+        with self._row_ids_lock:
+            cached = self._row_ids.get(user_id)
+        if cached is not None:
+            return cached
+        row = self._find_account_row("userId", user_id)
+        if row is None:
+            raise NotFound(f"no account for user {user_id}")
+        return str(row["$id"])
+
+    def get_account(self, user_id: str) -> Account | None:
+        row = self._find_account_row("userId", user_id)
+        return self._account(row) if row is not None else None
+
+    def create_account(self, account: Account) -> Account:
+        row_id = row_key(account.row_id or account.user_id)
+        data = {
+            "userId": account.user_id,
+            "plan": account.plan,
+            "status": account.status,
+            "stripeCustomerId": account.stripe_customer_id or None,
+            "stripeSubscriptionId": account.stripe_subscription_id or None,
+            "currentTokensUsed": account.current_tokens_used,
+            "lifetimeTokensUsed": account.lifetime_tokens_used,
+            "lastTokenResetAt": _time(account.last_token_reset_at),
+            "maxTokensPerMonth": account.max_tokens_per_month,
+            "addonTokens": account.addon_tokens,
+            "topupTokens": account.topup_tokens,
+            "periodStart": _time(account.period_start),
+            "periodEnd": _time(account.period_end),
+            "stripeUpdatedAt": account.stripe_updated_at,
+            "storageBytesUsed": account.storage_bytes_used,
+            "storageBytesLimit": account.storage_bytes_limit,
+            "bankConnectionsUsed": account.bank_connections_used,
+            "bankConnectionsLimit": account.bank_connections_limit,
+        }
+        try:
+            row = self._db.create_row(self._database, self._subscriptions, row_id, data)
+        except AppwriteException as exc:
+            if exc.type != "row_already_exists":
+                raise StoreError(f"creating an account failed: {exc.code} {exc.type}") from exc
+            # Lost a race (same row id, or the unique userId index): the winner's row counts.
+            existing = self.get_account(account.user_id)
+            if existing is None:
+                raise StoreError(f"row id {row_id} is taken by another user") from exc
+            return existing
+        self._remember(account.user_id, row_id)
+        return self._account(_document(row))
+
+    def find_account_by_customer(self, stripe_customer_id: str) -> Account | None:
+        if not stripe_customer_id:
+            return None
+        row = self._find_account_row("stripeCustomerId", stripe_customer_id)
+        return self._account(row) if row is not None else None
+
+    def find_account_by_subscription(self, stripe_subscription_id: str) -> Account | None:
+        if not stripe_subscription_id:
+            return None
+        row = self._find_account_row("stripeSubscriptionId", stripe_subscription_id)
+        return self._account(row) if row is not None else None
+
+    def update_account(self, user_id: str, patch: AccountPatch) -> Account:
+        data: dict[str, Any] = {}
+        for field, given in patch.items():
+            column = _ACCOUNT_COLUMNS.get(field)
+            if column is None:
+                raise InvalidRequest(f"{field} cannot be patched")
+            value: Any = given
+            if isinstance(given, datetime):
+                value = format_timestamp(given)
+            elif field in ("stripe_customer_id", "stripe_subscription_id"):
+                # Stored as NULL, never "", so that `isNull` finds every unsubscribed account.
+                value = given or None
+            data[column] = value
+        row_id = self._row_id(user_id)
+        row = self._try(
+            "updating an account",
+            lambda: self._db.update_row(self._database, self._subscriptions, row_id, data),
+            row_not_found=NotFound,
+        )
+        return self._account(_document(row))
+
+    def add_topup(self, user_id: str, tokens: int) -> Account:
+        if tokens < 0:
+            raise InvalidRequest("a top-up cannot be negative")
+        row_id = self._row_id(user_id)
+        if tokens == 0:
+            row = self._get(self._subscriptions, row_id)
+            if row is None:
+                raise NotFound(f"no account for user {user_id}")
+            return self._account(row)
+        updated = self._try(
+            "crediting a top-up",
+            lambda: self._db.increment_row_column(
+                self._database, self._subscriptions, row_id, "topupTokens", value=tokens
+            ),
+            row_not_found=NotFound,
+        )
+        return self._account(_document(updated))
+
+    def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
+        filters: list[str] = []
+        if query.subscribed is True:
+            filters.append(Query.is_not_null("stripeSubscriptionId"))
+        elif query.subscribed is False:
+            filters.append(Query.is_null("stripeSubscriptionId"))
+        if query.period_start_before is not None:
+            filters.append(
+                Query.less_than("periodStart", format_timestamp(query.period_start_before))
+            )
+        if query.period_end_before is not None:
+            filters.append(Query.less_than("periodEnd", format_timestamp(query.period_end_before)))
+        rows, next_cursor = self._page(self._subscriptions, filters, limit, cursor)
+        return Page(items=[self._account(row) for row in rows], next_cursor=next_cursor)
+
+    # -- the hard cap ----------------------------------------------------------------------------
+
+    def _increment(
+        self, table: str, row_id: str, column: str, tokens: int, limit: int | None = None
+    ) -> dict[str, Any]:
+        row = self._try(
+            f"incrementing {table}.{column}",
+            lambda: self._db.increment_row_column(
+                self._database, table, row_id, column, value=tokens, max=limit
+            ),
+            column_limit_exceeded=LimitReached,
+            row_not_found=NotFound,
+        )
+        return _document(row)
+
+    def _decrement_floored(self, table: str, row_id: str, column: str, tokens: int) -> None:
+        """Subtract ``tokens`` but never go below zero, even when the counter went down
+        concurrently (a reset): then subtract what is left."""
+        amount = tokens
+        for _ in range(RESET_ATTEMPTS * 2):
+            if amount <= 0:
+                return
+            try:
+                self._db.decrement_row_column(
+                    self._database, table, row_id, column, value=amount, min=0
+                )
+            except AppwriteException as exc:
+                if exc.type == "row_not_found":
+                    raise NotFound(f"no row {row_id} in {table}") from exc
+                if exc.type != LIMIT_EXCEEDED:
+                    raise StoreError(f"decrementing {table}.{column} failed: {exc.code}") from exc
+                row = self._get(table, row_id)
+                if row is None:
+                    raise NotFound(f"no row {row_id} in {table}") from exc
+                left = _int(row.get(column))
+                if left >= amount:
+                    continue  # it went up again meanwhile: the full amount fits now
+                amount = left
+                continue
+            return
+        raise StoreError(f"{table}.{column} kept changing while being decremented")
+
+    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+        if tokens < 0:
+            raise InvalidRequest("cannot reserve a negative amount")
+        row_id = self._row_id(user_id)
+        if tokens == 0:
+            account = self._get(self._subscriptions, row_id)
+            used = _int(account.get("currentTokensUsed")) if account else 0
+            if used > limit:
+                raise LimitReached("the limit is already passed")
+            return used
+        # The counter first: refusing is the common failure, and it changes nothing.
+        row = self._increment(self._subscriptions, row_id, "currentTokensUsed", tokens, limit)
+        try:
+            self._increment(self._ledger, row_key(request_id), "reservedTokens", tokens)
+        except Exception:
+            # Without its ledger entry the hold could never be released: give it back now.
+            self._decrement_floored(self._subscriptions, row_id, "currentTokensUsed", tokens)
+            raise
+        return _int(row.get("currentTokensUsed"))
+
+    def release(self, user_id: str, request_id: str, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        # The counter first: a crash in between leaves a hold that the cron gives back again,
+        # which errs in the user's favour rather than charging tokens that were never used.
+        self._decrement_floored(
+            self._subscriptions, self._row_id(user_id), "currentTokensUsed", tokens
+        )
+        self._decrement_floored(self._ledger, row_key(request_id), "reservedTokens", tokens)
+
+    def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
+        claim_id = f"reset:{reset.user_id}:{format_timestamp(reset.period_start)}"
+        outcome = self.claim_event(claim_id, "reset", reset.user_id, reset.reset_at, RESET_LEASE)
+        if outcome is not ClaimOutcome.CLAIMED:
+            return None
+        try:
+            applied = self._apply_reset_claimed(reset, previous_period_start, row_key(claim_id))
+        except Exception:
+            self.release_event(claim_id)
+            raise
+        if applied is None:
+            self.complete_event(claim_id, "not_forward", reset.reset_at)
+        return applied
+
+    def _apply_reset_claimed(
+        self, reset: ResetPlan, previous_period_start: datetime, claim_row: str
+    ) -> Account | None:
+        for _ in range(RESET_ATTEMPTS):
+            row = self._find_account_row("userId", reset.user_id)
+            if row is None:
+                return None
+            account = self._account(row)
+            if _ms(account.period_start) != _ms(previous_period_start):
+                return None
+            if _ms(reset.period_start) <= _ms(account.period_start):
+                return None
+            if self._commit_reset(reset, account, claim_row):
+                return self.get_account(reset.user_id)
+        raise StoreError("the counter kept changing during a reset")
+
+    def _commit_reset(self, reset: ResetPlan, account: Account, claim_row: str) -> bool:
+        """All changes of one reset in one transaction, the claim's completion included, so
+        that it happens entirely or not at all. False when the counter moved under it."""
+        database, table, row_id = self._database, self._subscriptions, account.row_id
+        # A concurrent release may have lowered the counter below the snapshot: never below 0.
+        used = min(reset.used, account.current_tokens_used)
+        topup = min(reset.topup_consumed, account.topup_tokens)
+        transaction = self._call("starting a transaction", self._db.create_transaction)
+        tx = transaction.id
+        steps: list[Callable[[], object]] = []
+        if used > 0:
+            steps.append(
+                lambda: self._db.decrement_row_column(
+                    database,
+                    table,
+                    row_id,
+                    "currentTokensUsed",
+                    value=used,
+                    min=0,
+                    transaction_id=tx,
+                )
+            )
+        if reset.used > 0:
+            steps.append(
+                lambda: self._db.increment_row_column(
+                    database,
+                    table,
+                    row_id,
+                    "lifetimeTokensUsed",
+                    value=reset.used,
+                    transaction_id=tx,
+                )
+            )
+        if topup > 0:
+            steps.append(
+                lambda: self._db.decrement_row_column(
+                    database, table, row_id, "topupTokens", value=topup, min=0, transaction_id=tx
+                )
+            )
+        period = {
+            "periodStart": format_timestamp(reset.period_start),
+            "periodEnd": _time(reset.period_end),
+            "lastTokenResetAt": format_timestamp(reset.reset_at),
+        }
+        steps.append(
+            lambda: self._db.update_row(database, table, row_id, period, transaction_id=tx)
+        )
+        done = {"status": DONE, "outcome": "reset", "completedAt": format_timestamp(reset.reset_at)}
+        steps.append(
+            lambda: self._db.update_row(database, self._events, claim_row, done, transaction_id=tx)
+        )
+        try:
+            for step in steps:
+                step()
+            self._db.update_transaction(tx, commit=True)
+        except AppwriteException as exc:
+            self._rollback(tx)
+            if exc.type == LIMIT_EXCEEDED:
+                return False
+            raise StoreError(f"committing a reset failed: {exc.code} {exc.type}") from exc
+        return True
+
+    def _rollback(self, transaction_id: str) -> None:
+        # An uncommitted transaction expires on its own if the rollback fails too.
+        with contextlib.suppress(AppwriteException):
+            self._db.update_transaction(transaction_id, rollback=True)
+
+    # -- the ledger ------------------------------------------------------------------------------
+
+    def create_ledger(self, entry: LedgerEntry) -> None:
+        data = {
+            "requestId": entry.request_id,
+            "userId": entry.user_id,
+            "status": entry.status.value,
+            "model": entry.model,
+            "periodStart": format_timestamp(entry.period_start),
+            "startedAt": format_timestamp(entry.created_at),
+            "touchedAt": format_timestamp(entry.updated_at),
+            "reservedTokens": entry.reserved_tokens,
+            "costMicroUsd": entry.cost_micro_usd,
+            "priceVersion": entry.price_version,
+            "reply": entry.reply,
+            **_usage_columns(entry.usage),
+        }
+        self._try(
+            "creating a ledger entry",
+            lambda: self._db.create_row(
+                self._database, self._ledger, row_key(entry.request_id), data
+            ),
+            row_already_exists=AlreadyExists,
+        )
+
+    def get_ledger(self, request_id: str) -> LedgerEntry | None:
+        row = self._get(self._ledger, row_key(request_id))
+        return _ledger_entry(row, request_id) if row is not None else None
+
+    def discard_ledger(self, request_id: str) -> None:
+        try:
+            self._db.delete_row(self._database, self._ledger, row_key(request_id))
+        except AppwriteException as exc:
+            if exc.type != "row_not_found":
+                raise StoreError(f"discarding a ledger entry failed: {exc.code}") from exc
+
+    def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry:
+        data: dict[str, Any] = {}
+        if "status" in patch:
+            data["status"] = LedgerStatus(patch["status"]).value
+        if "model" in patch:
+            data["model"] = patch["model"]
+        if "usage" in patch:
+            data.update(_usage_columns(patch["usage"]))
+        if "cost_micro_usd" in patch:
+            data["costMicroUsd"] = patch["cost_micro_usd"]
+        if "price_version" in patch:
+            data["priceVersion"] = patch["price_version"]
+        if "reply" in patch:
+            data["reply"] = patch["reply"]
+        if "updated_at" in patch:
+            data["touchedAt"] = format_timestamp(patch["updated_at"])
+        row = self._try(
+            "updating a ledger entry",
+            lambda: self._db.update_row(self._database, self._ledger, row_key(request_id), data),
+            row_not_found=NotFound,
+        )
+        return _ledger_entry(_document(row), request_id)
+
+    def list_stale_reservations(
+        self, updated_before: datetime, limit: int, cursor: str | None
+    ) -> Page[LedgerEntry]:
+        filters = [
+            Query.equal("status", LedgerStatus.RESERVED.value),
+            Query.less_than("touchedAt", format_timestamp(updated_before)),
+        ]
+        rows, next_cursor = self._page(self._ledger, filters, limit, cursor)
+        return Page(items=[_ledger_entry(row) for row in rows], next_cursor=next_cursor)
+
+    def ledger_total(self, user_id: str, period_start: datetime) -> int:
+        filters = [
+            Query.equal("userId", user_id),
+            Query.equal("periodStart", format_timestamp(period_start)),
+        ]
+        return sum(
+            _int(row.get("totalTokens")) + _int(row.get("reservedTokens"))
+            for row in self._all(self._ledger, filters)
+        )
+
+    # -- event claims ----------------------------------------------------------------------------
+
+    def claim_event(
+        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta
+    ) -> ClaimOutcome:
+        row_id = row_key(event_id)
+        data = {
+            "eventId": event_id,
+            "type": event_type,
+            "objectId": object_id,
+            "status": PENDING,
+            "attempt": 0,
+            "claimedAt": format_timestamp(now),
+        }
+        for _ in range(3):
+            try:
+                self._db.create_row(self._database, self._events, row_id, data)
+            except AppwriteException as exc:
+                if exc.type != "row_already_exists":
+                    raise StoreError(f"claiming an event failed: {exc.code} {exc.type}") from exc
+            else:
+                return ClaimOutcome.CLAIMED
+            row = self._get(self._events, row_id)
+            if row is None:
+                continue  # released between our attempt and the read: try again
+            return self._existing_claim(row_id, row, now, lease)
+        return ClaimOutcome.IN_PROGRESS
+
+    def _existing_claim(
+        self, row_id: str, row: Mapping[str, Any], now: datetime, lease: timedelta
+    ) -> ClaimOutcome:
+        if row.get("status") == DONE:
+            return ClaimOutcome.DONE
+        claimed_at = _optional_time(row.get("claimedAt"))
+        if claimed_at is not None and claimed_at + lease > now:
+            return ClaimOutcome.IN_PROGRESS
+        # The worker died. Taking over is a compare-and-swap: the bounded increment of
+        # `attempt` succeeds for exactly one of the workers that saw this same attempt.
+        attempt = _int(row.get("attempt"))
+        try:
+            self._db.increment_row_column(
+                self._database, self._events, row_id, "attempt", value=1, max=attempt + 1
+            )
+        except AppwriteException as exc:
+            if exc.type in (LIMIT_EXCEEDED, "row_not_found"):
+                return ClaimOutcome.IN_PROGRESS
+            raise StoreError(f"taking over a claim failed: {exc.code} {exc.type}") from exc
+        self._call(
+            "renewing a claim",
+            lambda: self._db.update_row(
+                self._database, self._events, row_id, {"claimedAt": format_timestamp(now)}
+            ),
+        )
+        return ClaimOutcome.CLAIMED
+
+    def complete_event(self, event_id: str, outcome: str, now: datetime) -> None:
+        row_id = row_key(event_id)
+        data = {"status": DONE, "outcome": outcome[:255], "completedAt": format_timestamp(now)}
+        try:
+            self._db.update_row(self._database, self._events, row_id, data)
+        except AppwriteException as exc:
+            if exc.type != "row_not_found":
+                raise StoreError(f"completing an event failed: {exc.code} {exc.type}") from exc
+            # The claim vanished (released by a timed-out worker): record the outcome anyway.
+            self._call(
+                "recording an event",
+                lambda: self._db.create_row(
+                    self._database,
+                    self._events,
+                    row_id,
+                    {"eventId": event_id, "claimedAt": format_timestamp(now), **data},
+                ),
+            )
+
+    def release_event(self, event_id: str) -> None:
+        try:
+            self._db.delete_row(self._database, self._events, row_key(event_id))
+        except AppwriteException as exc:
+            if exc.type != "row_not_found":
+                raise StoreError(f"releasing an event failed: {exc.code} {exc.type}") from exc
+
+
+def _document(row: Any) -> dict[str, Any]:
+    """The columns of an SDK row model plus the system fields this adapter reads."""
+    data = dict(row.data) if isinstance(row.data, dict) else {}
+    data["$id"] = row.id
+    data["$createdAt"] = row.createdat
+    data["$updatedAt"] = row.updatedat
+    return data
+
+
+def _usage_columns(usage: TokenUsage) -> dict[str, int]:
+    return {
+        "inputTokens": usage.input_tokens,
+        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+        "cacheCreation1hTokens": usage.cache_creation_1h_tokens,
+        "cacheReadInputTokens": usage.cache_read_input_tokens,
+        "outputTokens": usage.output_tokens,
+        "totalTokens": usage.total_tokens,
+        "steps": usage.steps,
+    }
+
+
+def _ledger_entry(row: Mapping[str, Any], request_id: str | None = None) -> LedgerEntry:
+    created = _optional_time(row.get("startedAt")) or parse_timestamp(row["$createdAt"])
+    updated = _optional_time(row.get("touchedAt")) or parse_timestamp(row["$updatedAt"])
+    try:
+        return LedgerEntry(
+            request_id=request_id or _text(row.get("requestId")) or str(row["$id"]),
+            user_id=str(row.get("userId", "")),
+            status=LedgerStatus(row.get("status") or LedgerStatus.SETTLED.value),
+            model=str(row.get("model") or ""),
+            period_start=_optional_time(row.get("periodStart")) or month_start(created),
+            created_at=created,
+            updated_at=updated,
+            usage=TokenUsage(
+                input_tokens=_int(row.get("inputTokens")),
+                cache_creation_input_tokens=_int(row.get("cacheCreationInputTokens")),
+                cache_read_input_tokens=_int(row.get("cacheReadInputTokens")),
+                output_tokens=_int(row.get("outputTokens")),
+                cache_creation_1h_tokens=_int(row.get("cacheCreation1hTokens")),
+                steps=_int(row.get("steps")),
+            ),
+            reserved_tokens=_int(row.get("reservedTokens")),
+            cost_micro_usd=_int(row.get("costMicroUsd")),
+            price_version=str(row.get("priceVersion") or ""),
+            reply=str(row.get("reply") or ""),
+        )
+    except (ValueError, InvalidRequest) as exc:
+        raise StoreError(f"ledger row {row.get('$id')} is malformed") from exc
