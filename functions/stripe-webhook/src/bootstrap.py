@@ -1,0 +1,72 @@
+"""Wiring of the stripe-webhook function, done once per cold start."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
+from .metering.billing import BillingProvider
+from .metering.config import EnvReader, StoreSettings
+from .metering.plans import PlanCatalog, load_default_plans
+
+
+@dataclass(frozen=True)
+class WebhookApp:
+    store: StoreSettings
+    verifier: StripeWebhookVerifier
+    # None without STRIPE_SECRET_KEY: events whose plan is only on the product then fail.
+    billing: BillingProvider | None
+    plans: PlanCatalog
+    clock: Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build(
+    environ: Mapping[str, str],
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    billing: BillingProvider | None = None,
+) -> WebhookApp:
+    """Raises ConfigurationError (answered 500) without STRIPE_WEBHOOK_SECRET."""
+    env = EnvReader(environ)
+    secret = env.secret("STRIPE_WEBHOOK_SECRET", required=True)
+    api_key = env.secret("STRIPE_SECRET_KEY")
+    api_base = env.optional("STRIPE_API_BASE")
+    store = StoreSettings.read(env)
+    env.finish()
+    if billing is None and api_key:
+        billing = StripeBilling(api_key.value, api_base)
+    return WebhookApp(
+        store=store,
+        verifier=StripeWebhookVerifier(secret.value),
+        billing=billing,
+        plans=load_default_plans(),
+        clock=clock,
+    )
+
+
+_app: WebhookApp | None = None
+_lock = threading.Lock()
+
+
+def current() -> WebhookApp:
+    """The app of this cold start, built from the process environment on first use."""
+    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
+    with _lock:
+        if _app is None:
+            _app = build(os.environ)
+        return _app
+
+
+def install(app: WebhookApp | None) -> None:
+    """Replace the app (tests build one from a dict)."""
+    global _app  # noqa: PLW0603
+    with _lock:
+        _app = app

@@ -1,0 +1,388 @@
+"""Send correctly signed sample Stripe events to the local (or any) stripe-webhook endpoint.
+
+    python -m tools.stripe_events subscribe --user USER_ID --plan starter
+    python -m tools.stripe_events renew|change-plan|topup|cancel --user USER_ID [--url ...]
+
+Events are built from the fixtures in tests/fixtures/stripe and retargeted to the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import hmac
+import json
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from localruntime.settings import DEV_WEBHOOK_SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = ROOT / "tests" / "fixtures" / "stripe"
+DEFAULT_URL = "http://127.0.0.1:8000/functions/stripe-webhook"
+PERIOD = timedelta(days=30)
+
+Event = dict[str, Any]
+
+# Price metadata as an operator sets it up: by plan name, by token count, or as an add-on.
+PRICES: dict[str, tuple[str, str, int, dict[str, str]]] = {
+    "starter": ("price_1S2kQeLkdIwHu7ixStarterM", "starter", 900, {"plan": "starter"}),
+    "pro": ("price_1S2kQfLkdIwHu7ixProMonthl", "pro", 2900, {"tokens_per_month": "200000"}),
+    "business": ("price_1S2kQgLkdIwHu7ixBusinessM", "business", 9900, {"plan": "business"}),
+    "addon": ("price_1S2kRfLkdIwHu7ixAddon10k", "addon_10k", 300, {"addon_tokens": "10000"}),
+}
+
+
+def load_event(name: str) -> Event:
+    """A fixture event by file name without ``.json``, e.g. ``invoice.paid.legacy``."""
+    path = FIXTURES_DIR / f"{name}.json"
+    document: Event = json.loads(path.read_text(encoding="utf-8"))
+    return document
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+def _ts(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def price_object(name: str, template: dict[str, Any]) -> dict[str, Any]:
+    """A price in the template's shape carrying the metadata of ``name`` (a plan or 'addon')."""
+    price_id, lookup_key, amount, metadata = PRICES[name]
+    price = copy.deepcopy(template)
+    price.update(
+        id=price_id,
+        lookup_key=lookup_key,
+        unit_amount=amount,
+        unit_amount_decimal=str(amount),
+        metadata=dict(metadata),
+        nickname=f"{name.title()} monthly",
+        product=f"prod_{name}_{price_id[-6:]}",
+    )
+    return price
+
+
+def _plan_from_price(price: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+    plan = copy.deepcopy(template)
+    plan.update(
+        id=price["id"],
+        amount=price["unit_amount"],
+        amount_decimal=price["unit_amount_decimal"],
+        metadata=price["metadata"],
+        nickname=price["nickname"],
+        product=price["product"],
+    )
+    return plan
+
+
+def retarget(
+    event: Event,
+    *,
+    event_id: str | None = None,
+    created: int | None = None,
+    user_id: str | None = None,
+    customer_id: str | None = None,
+    subscription_id: str | None = None,
+    period: tuple[datetime, datetime] | None = None,
+    items: Sequence[tuple[str, int]] | None = None,
+    status: str | None = None,
+    billing_reason: str | None = None,
+    session_id: str | None = None,
+    topup_tokens: int | None = None,
+) -> Event:
+    """A copy of ``event`` aimed at another user, customer, subscription or period, with a new
+    event id unless one is given. ``items`` are (price name, quantity) pairs."""
+    event = copy.deepcopy(event)
+    event["id"] = event_id or new_event_id()
+    if created is not None:
+        event["created"] = created
+    obj = event["data"]["object"]
+    kind = obj.get("object")
+    if kind == "checkout.session":
+        _checkout(
+            obj,
+            user_id=user_id,
+            customer_id=customer_id,
+            subscription_id=subscription_id,
+            session_id=session_id,
+            topup_tokens=topup_tokens,
+        )
+    elif kind == "subscription":
+        _subscription(
+            obj,
+            customer_id=customer_id,
+            subscription_id=subscription_id,
+            period=period,
+            items=items,
+            status=status,
+        )
+    elif kind == "invoice":
+        _invoice(
+            obj,
+            customer_id=customer_id,
+            subscription_id=subscription_id,
+            period=period,
+            items=items,
+            billing_reason=billing_reason,
+        )
+    return event
+
+
+def _checkout(
+    session: dict[str, Any],
+    *,
+    user_id: str | None,
+    customer_id: str | None,
+    subscription_id: str | None,
+    session_id: str | None,
+    topup_tokens: int | None,
+) -> None:
+    if user_id is not None:
+        session["client_reference_id"] = user_id
+    if customer_id is not None:
+        session["customer"] = customer_id
+    if subscription_id is not None and session.get("mode") == "subscription":
+        session["subscription"] = subscription_id
+    if session_id is not None:
+        session["id"] = session_id
+    if topup_tokens is not None:
+        session["metadata"] = {**session.get("metadata", {}), "topup_tokens": str(topup_tokens)}
+
+
+def _subscription(
+    subscription: dict[str, Any],
+    *,
+    customer_id: str | None,
+    subscription_id: str | None,
+    period: tuple[datetime, datetime] | None,
+    items: Sequence[tuple[str, int]] | None,
+    status: str | None,
+) -> None:
+    if subscription_id is not None:
+        subscription["id"] = subscription_id
+        subscription["items"]["url"] = f"/v1/subscription_items?subscription={subscription_id}"
+    if customer_id is not None:
+        subscription["customer"] = customer_id
+    if status is not None:
+        subscription["status"] = status
+    entries = subscription["items"]["data"]
+    if items is not None:
+        template = entries[0]
+        entries = []
+        for name, quantity in items:
+            item = copy.deepcopy(template)
+            item["price"] = price_object(name, template["price"])
+            item["plan"] = _plan_from_price(item["price"], template["plan"])
+            item["quantity"] = quantity
+            item["id"] = "si_" + hashlib.sha256(name.encode()).hexdigest()[:14]
+            entries.append(item)
+        subscription["items"]["data"] = entries
+        subscription["items"]["total_count"] = len(entries)
+    for item in entries:
+        item["subscription"] = subscription["id"]
+    if period is not None:
+        start, end = _ts(period[0]), _ts(period[1])
+        subscription["billing_cycle_anchor"] = start
+        # Older API versions keep the period on the subscription, newer ones on each item.
+        if "current_period_start" in subscription:
+            subscription.update(current_period_start=start, current_period_end=end)
+        else:
+            for item in entries:
+                item.update(current_period_start=start, current_period_end=end)
+
+
+def _invoice(
+    invoice: dict[str, Any],
+    *,
+    customer_id: str | None,
+    subscription_id: str | None,
+    period: tuple[datetime, datetime] | None,
+    items: Sequence[tuple[str, int]] | None,
+    billing_reason: str | None,
+) -> None:
+    legacy = "subscription" in invoice
+    if customer_id is not None:
+        invoice["customer"] = customer_id
+    if billing_reason is not None:
+        invoice["billing_reason"] = billing_reason
+    if subscription_id is not None:
+        if legacy:
+            invoice["subscription"] = subscription_id
+        else:
+            invoice["parent"]["subscription_details"]["subscription"] = subscription_id
+    for line in invoice["lines"]["data"]:
+        if subscription_id is not None:
+            if legacy:
+                line["subscription"] = subscription_id
+            else:
+                line["parent"]["subscription_item_details"]["subscription"] = subscription_id
+        if period is not None:
+            line["period"] = {"start": _ts(period[0]), "end": _ts(period[1])}
+        if items:
+            _line_price(line, items[0][0], legacy)
+    if period is not None:
+        start, end = period
+        # The invoice's own period is the one before (empty on the first invoice).
+        first = invoice["billing_reason"] == "subscription_create"
+        invoice["period_start"] = _ts(start if first else start - (end - start))
+        invoice["period_end"] = _ts(start)
+        invoice["created"] = _ts(start)
+
+
+def _line_price(line: dict[str, Any], name: str, legacy: bool) -> None:
+    if legacy:
+        line["price"] = price_object(name, line["price"])
+        line["plan"] = _plan_from_price(line["price"], line["plan"])
+    else:
+        price_id = PRICES[name][0]
+        line["pricing"]["price_details"]["price"] = price_id
+
+
+def encode(event: Event) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode("utf-8")
+
+
+def signature_header(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """Stripe's ``Stripe-Signature`` scheme v1: HMAC-SHA256 of ``"{t}.{body}"``."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    signed = f"{stamp}.".encode() + payload
+    digest = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def dev_ids(user_id: str) -> tuple[str, str]:
+    """Stable customer and subscription ids for a local user."""
+    digest = hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:14]
+    return f"cus_dev{digest}", f"sub_dev{digest}"
+
+
+def scenario_events(
+    scenario: str, user_id: str, plan: str, tokens: int, now: datetime
+) -> list[Event]:
+    """The events Stripe sends for one user action, in the order it sends them."""
+    customer, subscription = dev_ids(user_id)
+    stamp = _ts(now)
+    period = (now, now + PERIOD)
+    ids: dict[str, Any] = {"customer_id": customer, "subscription_id": subscription}
+    if scenario == "subscribe":
+        return [
+            retarget(
+                load_event("checkout.session.completed.subscription"),
+                created=stamp - 2,
+                user_id=user_id,
+                session_id="cs_dev_" + secrets.token_hex(16),
+                **ids,
+            ),
+            retarget(
+                load_event("customer.subscription.created"),
+                created=stamp - 1,
+                period=period,
+                items=[(plan, 1)],
+                **ids,
+            ),
+            retarget(
+                load_event("invoice.paid"),
+                created=stamp,
+                period=period,
+                items=[(plan, 1)],
+                billing_reason="subscription_create",
+                **ids,
+            ),
+        ]
+    if scenario == "renew":
+        paid = retarget(
+            load_event("invoice.paid"), created=stamp, period=period, items=[(plan, 1)], **ids
+        )
+        # Stripe sends both for one payment; the reset must happen once.
+        succeeded = copy.deepcopy(paid)
+        succeeded.update(id=new_event_id(), type="invoice.payment_succeeded")
+        return [paid, succeeded]
+    if scenario == "change-plan":
+        return [
+            retarget(
+                load_event("customer.subscription.updated"),
+                created=stamp,
+                period=period,
+                items=[(plan, 1)],
+                **ids,
+            )
+        ]
+    if scenario == "topup":
+        return [
+            retarget(
+                load_event("checkout.session.completed.topup"),
+                created=stamp,
+                user_id=user_id,
+                customer_id=customer,
+                session_id="cs_dev_" + secrets.token_hex(16),
+                topup_tokens=tokens,
+            )
+        ]
+    if scenario == "cancel":
+        return [retarget(load_event("customer.subscription.deleted"), created=stamp, **ids)]
+    raise ValueError(f"unknown scenario {scenario!r}")
+
+
+SCENARIOS = ("subscribe", "renew", "change-plan", "topup", "cancel")
+
+
+def post(url: str, event: Event, secret: str) -> tuple[int, str]:
+    """POST one signed event; the HTTP status and the response body."""
+    body = encode(event)
+    request = urllib.request.Request(  # noqa: S310 -- the URL is the operator's own endpoint
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "content-type": "application/json",
+            "stripe-signature": signature_header(body, secret),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--user", required=True, help="the Appwrite user id")
+    parser.add_argument("--plan", default="starter", choices=[p for p in PRICES if p != "addon"])
+    parser.add_argument("--tokens", type=int, default=100_000, help="top-up size")
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--secret", default=DEV_WEBHOOK_SECRET, help="the webhook signing secret")
+    parser.add_argument("--dry-run", action="store_true", help="print the events, send nothing")
+    args = parser.parse_args(argv)
+    events = scenario_events(args.scenario, args.user, args.plan, args.tokens, datetime.now(UTC))
+    failed = False
+    for event in events:
+        if args.dry_run:
+            print(json.dumps(event, indent=2))
+            continue
+        try:
+            status, body = post(args.url, event, args.secret)
+        except urllib.error.URLError as error:
+            print(f"{event['type']}: cannot reach {args.url}: {error.reason}", file=sys.stderr)
+            return 2
+        print(f"{event['type']} {event['id']}: {status} {body}")
+        failed = failed or status != 200
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
