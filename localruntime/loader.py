@@ -34,3 +34,11 @@ def load_function(function_id: str, functions_dir: Path = FUNCTIONS_DIR) -> type
 
 def main_of(function_id: str) -> Any:
     return load_function(function_id).main
+
+
+def unload_function(function_id: str) -> None:
+    """Drop a loaded function and everything under its package, so that the next
+    ``load_function`` is a cold start."""
+    name = package_name(function_id)
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]

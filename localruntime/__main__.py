@@ -1,0 +1,101 @@
+"""``python -m localruntime``: serve everything on one port until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from metering.errors import ConfigurationError
+
+from .server import Runtime
+from .settings import RuntimeSettings, load_environment
+
+
+def banner(runtime: Runtime) -> str:
+    settings = runtime.settings
+    url = runtime.base_url
+    if settings.offline_model:
+        model = "OFFLINE (built-in deterministic model; set ANTHROPIC_API_KEY for Claude)"
+    else:
+        model = "Anthropic API" + (
+            f" at {settings.anthropic_base_url}" if settings.anthropic_base_url else ""
+        )
+    secret = settings.stripe_webhook_secret.value if settings.webhook_secret_is_default else "(set)"
+    lines = [
+        "",
+        f"  Local runtime on {url}",
+        f"    page          {url}/",
+        f"    Appwrite API  {url}/v1  (project id: local)",
+        f"    functions     {', '.join(sorted(runtime.specs)) or '(none found)'}",
+        f"    webhook       {url}/functions/stripe-webhook",
+        f"    data          {runtime.data_dir}",
+        f"    model         {model}",
+        f"    webhook secret {secret}",
+        f"    stripe API    {'configured' if settings.stripe_secret_key else 'not configured'}"
+        " (without STRIPE_SECRET_KEY the cron skips Stripe look-ups)",
+        f"    cron          {runtime.cron_schedule or 'no schedule'} (ran once at start)",
+        "",
+        f"  Demo accounts (password: {settings.demo_password.value}):",
+    ]
+    lines += [
+        f"    {demo.email:<24} {demo.plan:<9} {demo.tokens_per_month:>9,} tokens/month"
+        for demo in runtime.demo_accounts
+    ]
+    lines += [
+        "",
+        "  Sample Stripe events, signed with the webhook secret, for a user:",
+        f"    .venv/bin/python -m tools.stripe_events --url {url} renewal --user local-starter",
+        "    (see `python -m tools.stripe_events --help` for plan changes and top-ups)",
+        "  Or forward real test-mode events:",
+        f"    stripe listen --forward-to {url}/functions/stripe-webhook",
+        "",
+        "  Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localruntime", description=__doc__)
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
+    parser.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="optional .env file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    environ = dict(load_environment(args.env_file))
+    if args.port is not None:
+        environ["PORT"] = str(args.port)
+    if args.host:
+        environ["HOST"] = args.host
+    try:
+        settings = RuntimeSettings.read(environ)
+    except ConfigurationError as error:
+        print(f"localruntime: {error.message}", file=sys.stderr)
+        return 2
+    runtime = Runtime(settings)
+    try:
+        runtime.start()
+    except OSError as error:
+        print(
+            f"localruntime: cannot listen on {settings.host}:{settings.port}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    print(banner(runtime), flush=True)
+    try:
+        runtime.start_cron()
+        runtime.wait()
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+    except ConfigurationError as error:
+        print(f"localruntime: {error.message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

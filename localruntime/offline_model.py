@@ -1,0 +1,267 @@
+"""A deterministic stand-in for Claude that speaks the Anthropic Messages API.
+
+Replies derive from the last user message; usage is estimated at four characters a token, with
+prompt caching reported as the API does (a write on first use of a cached prefix, reads after).
+A question about usage, tokens or quota is first answered with a call of the chat's usage tool,
+so that the tool loop runs locally too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 3
+MIN_CACHEABLE_TOKENS = 1024
+CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
+_USAGE_QUESTION = re.compile(
+    r"\b(usage|tokens?|quota|limit|allowance|remaining|left|plan)\b", re.IGNORECASE
+)
+_CLOSERS = (
+    "Every token of this reply is metered exactly like a reply from Claude.",
+    "Set ANTHROPIC_API_KEY to talk to Claude itself.",
+    "Ask me how many tokens you have left to watch the tool loop run.",
+    "Replies here are deterministic: the same question always gets the same answer.",
+    "The usage meter above updates after each message.",
+    "Nothing in this conversation left your machine.",
+)
+
+
+class ModelApiError(Exception):
+    """An error in the API's own format: ``{"type": "error", "error": {"type", "message"}}``."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _invalid(message: str) -> ModelApiError:
+    return ModelApiError(400, "invalid_request_error", message)
+
+
+def tokens_of(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+class OfflineModel:
+    """Thread-safe; remembers cached prompt prefixes for their time to live."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
+        _validate(request, need_max_tokens=False)
+        return {"input_tokens": _prompt(request)[0]}
+
+    def create_message(self, request: dict[str, Any]) -> dict[str, Any]:
+        _validate(request, need_max_tokens=True)
+        if request.get("stream"):
+            raise _invalid("the offline model does not stream; send stream=false")
+        total, prefix_tokens, prefix_key, ttl = _prompt(request)
+        cache_write = cache_read = 0
+        if prefix_key is not None and prefix_tokens >= MIN_CACHEABLE_TOKENS:
+            if self._cached(prefix_key, ttl):
+                cache_read = prefix_tokens
+            else:
+                cache_write = prefix_tokens
+        content, stop_reason, output_tokens = _answer(request)
+        with self._lock:
+            self._counter += 1
+            number = self._counter
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+        return {
+            "id": f"msg_offline_{digest}{number:06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": request["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": total - cache_write - cache_read,
+                "cache_creation_input_tokens": cache_write,
+                "cache_read_input_tokens": cache_read,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": cache_write if ttl == "5m" else 0,
+                    "ephemeral_1h_input_tokens": cache_write if ttl == "1h" else 0,
+                },
+                "output_tokens": output_tokens,
+                "service_tier": "standard",
+            },
+        }
+
+    def _cached(self, key: str, ttl: str) -> bool:
+        """Whether ``key`` is cached now; a hit refreshes its lifetime, a miss writes it."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key, 0.0) > now
+            self._cache[key] = now + CACHE_TTL_SECONDS[ttl]
+            return hit
+
+
+def _validate(request: dict[str, Any], *, need_max_tokens: bool) -> None:
+    if not isinstance(request.get("model"), str) or not request["model"]:
+        raise _invalid("model: Field required")
+    if need_max_tokens:
+        max_tokens = request.get("max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise _invalid("max_tokens: must be an integer of at least 1")
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages: at least one message is required")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise _invalid(f"messages.{index}.role: must be 'user' or 'assistant'")
+        content = message.get("content")
+        if not isinstance(content, str | list) or not content:
+            raise _invalid(f"messages.{index}.content: must be a non-empty string or list")
+        if isinstance(content, list) and not all(isinstance(b, dict) for b in content):
+            raise _invalid(f"messages.{index}.content: blocks must be objects")
+    if messages[0]["role"] != "user":
+        raise _invalid("messages: first message must use the 'user' role")
+    tools = request.get("tools", [])
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools
+    ):
+        raise _invalid("tools: each tool needs a name")
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [block for block in content if isinstance(block, dict)]
+
+
+def _block_text(block: dict[str, Any]) -> str:
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "tool_use":
+        return str(block.get("name", "")) + json.dumps(block.get("input", {}))
+    if kind == "tool_result":
+        inner = block.get("content", "")
+        return inner if isinstance(inner, str) else "".join(_block_text(b) for b in _blocks(inner))
+    return json.dumps(block, sort_keys=True)
+
+
+def _prompt(request: dict[str, Any]) -> tuple[int, int, str | None, str]:
+    """Total input tokens, the tokens and key of the cached prefix (tools, system, messages up to
+    the last ``cache_control`` breakpoint), and that breakpoint's time to live."""
+    parts: list[tuple[str, dict[str, Any]]] = []
+    for tool in request.get("tools", []):
+        parts.append((json.dumps(tool, sort_keys=True), tool))
+    system = request.get("system")
+    if system:
+        parts.extend((_block_text(block), block) for block in _blocks(system))
+    overhead = 0
+    for message in request["messages"]:
+        overhead += MESSAGE_OVERHEAD_TOKENS
+        parts.extend((_block_text(block), block) for block in _blocks(message["content"]))
+    total = overhead + sum(tokens_of(text) for text, _ in parts)
+    breakpoint_at = max(
+        (i for i, (_, block) in enumerate(parts) if isinstance(block.get("cache_control"), dict)),
+        default=None,
+    )
+    if breakpoint_at is None:
+        return total, 0, None, "5m"
+    prefix = parts[: breakpoint_at + 1]
+    ttl = str(parts[breakpoint_at][1]["cache_control"].get("ttl", "5m"))
+    ttl = ttl if ttl in CACHE_TTL_SECONDS else "5m"
+    prefix_tokens = sum(tokens_of(text) for text, _ in prefix)
+    key = hashlib.sha256(
+        (request["model"] + "\x00" + "\x00".join(text for text, _ in prefix)).encode()
+    ).hexdigest()
+    return total, prefix_tokens, key, ttl
+
+
+def _answer(request: dict[str, Any]) -> tuple[list[dict[str, Any]], str, int]:
+    """The reply's content blocks, its stop reason and its output tokens."""
+    last = request["messages"][-1]
+    blocks = _blocks(last["content"])
+    results = [b for b in blocks if b.get("type") == "tool_result"]
+    if last["role"] == "user" and results:
+        return _cut(_tool_answer(results), request["max_tokens"])
+    question = " ".join(_block_text(b) for b in blocks if b.get("type") == "text").strip()
+    tool = _usage_tool(request)
+    if last["role"] == "user" and tool is not None and _wants_tool(request, question):
+        return _tool_call(tool, question, request["max_tokens"])
+    return _cut(_reply_to(question), request["max_tokens"])
+
+
+def _usage_tool(request: dict[str, Any]) -> str | None:
+    names = [str(tool["name"]) for tool in request.get("tools", [])]
+    choice = request.get("tool_choice") or {}
+    if choice.get("type") == "none" or not names:
+        return None
+    if choice.get("type") == "tool" and choice.get("name") in names:
+        return str(choice["name"])
+    if "get_my_usage" in names:
+        return "get_my_usage"
+    return next((name for name in names if "usage" in name), names[0])
+
+
+def _wants_tool(request: dict[str, Any], question: str) -> bool:
+    choice = request.get("tool_choice") or {}
+    return choice.get("type") in ("any", "tool") or bool(_USAGE_QUESTION.search(question))
+
+
+def _tool_call(tool: str, question: str, max_tokens: int) -> tuple[list[dict[str, Any]], str, int]:
+    preface = "Let me look up your current usage."
+    call_id = "toolu_offline_" + hashlib.sha256(question.encode()).hexdigest()[:20]
+    use = {"type": "tool_use", "id": call_id, "name": tool, "input": {}}
+    needed = tokens_of(preface) + tokens_of(tool + "{}") + 8
+    if needed > max_tokens:
+        # Too little room for the call itself: the API stops mid-way, with no tool_use block.
+        return _cut(preface + " " + "." * (max_tokens * CHARS_PER_TOKEN), max_tokens)
+    return [{"type": "text", "text": preface}, use], "tool_use", needed
+
+
+def _tool_answer(results: list[dict[str, Any]]) -> str:
+    raw = _block_text(results[-1])
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    tokens = data.get("tokens") if isinstance(data, dict) else None
+    if results[-1].get("is_error") or not isinstance(tokens, dict):
+        return f"I could not read your usage just now. The tool said: {raw[:200]}"
+    used, limit = tokens.get("used", 0), tokens.get("limit", 0)
+    remaining = tokens.get("remaining", max(0, limit - used))
+    plan = data.get("plan", "your") if isinstance(data, dict) else "your"
+    return (
+        f"You have used {used:,} of the {limit:,} tokens of your {plan} plan this period "
+        f"({tokens.get('percent', 0)}%), so {remaining:,} tokens remain. "
+        "This answer and the lookup before it were metered too."
+    )
+
+
+def _reply_to(question: str) -> str:
+    digest = hashlib.sha256(question.encode()).digest()
+    words = question.split()
+    quoted = " ".join(words[:12]) + (" ..." if len(words) > 12 else "")
+    closers = [_CLOSERS[(digest[i] + i) % len(_CLOSERS)] for i in range(1 + digest[0] % 3)]
+    unique = list(dict.fromkeys(closers))
+    return (
+        f"This is the offline model of the local runtime. You wrote {len(words)} "
+        f"word{'s' if len(words) != 1 else ''}, starting with: \u201c{quoted}\u201d. "
+        + " ".join(unique)
+    )
+
+
+def _cut(text: str, max_tokens: int) -> tuple[list[dict[str, Any]], str, int]:
+    if tokens_of(text) <= max_tokens:
+        return [{"type": "text", "text": text}], "end_turn", tokens_of(text)
+    return (
+        [{"type": "text", "text": text[: max_tokens * CHARS_PER_TOKEN]}],
+        "max_tokens",
+        max_tokens,
+    )

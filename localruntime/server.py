@@ -1,0 +1,420 @@
+"""The runtime: one multithreaded HTTP server for the page, the Appwrite surface, the function
+domains and the offline model, plus the schedule of the cron function.
+
+Functions call back into the server (JWT verification, the offline model) while an execution is
+in flight, so every connection gets its own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from metering.adapters.store_factory import open_store
+from metering.config import EnvReader, StoreSettings
+from metering.errors import ConfigurationError
+from metering.plans import load_default_plans
+
+from .api import AppwriteSurface
+from .auth import AuthStore, utc_now
+from .cron import CronExpression, Scheduler
+from .functions import ExecutionLog, FunctionRunner, FunctionSpec, discover
+from .loader import ROOT
+from .offline_model import ModelApiError, OfflineModel
+from .seed import DemoAccount, seed
+from .settings import OFFLINE_MODEL_KEY, PROJECT_ID, RuntimeSettings
+from .wire import AppwriteError, Reply, Request, json_reply
+
+log = logging.getLogger("localruntime")
+
+CRON_FUNCTION = "monthly-reset-cron"
+MAX_REQUEST_BODY = 32 * 1024 * 1024
+OFFLINE_PREFIX = "/_offline/anthropic"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 -- names of wildcard binds, not a bind
+
+
+class Runtime:
+    """Start, serve, stop. Construct with settings; everything else has a default."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        *,
+        root: Path = ROOT,
+        functions: Mapping[str, FunctionSpec] | None = None,
+        web_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self.specs = dict(
+            functions if functions is not None else discover(root, root / "functions")
+        )
+        self.web_dir = (web_dir or root / "web").resolve()
+        self.data_dir = settings.data_dir.resolve()
+        self.model = OfflineModel()
+        self.executions = ExecutionLog()
+        self.demo_accounts: list[DemoAccount] = []
+        self.port = settings.port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._scheduler: Scheduler | None = None
+        self._saved_environ: dict[str, str | None] = {}
+        self._env_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.public_host}:{self.port}"
+
+    @property
+    def public_host(self) -> str:
+        host = self.settings.host
+        if host in _WILDCARD_HOSTS:
+            return "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def metering_path(self) -> Path:
+        return self.data_dir / "metering.sqlite3"
+
+    def start(self) -> None:
+        """Bind, configure the functions' environment, seed the demo accounts, serve."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        server = _Server((self.settings.host, self.settings.port), _Handler)
+        server.runtime = self
+        self._server = server
+        self.port = server.server_address[1]
+        self.auth = AuthStore(self.data_dir / "auth.sqlite3")
+        self.runner = FunctionRunner(
+            self.specs,
+            host=self.public_host,
+            port=self.port,
+            timeout=self.settings.sync_timeout_seconds,
+            environ=self._cold_start_environ,
+        )
+        self.api = AppwriteSurface(
+            auth=self.auth,
+            runner=self.runner,
+            specs=self.specs,
+            executions=self.executions,
+            clock=utc_now,
+        )
+        self._apply_environment(self.function_environment())
+        # A new runtime is a new container: every function starts cold with this environment.
+        self.runner.cold_reset()
+        self.store = open_store(StoreSettings.read(EnvReader(_store_env(self.metering_path))), None)
+        self.demo_accounts = seed(
+            self.auth,
+            self.store,
+            load_default_plans(),
+            self.settings.demo_password.value,
+            utc_now(),
+        )
+        self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+
+    def start_cron(self) -> None:
+        """Run the cron function now and then on its schedule (when it has one)."""
+        schedule = self.cron_schedule
+        if not self.settings.run_cron or schedule is None or self._scheduler is not None:
+            return
+        try:
+            expression = CronExpression.parse(schedule)
+        except ValueError as error:
+            raise ConfigurationError(f"schedule of {CRON_FUNCTION}: {error}") from error
+        self._scheduler = Scheduler(expression, self.run_cron)
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._restore_environment()
+        self.runner.cold_reset()
+        self.auth.close()
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+
+    # -- the functions' environment ------------------------------------------------------------
+
+    @property
+    def cron_schedule(self) -> str | None:
+        spec = self.specs.get(CRON_FUNCTION)
+        if spec is None:
+            return None
+        return self.settings.cron_schedule or spec.schedule
+
+    def function_environment(self) -> dict[str, str | None]:
+        """What every function finds in its environment (None: unset)."""
+        settings = self.settings
+        env: dict[str, str | None] = {
+            "METERING_STORE": "sqlite",
+            "METERING_SQLITE_PATH": str(self.metering_path),
+            "APPWRITE_FUNCTION_API_ENDPOINT": f"{self.base_url}/v1",
+            "APPWRITE_FUNCTION_PROJECT_ID": PROJECT_ID,
+            "APPWRITE_FUNCTION_DEPLOYMENT": "local",
+            "APPWRITE_FUNCTION_RUNTIME_NAME": "Python",
+            "APPWRITE_FUNCTION_RUNTIME_VERSION": "3.12",
+            "APPWRITE_REGION": "local",
+            "STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret.value,
+            "STRIPE_SECRET_KEY": settings.stripe_secret_key.value or None,
+        }
+        if settings.offline_model:
+            env["ANTHROPIC_API_KEY"] = OFFLINE_MODEL_KEY
+            env["ANTHROPIC_BASE_URL"] = f"{self.base_url}{OFFLINE_PREFIX}"
+        else:
+            env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.value
+            env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
+        return env
+
+    def _apply_environment(self, values: Mapping[str, str | None]) -> None:
+        with self._env_lock:
+            for key, value in values.items():
+                self._saved_environ.setdefault(key, os.environ.get(key))
+                _set_env(key, value)
+
+    def _restore_environment(self) -> None:
+        with self._env_lock:
+            for key, value in self._saved_environ.items():
+                _set_env(key, value)
+            self._saved_environ.clear()
+
+    @contextmanager
+    def _cold_start_environ(self, function_id: str) -> Iterator[None]:
+        """The per-function variables, in place while the function is imported."""
+        own = {"APPWRITE_FUNCTION_ID": function_id, "APPWRITE_FUNCTION_NAME": function_id}
+        with self._env_lock:
+            saved = {key: os.environ.get(key) for key in own}
+            for key, value in own.items():
+                _set_env(key, value)
+        try:
+            yield
+        finally:
+            with self._env_lock:
+                for key, previous in saved.items():
+                    _set_env(key, previous)
+
+    # -- the cron ------------------------------------------------------------------------------
+
+    def run_cron(self) -> None:
+        outcome = self.api.run_scheduled(CRON_FUNCTION)
+        summary = outcome.body.decode("utf-8", "replace").strip() or "(empty body)"
+        log.info("cron %s: %d %s", CRON_FUNCTION, outcome.status_code, summary[:2000])
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def route(self, request: Request) -> Reply:
+        path = request.path
+        if path == "/v1" or path.startswith("/v1/"):
+            return self._with_cors(request, self._appwrite(request))
+        if path.startswith(OFFLINE_PREFIX + "/"):
+            return self._offline(request, path[len(OFFLINE_PREFIX) :])
+        if path == "/functions" or path.startswith("/functions/"):
+            function_id, _, rest = path[len("/functions/") :].partition("/")
+            return self.api.domain(request, unquote(function_id), "/" + rest)
+        if request.method not in ("GET", "HEAD"):
+            raise AppwriteError(405, "general_not_allowed", "Method not allowed.")
+        if path == "/config.json":
+            return self._config(request)
+        return self._static(path)
+
+    def _appwrite(self, request: Request) -> Reply:
+        if request.method == "OPTIONS":
+            return Reply(204)
+        try:
+            return self.api.handle(request)
+        except AppwriteError as error:
+            return error.reply()
+
+    def _with_cors(self, request: Request, reply: Reply) -> Reply:
+        origin = request.header("origin")
+        if not origin or not self._origin_allowed(origin):
+            return reply
+        reply.headers += [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Access-Control-Expose-Headers", "X-Fallback-Cookies"),
+            ("Vary", "Origin"),
+        ]
+        if request.method == "OPTIONS":
+            requested = request.header("access-control-request-headers") or ""
+            reply.headers += [
+                ("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+                ("Access-Control-Allow-Headers", requested),
+                ("Access-Control-Max-Age", "86400"),
+            ]
+        return reply
+
+    def _origin_allowed(self, origin: str) -> bool:
+        parts = urlsplit(origin)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        return (parts.scheme in ("http", "https") and loopback) or (
+            origin.rstrip("/") in self.settings.cors_origins
+        )
+
+    def _offline(self, request: Request, path: str) -> Reply:
+        headers = [("request-id", f"req_offline_{time.monotonic_ns()}")]
+        try:
+            document = _model_call(request, path)
+            if path.endswith("/count_tokens"):
+                return json_reply(200, self.model.count_tokens(document), headers)
+            return json_reply(200, self.model.create_message(document), headers)
+        except ModelApiError as error:
+            return json_reply(error.status, error.body, headers)
+
+    def _config(self, request: Request) -> Reply:
+        host = request.header("host") or f"{self.public_host}:{self.port}"
+        return json_reply(
+            200,
+            {
+                "endpoint": f"http://{host}/v1",
+                "projectId": PROJECT_ID,
+                "offlineModel": self.settings.offline_model,
+                "functions": {"chat": "chat", "usage": "usage"},
+            },
+            [("Cache-Control", "no-store")],
+        )
+
+    def _static(self, path: str) -> Reply:
+        relative = unquote(path).lstrip("/") or "index.html"
+        target = (self.web_dir / relative).resolve()
+        hidden = any(part.startswith(".") for part in Path(relative).parts)
+        if target.is_dir():
+            target = target / "index.html"
+        if hidden or not target.is_relative_to(self.web_dir) or not target.is_file():
+            return Reply(404, b"Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if target.suffix in (".js", ".mjs"):
+            kind = "text/javascript"
+        if kind.startswith("text/") or kind == "application/json":
+            kind += "; charset=utf-8"
+        headers = [("Content-Type", kind), ("Cache-Control", "no-cache")]
+        return Reply(200, target.read_bytes(), headers)
+
+
+def _model_call(request: Request, path: str) -> dict[str, Any]:
+    """The JSON body of a valid call to the offline model, or the API's error."""
+    if request.method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+        raise ModelApiError(404, "not_found_error", f"{request.method} {path} not found")
+    if not (request.header("x-api-key") or request.header("authorization")):
+        raise ModelApiError(401, "authentication_error", "x-api-key header is required")
+    try:
+        document = json.loads(request.body)
+    except (UnicodeDecodeError, ValueError):
+        raise ModelApiError(400, "invalid_request_error", "the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise ModelApiError(400, "invalid_request_error", "the body must be a JSON object")
+    return document
+
+
+def _store_env(path: Path) -> dict[str, str]:
+    return {"METERING_STORE": "sqlite", "METERING_SQLITE_PATH": str(path)}
+
+
+def _set_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many executions may be in flight at once, each calling back in; the default backlog is 5.
+    request_queue_size = 256
+    runtime: Runtime
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    # Idle keep-alive connections give their thread back after this long.
+    timeout = 120
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_OPTIONS(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # One line per request is written by _handle; the stdlib's own lines would double it.
+        return
+
+    def _handle(self) -> None:
+        started = time.monotonic()
+        parts = urlsplit(self.path)
+        try:
+            reply = self._reply(parts.path, parts.query)
+        except AppwriteError as error:
+            reply = error.reply()
+        except Exception:
+            log.exception("request failed: %s %s", self.command, parts.path)
+            reply = AppwriteError(500, "general_unknown", "Server Error").reply()
+        self._send(reply)
+        elapsed = (time.monotonic() - started) * 1000
+        log.info("%s %s %d %.0fms", self.command, parts.path, reply.status, elapsed)
+
+    def _reply(self, path: str, query: str) -> Reply:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise AppwriteError(411, "general_argument_invalid", "Send a Content-Length.")
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_REQUEST_BODY:
+            self.close_connection = True
+            raise AppwriteError(413, "general_argument_invalid", "Request body too large.")
+        body = self.rfile.read(length) if length else b""
+        request = Request(
+            method=self.command,
+            path=path,
+            query_string=query,
+            headers=list(self.headers.items()),
+            body=body,
+            client_ip=self.client_address[0],
+        )
+        return self.server.runtime.route(request)
+
+    def _send(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        for key, value in reply.headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if self.command != "HEAD" and reply.body:
+            self.wfile.write(reply.body)

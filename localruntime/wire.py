@@ -1,0 +1,101 @@
+"""Requests and replies as the runtime's routes see them, and Appwrite's error format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+APPWRITE_VERSION = "1.8.0"
+JSON_TYPE = "application/json"
+
+Headers = list[tuple[str, str]]
+
+
+class AppwriteError(Exception):
+    """An Appwrite API error: ``{"message", "code", "type", "version"}`` with its status."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = error_type
+        self.message = message
+
+    def reply(self) -> Reply:
+        body = {
+            "message": self.message,
+            "code": self.status,
+            "type": self.type,
+            "version": APPWRITE_VERSION,
+        }
+        return json_reply(self.status, body)
+
+
+def invalid_param(name: str, reason: str) -> AppwriteError:
+    return AppwriteError(400, "general_argument_invalid", f"Invalid `{name}` param: {reason}")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query_string: str
+    # As received, in order, with their original case (duplicates kept).
+    headers: Headers
+    body: bytes
+    client_ip: str
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name`` (any case)."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def cookie(self, name: str) -> str | None:
+        raw = self.header("cookie")
+        if not raw:
+            return None
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            return None
+        morsel = jar.get(name)
+        return morsel.value if morsel is not None else None
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object; an empty body is an empty object."""
+        if not self.body.strip():
+            return {}
+        try:
+            document = json.loads(self.body)
+        except (UnicodeDecodeError, ValueError):
+            raise AppwriteError(
+                400, "general_argument_invalid", "The request body is not valid JSON."
+            ) from None
+        if not isinstance(document, dict):
+            raise AppwriteError(
+                400, "general_argument_invalid", "The request body must be a JSON object."
+            )
+        return document
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: Headers = field(default_factory=list)
+
+
+def json_reply(status: int, obj: Any, headers: Headers | None = None) -> Reply:
+    body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return Reply(status, body, [("Content-Type", JSON_TYPE), *(headers or [])])
+
+
+def timestamp(at: datetime) -> str:
+    """ISO-8601 with milliseconds and an explicit offset, as Appwrite writes dates."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
