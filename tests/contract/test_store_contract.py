@@ -461,6 +461,22 @@ def test_apply_reset_never_moves_a_period_backwards(store: UsageStore) -> None:
     assert store.get_account("user-1") == before
 
 
+def test_apply_reset_from_a_stale_snapshot_changes_nothing(store: UsageStore) -> None:
+    """A reset planned before another reset landed is refused, even though it is forward."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    to_april = plan_reset(snapshot, APRIL, MAY, NOW)
+    to_may = plan_reset(snapshot, MAY, datetime(2026, 6, 1, tzinfo=UTC), NOW)
+    assert to_april is not None
+    assert to_may is not None
+    applied = store.apply_reset(to_april, snapshot.period_start)
+
+    assert store.apply_reset(to_may, snapshot.period_start) is None
+    assert store.get_account("user-1") == applied
+
+
 def test_apply_reset_keeps_reservations_taken_after_the_snapshot(store: UsageStore) -> None:
     """Tokens reserved between planning and applying a reset stay on the new period's counter."""
     make_account(store, "user-1")
