@@ -299,6 +299,7 @@ class AppwriteEmulator:
         table = self.table(table_id)
         with self._meta_lock:
             row = self._new_row(table, row_id or secrets.token_hex(10))
+            row.update(dict.fromkeys(table.columns))
             row.update(values)
             table.rows[row["$id"]] = row
             return dict(row)
@@ -579,9 +580,9 @@ class AppwriteEmulator:
             if self.processing_polls <= 0:
                 column.status = "available"
             table.columns[key] = column
-            # Existing rows get the default (or NULL), as when the database adds the column.
+            # Existing rows read NULL: the default applies only to rows created from now on.
             for row in table.rows.values():
-                row.setdefault(key, default)
+                row.setdefault(key, None)
             return column.document()
 
     def _route_indexes(

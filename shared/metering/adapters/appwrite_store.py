@@ -1,4 +1,4 @@
-"""``UsageStore`` on Appwrite TablesDB (SDK 27): bounded atomic increments for the hard cap.
+"""``UsageStore`` on Appwrite TablesDB (SDK 27), and the schema operations of ``tools.migrate``.
 
 Every ``AppwriteException`` is translated here; nothing above this module sees an Appwrite type.
 """
@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from appwrite.client import Client
+from appwrite.enums.order_by import OrderBy
+from appwrite.enums.tables_db_index_type import TablesDBIndexType
 from appwrite.exception import AppwriteException
 from appwrite.query import Query
 from appwrite.services.tables_db import TablesDB
@@ -24,6 +26,17 @@ from ..errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, Stor
 from ..ledger import LedgerEntry, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
 from ..ports import AccountPatch, AccountQuery, ClaimOutcome, LedgerPatch, Page
+from ..schema import (
+    ColumnSpec,
+    CreateColumn,
+    CreateDatabase,
+    CreateTable,
+    ExistingSchema,
+    ExistingTable,
+    Schema,
+    Step,
+    TableSpec,
+)
 from ..timeutil import format_timestamp, month_start, parse_timestamp
 from ..tokens import TokenUsage
 
@@ -124,7 +137,7 @@ class AppwriteStore:
         try:
             return action()
         except AppwriteException as exc:
-            raise StoreError(f"{what} failed: {exc.code} {exc.type}") from exc
+            raise _failure(what, exc) from exc
 
     def _try(self, what: str, action: Callable[[], T], **expected: type[Exception]) -> T:
         """Like ``_call`` but Appwrite error types in ``expected`` become those domain errors."""
@@ -134,7 +147,7 @@ class AppwriteStore:
             error = expected.get(str(exc.type))
             if error is not None:
                 raise error(f"{what}: {exc.type}") from exc
-            raise StoreError(f"{what} failed: {exc.code} {exc.type}") from exc
+            raise _failure(what, exc) from exc
 
     def _get(self, table: str, row_id: str) -> dict[str, Any] | None:
         try:
@@ -142,7 +155,7 @@ class AppwriteStore:
         except AppwriteException as exc:
             if exc.type == "row_not_found":
                 return None
-            raise StoreError(f"reading {table} failed: {exc.code} {exc.type}") from exc
+            raise _failure(f"reading {table}", exc) from exc
         return _document(row)
 
     def _list(self, table: str, queries: list[str]) -> list[dict[str, Any]]:
@@ -264,7 +277,7 @@ class AppwriteStore:
             row = self._db.create_row(self._database, self._subscriptions, row_id, data)
         except AppwriteException as exc:
             if exc.type != "row_already_exists":
-                raise StoreError(f"creating an account failed: {exc.code} {exc.type}") from exc
+                raise _failure("creating an account", exc) from exc
             # Lost a race (same row id, or the unique userId index): the winner's row counts.
             existing = self.get_account(account.user_id)
             if existing is None:
@@ -369,7 +382,7 @@ class AppwriteStore:
                 if exc.type == "row_not_found":
                     raise NotFound(f"no row {row_id} in {table}") from exc
                 if exc.type != LIMIT_EXCEEDED:
-                    raise StoreError(f"decrementing {table}.{column} failed: {exc.code}") from exc
+                    raise _failure(f"decrementing {table}.{column}", exc) from exc
                 row = self._get(table, row_id)
                 if row is None:
                     raise NotFound(f"no row {row_id} in {table}") from exc
@@ -500,7 +513,7 @@ class AppwriteStore:
             self._rollback(tx)
             if exc.type == LIMIT_EXCEEDED:
                 return False
-            raise StoreError(f"committing a reset failed: {exc.code} {exc.type}") from exc
+            raise _failure("committing a reset", exc) from exc
         return True
 
     def _rollback(self, transaction_id: str) -> None:
@@ -542,7 +555,7 @@ class AppwriteStore:
             self._db.delete_row(self._database, self._ledger, row_key(request_id))
         except AppwriteException as exc:
             if exc.type != "row_not_found":
-                raise StoreError(f"discarding a ledger entry failed: {exc.code}") from exc
+                raise _failure("discarding a ledger entry", exc) from exc
 
     def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry:
         data: dict[str, Any] = {}
@@ -606,7 +619,7 @@ class AppwriteStore:
                 self._db.create_row(self._database, self._events, row_id, data)
             except AppwriteException as exc:
                 if exc.type != "row_already_exists":
-                    raise StoreError(f"claiming an event failed: {exc.code} {exc.type}") from exc
+                    raise _failure("claiming an event", exc) from exc
             else:
                 return ClaimOutcome.CLAIMED
             row = self._get(self._events, row_id)
@@ -633,7 +646,7 @@ class AppwriteStore:
         except AppwriteException as exc:
             if exc.type in (LIMIT_EXCEEDED, "row_not_found"):
                 return ClaimOutcome.IN_PROGRESS
-            raise StoreError(f"taking over a claim failed: {exc.code} {exc.type}") from exc
+            raise _failure("taking over a claim", exc) from exc
         self._call(
             "renewing a claim",
             lambda: self._db.update_row(
@@ -649,7 +662,7 @@ class AppwriteStore:
             self._db.update_row(self._database, self._events, row_id, data)
         except AppwriteException as exc:
             if exc.type != "row_not_found":
-                raise StoreError(f"completing an event failed: {exc.code} {exc.type}") from exc
+                raise _failure("completing an event", exc) from exc
             # The claim vanished (released by a timed-out worker): record the outcome anyway.
             self._call(
                 "recording an event",
@@ -666,7 +679,12 @@ class AppwriteStore:
             self._db.delete_row(self._database, self._events, row_key(event_id))
         except AppwriteException as exc:
             if exc.type != "row_not_found":
-                raise StoreError(f"releasing an event failed: {exc.code} {exc.type}") from exc
+                raise _failure("releasing an event", exc) from exc
+
+
+def _failure(what: str, exc: AppwriteException) -> StoreError:
+    """The domain error for an Appwrite failure: what was attempted, the HTTP code and type."""
+    return StoreError(f"{what} failed: {exc.code} {exc.type}")
 
 
 def _document(row: Any) -> dict[str, Any]:
@@ -717,3 +735,183 @@ def _ledger_entry(row: Mapping[str, Any], request_id: str | None = None) -> Ledg
         )
     except (ValueError, InvalidRequest) as exc:
         raise StoreError(f"ledger row {row.get('$id')} is malformed") from exc
+
+
+class AppwriteSchemaAdmin:
+    """Schema and bulk-row operations for the operator's migrate command (needs a key with
+    ``databases.*``, ``tables.*``, ``columns.*``, ``indexes.*`` and ``rows.*`` scopes)."""
+
+    def __init__(self, tables: TablesDB) -> None:
+        self._db = tables
+
+    @classmethod
+    def connect(cls, endpoint: str, project_id: str, api_key: str) -> AppwriteSchemaAdmin:
+        client = Client()
+        try:
+            client.set_endpoint(endpoint)
+        except AppwriteException as exc:
+            raise StoreError(f"invalid Appwrite endpoint: {exc.message}") from exc
+        client.set_project(project_id)
+        client.set_key(api_key)
+        return cls(TablesDB(client))
+
+    def existing(self, schema: Schema) -> ExistingSchema:
+        """What the project already has of ``schema``'s databases and tables (reads only)."""
+        databases: set[str] = set()
+        for database in schema.databases:
+            try:
+                self._db.get(database.id)
+            except AppwriteException as exc:
+                if exc.type != "database_not_found":
+                    raise _failure(f"reading database {database.id}", exc) from exc
+                continue
+            databases.add(database.id)
+        tables: dict[tuple[str, str], ExistingTable] = {}
+        for table in schema.tables:
+            if table.database_id not in databases:
+                continue
+            described = self._describe(table.database_id, table.id)
+            if described is not None:
+                tables[(table.database_id, table.id)] = ExistingTable(
+                    columns=frozenset(described[0]), indexes=frozenset(described[1])
+                )
+        return ExistingSchema(databases=frozenset(databases), tables=tables)
+
+    def _describe(
+        self, database_id: str, table_id: str
+    ) -> tuple[dict[str, str], dict[str, str]] | None:
+        """Column and index statuses by key, or None when the table does not exist."""
+        try:
+            table = self._db.get_table(database_id, table_id)
+        except AppwriteException as exc:
+            if exc.type == "table_not_found":
+                return None
+            raise _failure(f"reading table {table_id}", exc) from exc
+        columns = {column.key: _status(column.status) for column in table.columns}
+        indexes = {index.key: _status(index.status) for index in table.indexes}
+        return columns, indexes
+
+    def column_statuses(self, database_id: str, table_id: str) -> dict[str, str]:
+        described = self._describe(database_id, table_id)
+        if described is None:
+            raise NotFound(f"table {table_id} does not exist")
+        return described[0]
+
+    def apply(self, step: Step) -> None:
+        """Create one missing database, table, column or index."""
+        try:
+            self._apply(step)
+        except AppwriteException as exc:
+            raise _failure(f"{step.describe()}", exc) from exc
+
+    def _apply(self, step: Step) -> None:
+        if isinstance(step, CreateDatabase):
+            self._db.create(step.database.id, step.database.name, enabled=step.database.enabled)
+        elif isinstance(step, CreateTable):
+            table = step.table
+            self._db.create_table(
+                table.database_id,
+                table.id,
+                table.name,
+                permissions=list(table.permissions),
+                row_security=table.row_security,
+                enabled=table.enabled,
+            )
+        elif isinstance(step, CreateColumn):
+            self._create_column(step.table, step.column)
+        else:
+            index = step.index
+            self._db.create_index(
+                step.table.database_id,
+                step.table.id,
+                index.key,
+                TablesDBIndexType(index.type),
+                list(index.columns),
+                orders=[OrderBy(order.lower()) for order in index.orders] or None,
+            )
+
+    def _create_column(self, table: TableSpec, column: ColumnSpec) -> None:
+        database_id, table_id, key = table.database_id, table.id, column.key
+        common: dict[str, Any] = {"required": column.required, "array": column.array or None}
+        if column.type == "integer":
+            self._db.create_integer_column(
+                database_id,
+                table_id,
+                key,
+                min=column.min,
+                max=column.max,
+                default=column.default,
+                **common,
+            )
+        elif column.type == "bigint":
+            self._db.create_big_int_column(
+                database_id,
+                table_id,
+                key,
+                min=column.min,
+                max=column.max,
+                default=column.default,
+                **common,
+            )
+        elif column.type == "double":
+            self._db.create_float_column(
+                database_id,
+                table_id,
+                key,
+                min=column.min,
+                max=column.max,
+                default=column.default,
+                **common,
+            )
+        elif column.type == "boolean":
+            self._db.create_boolean_column(
+                database_id, table_id, key, default=column.default, **common
+            )
+        elif column.type == "datetime":
+            self._db.create_datetime_column(
+                database_id, table_id, key, default=column.default, **common
+            )
+        elif column.type == "varchar":
+            self._db.create_varchar_column(
+                database_id, table_id, key, column.size, default=column.default, **common
+            )
+        elif column.type in ("text", "mediumtext", "longtext"):
+            create = getattr(self._db, f"create_{column.type}_column")
+            create(database_id, table_id, key, default=column.default, **common)
+        else:
+            # `string` is what the Appwrite CLI and 1.8 servers know (1.9 merely deprecates it).
+            # The SDK's deprecation wrapper resets the process's warning filters on every call,
+            # so the undecorated method is called.
+            create_string = TablesDB.create_string_column.__wrapped__
+            create_string(
+                self._db, database_id, table_id, key, column.size, default=column.default, **common
+            )
+
+    def rows(
+        self, database_id: str, table_id: str, limit: int, cursor: str | None
+    ) -> Page[dict[str, Any]]:
+        """One page of raw rows (column values plus ``$id``) in the table's natural order."""
+        queries = [Query.limit(limit + 1)]
+        if cursor:
+            queries.append(Query.cursor_after(cursor))
+        try:
+            result = self._db.list_rows(database_id, table_id, queries)
+        except AppwriteException as exc:
+            raise _failure(f"listing {table_id}", exc) from exc
+        rows = [_document(row) for row in result.rows]
+        if len(rows) > limit:
+            rows = rows[:limit]
+            return Page(items=rows, next_cursor=str(rows[-1]["$id"]))
+        return Page(items=rows, next_cursor=None)
+
+    def update_row(
+        self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
+    ) -> None:
+        try:
+            self._db.update_row(database_id, table_id, row_id, dict(data))
+        except AppwriteException as exc:
+            raise _failure(f"updating {table_id}.{row_id}", exc) from exc
+
+
+def _status(status: Any) -> str:
+    return str(getattr(status, "value", status))
