@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
 from metering.adapters.sqlite_store import SQLiteStore
-from metering.errors import AlreadyExists, LimitReached, NotFound
+from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, UsageStore
@@ -260,6 +260,56 @@ def test_release_never_takes_the_counter_below_zero(store: UsageStore) -> None:
 
     assert used(store, "user-1") == 0
     assert reserved(store, "req-1") == 0
+
+
+def test_negative_amounts_are_refused_and_change_nothing(store: UsageStore) -> None:
+    """A negative reservation or top-up is an error; a non-positive release is a no-op."""
+    make_account(store, "user-1")
+    store.create_ledger(make_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 100, 1_000)
+
+    with pytest.raises(InvalidRequest):
+        store.reserve("user-1", "req-1", -50, 1_000)
+    with pytest.raises(InvalidRequest):
+        store.add_topup("user-1", -50)
+    store.release("user-1", "req-1", -50)
+    store.release("user-1", "req-1", 0)
+
+    account = store.get_account("user-1")
+    assert account is not None
+    assert (account.current_tokens_used, account.topup_tokens) == (100, 0)
+    assert reserved(store, "req-1") == 100
+
+
+def test_reserve_without_a_ledger_entry_raises_not_found_and_holds_nothing(
+    store: UsageStore,
+) -> None:
+    """A hold that no entry records could never be released, so none is taken."""
+    make_account(store, "user-1")
+
+    with pytest.raises(NotFound):
+        store.reserve("user-1", "req-missing", 100, 1_000)
+
+    assert used(store, "user-1") == 0
+
+
+def test_reserve_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
+    """Reserving for a user without an account creates nothing and holds nothing."""
+    store.create_ledger(make_entry("nobody", "req-1"))
+
+    with pytest.raises(NotFound):
+        store.reserve("nobody", "req-1", 10, 1_000)
+
+    assert store.get_account("nobody") is None
+    assert reserved(store, "req-1") == 0
+
+
+def test_add_topup_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
+    """Crediting a user without an account is an error, not an insert."""
+    with pytest.raises(NotFound):
+        store.add_topup("nobody", 10)
+
+    assert store.get_account("nobody") is None
 
 
 # -- the ledger --------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..account import Account, ResetPlan
-from ..errors import AlreadyExists, LimitReached, MeteringError, NotFound, StoreError
+from ..errors import (
+    AlreadyExists,
+    InvalidRequest,
+    LimitReached,
+    MeteringError,
+    NotFound,
+    StoreError,
+)
 from ..ledger import LedgerEntry, LedgerStatus
 from ..ports import AccountPatch, AccountQuery, ClaimOutcome, LedgerPatch, Page
 from ..timeutil import format_timestamp, parse_timestamp
@@ -348,6 +355,8 @@ class SQLiteStore:
             return self._account_after_write(connection, user_id)
 
     def add_topup(self, user_id: str, tokens: int) -> Account:
+        if tokens < 0:
+            raise InvalidRequest("a top-up cannot be negative")
         with self._write() as connection:
             connection.execute(
                 "UPDATE subscriptions SET topupTokens = topupTokens + ? WHERE userId = ?",
@@ -378,6 +387,8 @@ class SQLiteStore:
     # -- the hard cap --------------------------------------------------------------------------
 
     def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+        if tokens < 0:
+            raise InvalidRequest("cannot reserve a negative amount")
         with self._write() as connection:
             updated = connection.execute(
                 "UPDATE subscriptions SET currentTokensUsed = currentTokensUsed + ?"
@@ -397,6 +408,9 @@ class SQLiteStore:
             return self._account_after_write(connection, user_id).current_tokens_used
 
     def release(self, user_id: str, request_id: str, tokens: int) -> None:
+        if tokens <= 0:
+            # A negative release would raise the counter past any limit.
+            return
         with self._write() as connection:
             connection.execute(
                 "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?)"
