@@ -1,0 +1,197 @@
+"""A scripted Anthropic Messages API behind an httpx2 transport, so the SDK's real parsing runs.
+
+Replies are the API's JSON documents (usage with cache fields, ``tool_use`` blocks, error
+envelopes). Like the real API, a reply longer than the request's ``max_tokens`` is cut there and
+answered with ``stop_reason: max_tokens``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+
+MODEL = "claude-sonnet-5-5"
+_ids = itertools.count(1)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+    529: "overloaded_error",
+}
+
+
+def usage_document(
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cache_write_5m: int = 0,
+    cache_write_1h: int = 0,
+    cache_read: int = 0,
+) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": cache_write_5m + cache_write_1h,
+        "cache_read_input_tokens": cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": cache_write_5m,
+            "ephemeral_1h_input_tokens": cache_write_1h,
+        },
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+def message_document(
+    content: list[dict[str, Any]],
+    usage: dict[str, Any],
+    stop_reason: str = "end_turn",
+    model: str = MODEL,
+) -> dict[str, Any]:
+    return {
+        "id": f"msg_01Fake{next(_ids):08d}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def text_reply(text: str, input_tokens: int = 20, output_tokens: int = 10, **cache: int) -> Reply:
+    content = [{"type": "text", "text": text}]
+    return Reply(message_document(content, usage_document(input_tokens, output_tokens, **cache)))
+
+
+def tool_use_reply(
+    name: str,
+    tool_input: dict[str, Any] | None = None,
+    *,
+    text: str = "Let me look that up.",
+    input_tokens: int = 400,
+    output_tokens: int = 40,
+    **cache: int,
+) -> Reply:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    content.append(
+        {
+            "type": "tool_use",
+            "id": f"toolu_01Fake{next(_ids):08d}",
+            "name": name,
+            "input": tool_input or {},
+        }
+    )
+    usage = usage_document(input_tokens, output_tokens, **cache)
+    return Reply(message_document(content, usage, stop_reason="tool_use"))
+
+
+@dataclass(frozen=True)
+class Reply:
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        error_type = ERROR_TYPES.get(self.status, "api_error")
+        return {
+            "type": "error",
+            "error": {"type": error_type, "message": f"fake {error_type}"},
+            "request_id": f"req_fake{self.status}",
+        }
+
+
+@dataclass(frozen=True)
+class Raise:
+    """A transport failure: the SDK sees no response at all."""
+
+    make: Callable[[httpx2.Request], Exception]
+
+
+def timeout(request: httpx2.Request) -> Exception:
+    return httpx2.ReadTimeout("timed out", request=request)
+
+
+def connection_refused(request: httpx2.Request) -> Exception:
+    return httpx2.ConnectError("connection refused", request=request)
+
+
+Outcome = Reply | Failure | Raise
+
+
+@dataclass
+class FakeAnthropic:
+    """Answers ``/v1/messages`` from a script and ``/v1/messages/count_tokens`` from a rule."""
+
+    script: deque[Outcome] = field(default_factory=deque)
+    count_tokens: Callable[[dict[str, Any]], int] = lambda body: 25
+    # Answered when the script has run out (fuzzing); without it an empty script fails the test.
+    default: Reply | None = None
+    # When set, every count_tokens call fails this way.
+    count_failure: Failure | Raise | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    count_requests: list[dict[str, Any]] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+    def then(self, *outcomes: Outcome) -> FakeAnthropic:
+        self.script.extend(outcomes)
+        return self
+
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(transport=httpx2.MockTransport(self.handle))
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        self.urls.append(str(request.url))
+        self.headers.append(dict(request.headers))
+        body = json.loads(request.content)
+        if request.url.path.endswith("/v1/messages/count_tokens"):
+            self.count_requests.append(body)
+            if self.count_failure is not None:
+                return self._fail(self.count_failure, request)
+            return httpx2.Response(200, json={"input_tokens": self.count_tokens(body)})
+        if not request.url.path.endswith("/v1/messages"):
+            return httpx2.Response(404, json=Failure(404).document())
+        self.requests.append(body)
+        if not self.script and self.default is None:
+            raise AssertionError("the model was called more often than the test scripted")
+        outcome = self.script.popleft() if self.script else self.default
+        assert outcome is not None
+        if isinstance(outcome, Reply):
+            return httpx2.Response(200, json=_cut(outcome.document, body["max_tokens"]))
+        return self._fail(outcome, request)
+
+    @staticmethod
+    def _fail(outcome: Failure | Raise, request: httpx2.Request) -> httpx2.Response:
+        if isinstance(outcome, Raise):
+            raise outcome.make(request)
+        headers = {"request-id": f"req_fake{outcome.status}", **outcome.headers}
+        return httpx2.Response(outcome.status, json=outcome.document(), headers=headers)
+
+
+def _cut(document: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """What the API does to a reply that needs more than ``max_tokens``: stop there."""
+    usage = document["usage"]
+    if usage["output_tokens"] <= max_tokens:
+        return document
+    return {
+        **document,
+        "stop_reason": "max_tokens",
+        "usage": {**usage, "output_tokens": max_tokens},
+    }
