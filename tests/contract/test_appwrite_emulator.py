@@ -1,0 +1,300 @@
+"""The emulated Appwrite answers the real SDK as Appwrite 1.8 does: wire format, errors, atomics."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from appwrite.client import Client
+from appwrite.exception import AppwriteException
+from appwrite.query import Query
+from appwrite.services.account import Account
+from appwrite.services.tables_db import TablesDB
+
+from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
+
+DB = "koffers_db"
+SUBS = "subscriptions"
+
+
+@pytest.fixture
+def emulator() -> Iterator[AppwriteEmulator]:
+    with emulated_appwrite() as running:
+        yield running
+
+
+def tables(emulator: AppwriteEmulator, key: str | None = None) -> TablesDB:
+    client = Client().set_endpoint(emulator.endpoint).set_project(emulator.project_id)
+    client.set_key(key if key is not None else emulator.api_key)
+    return TablesDB(client)
+
+
+def error_of(call: Any) -> AppwriteException:
+    with pytest.raises(AppwriteException) as caught:
+        call()
+    return caught.value
+
+
+def new_subscription(db: TablesDB, row_id: str, user_id: str = "", **data: Any) -> Any:
+    return db.create_row(DB, SUBS, row_id, {"userId": user_id or row_id, **data})
+
+
+def test_rows_carry_the_system_fields_on_the_wire(emulator: AppwriteEmulator) -> None:
+    """A row is its columns plus $id, $sequence, $tableId, $databaseId, timestamps, permissions."""
+    new_subscription(tables(emulator), "u1")
+    response = requests.get(
+        f"{emulator.endpoint}/tablesdb/{DB}/tables/{SUBS}/rows/u1",
+        headers={"X-Appwrite-Project": emulator.project_id, "X-Appwrite-Key": emulator.api_key},
+        timeout=5,
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert {"$id", "$sequence", "$tableId", "$databaseId", "$createdAt", "$updatedAt"} <= set(body)
+    assert (body["$id"], body["$tableId"], body["$databaseId"], body["$permissions"]) == (
+        "u1",
+        SUBS,
+        DB,
+        [],
+    )
+    assert body["$createdAt"].endswith("+00:00")
+
+
+def test_new_rows_take_column_defaults_so_counters_start_at_zero(
+    emulator: AppwriteEmulator,
+) -> None:
+    """Columns left out of a create get the schema default (0 for counters, NULL otherwise)."""
+    row = new_subscription(tables(emulator), "u1")
+    assert row.data["currentTokensUsed"] == 0
+    assert row.data["topupTokens"] == 0
+    assert row.data["stripeSubscriptionId"] is None
+
+
+def test_increment_max_is_inclusive(emulator: AppwriteEmulator) -> None:
+    """current + value == max succeeds; current + value > max is a 400 column_limit_exceeded
+    that changes nothing."""
+    db = tables(emulator)
+    new_subscription(db, "u1")
+    row = db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=10, max=10)
+    assert row.data["currentTokensUsed"] == 10
+    error = error_of(
+        lambda: db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1, max=10)
+    )
+    assert (error.code, error.type) == (400, "column_limit_exceeded")
+    assert db.get_row(DB, SUBS, "u1").data["currentTokensUsed"] == 10
+
+
+def test_decrement_min_is_inclusive(emulator: AppwriteEmulator) -> None:
+    """current - value == min succeeds; below min is a 400 column_limit_exceeded."""
+    db = tables(emulator)
+    new_subscription(db, "u1", currentTokensUsed=5)
+    assert (
+        db.decrement_row_column(DB, SUBS, "u1", "currentTokensUsed", value=5, min=0).data[
+            "currentTokensUsed"
+        ]
+        == 0
+    )
+    error = error_of(
+        lambda: db.decrement_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1, min=0)
+    )
+    assert (error.code, error.type) == (400, "column_limit_exceeded")
+
+
+def test_a_null_counter_is_never_incremented(emulator: AppwriteEmulator) -> None:
+    """A row that predates its column reads NULL, and NULL + n stays NULL in storage."""
+    emulator.insert_row(SUBS, {"userId": "old"}, row_id="old")
+    db = tables(emulator)
+    db.increment_row_column(DB, SUBS, "old", "topupTokens", value=5)
+    assert db.get_row(DB, SUBS, "old").data["topupTokens"] is None
+
+
+def test_concurrent_bounded_increments_never_pass_the_max(emulator: AppwriteEmulator) -> None:
+    """32 threads racing bounded increments: exactly max/value succeed and the counter ends
+    at max, because each increment holds the row."""
+    db = tables(emulator)
+    new_subscription(db, "u1")
+    successes: list[int] = []
+    refusals: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(4):
+            try:
+                db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=7, max=350)
+            except AppwriteException as exc:
+                with lock:
+                    refusals.append(str(exc.type))
+            else:
+                with lock:
+                    successes.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(successes) == 50
+    assert set(refusals) == {"column_limit_exceeded"}
+    assert db.get_row(DB, SUBS, "u1").data["currentTokensUsed"] == 350
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "error_type"),
+    [
+        (lambda db: db.get_row(DB, SUBS, "missing"), 404, "row_not_found"),
+        (lambda db: db.list_rows(DB, "no_such_table"), 404, "table_not_found"),
+        (lambda db: db.get_row("no_such_db", SUBS, "x"), 404, "database_not_found"),
+        (lambda db: new_subscription(db, "u1"), 409, "row_already_exists"),
+        (lambda db: new_subscription(db, "other", "u1"), 409, "row_already_exists"),
+        (
+            lambda db: db.create_row(DB, SUBS, "x", {"userId": "x", "bogus": 1}),
+            400,
+            "row_invalid_structure",
+        ),
+        (lambda db: db.create_row(DB, SUBS, "x", {"plan": "pro"}), 400, "row_invalid_structure"),
+        (
+            lambda db: db.create_row(DB, SUBS, "x", {"userId": "x", "topupTokens": "1"}),
+            400,
+            "row_invalid_structure",
+        ),
+        (
+            lambda db: db.create_row(DB, SUBS, "_bad", {"userId": "x"}),
+            400,
+            "general_argument_invalid",
+        ),
+        (
+            lambda db: db.list_rows(DB, SUBS, ['{"method":"nope","attribute":"userId"}']),
+            400,
+            "general_query_invalid",
+        ),
+        (
+            lambda db: db.list_rows(DB, SUBS, [Query.cursor_after("gone")]),
+            400,
+            "general_cursor_not_found",
+        ),
+    ],
+    ids=[
+        "row-not-found",
+        "unknown-table",
+        "unknown-database",
+        "duplicate-id",
+        "unique-index",
+        "unknown-column",
+        "missing-required",
+        "wrong-type",
+        "invalid-id",
+        "bad-query",
+        "unknown-cursor",
+    ],
+)
+def test_errors_surface_as_appwrite_exceptions_with_code_and_type(
+    emulator: AppwriteEmulator, call: Any, status: int, error_type: str
+) -> None:
+    """Each failure is Appwrite's error document, which the SDK raises as AppwriteException."""
+    db = tables(emulator)
+    new_subscription(db, "u1")
+    error = error_of(lambda: call(db))
+    assert (error.code, error.type) == (status, error_type)
+
+
+def test_requests_without_the_api_key_are_unauthorized(emulator: AppwriteEmulator) -> None:
+    """No key (or a wrong one): 401 user_unauthorized, and nothing is written."""
+    error = error_of(lambda: new_subscription(tables(emulator, key="wrong"), "u1"))
+    assert (error.code, error.type) == (401, "user_unauthorized")
+    assert emulator.rows(SUBS) == []
+
+
+def test_queries_filter_order_and_page_with_a_cursor(emulator: AppwriteEmulator) -> None:
+    """equal, notEqual, lessThan(Equal), greaterThan, isNull/isNotNull, orderDesc, limit and
+    cursorAfter combine as on the server; total counts every match."""
+    db = tables(emulator)
+    for number in range(7):
+        new_subscription(
+            db,
+            f"u{number}",
+            plan="pro" if number % 2 else "demo",
+            currentTokensUsed=number * 10,
+            stripeSubscriptionId=f"sub_{number}" if number < 3 else None,
+            periodEnd=f"2025-0{number + 1}-01T00:00:00.000Z",
+        )
+
+    def ids(queries: list[str]) -> list[str]:
+        return [row.id for row in db.list_rows(DB, SUBS, queries).rows]
+
+    assert ids([Query.equal("plan", "pro")]) == ["u1", "u3", "u5"]
+    assert ids([Query.not_equal("plan", "pro"), Query.less_than("currentTokensUsed", 40)]) == [
+        "u0",
+        "u2",
+    ]
+    assert ids([Query.greater_than("currentTokensUsed", 40)]) == ["u5", "u6"]
+    assert ids([Query.less_than_equal("currentTokensUsed", 10)]) == ["u0", "u1"]
+    assert ids([Query.is_null("stripeSubscriptionId")]) == ["u3", "u4", "u5", "u6"]
+    assert ids([Query.is_not_null("stripeSubscriptionId")]) == ["u0", "u1", "u2"]
+    assert ids([Query.less_than("periodEnd", "2025-03-01T00:00:00+00:00")]) == ["u0", "u1"]
+    first = db.list_rows(DB, SUBS, [Query.order_desc("currentTokensUsed"), Query.limit(3)])
+    assert [row.id for row in first.rows] == ["u6", "u5", "u4"]
+    assert first.total == 7
+    after = [Query.order_desc("currentTokensUsed"), Query.limit(3), Query.cursor_after("u4")]
+    assert ids(after) == ["u3", "u2", "u1"]
+
+
+def test_a_transaction_commits_all_or_nothing(emulator: AppwriteEmulator) -> None:
+    """Staged operations apply together at commit; one failing bound rolls all of them back."""
+    db = tables(emulator)
+    new_subscription(db, "u1", currentTokensUsed=5)
+    ok = db.create_transaction().id
+    db.increment_row_column(DB, SUBS, "u1", "lifetimeTokensUsed", value=5, transaction_id=ok)
+    db.decrement_row_column(DB, SUBS, "u1", "currentTokensUsed", value=5, min=0, transaction_id=ok)
+    assert db.get_row(DB, SUBS, "u1").data["lifetimeTokensUsed"] == 0
+    db.update_transaction(ok, commit=True)
+    row = db.get_row(DB, SUBS, "u1").data
+    assert (row["currentTokensUsed"], row["lifetimeTokensUsed"]) == (0, 5)
+
+    failing = db.create_transaction().id
+    db.update_row(DB, SUBS, "u1", {"plan": "pro"}, transaction_id=failing)
+    db.decrement_row_column(
+        DB, SUBS, "u1", "currentTokensUsed", value=1, min=0, transaction_id=failing
+    )
+    error = error_of(lambda: db.update_transaction(failing, commit=True))
+    assert error.type == "column_limit_exceeded"
+    assert db.get_row(DB, SUBS, "u1").data["plan"] is None
+
+
+def test_new_columns_are_processing_until_polled_and_block_indexes() -> None:
+    """A created column is `processing` at first; an index on it is refused until `available`."""
+    emulator = AppwriteEmulator(processing_polls=1)
+    with emulator.running():
+        db = tables(emulator)
+        db.create(DB, DB)
+        db.create_table(DB, "t", "t")
+        column = db.create_integer_column(DB, "t", "n", False, default=0)
+        assert column.status.value == "processing"
+        error = error_of(lambda: db.create_index(DB, "t", "n_idx", "key", ["n"]))
+        assert (error.code, error.type) == (400, "column_not_available")
+        assert db.get_table(DB, "t").columns[0].status.value == "available"
+        assert db.create_index(DB, "t", "n_idx", "key", ["n"]).key == "n_idx"
+
+
+def test_account_answers_a_registered_jwt_and_refuses_others(emulator: AppwriteEmulator) -> None:
+    """GET /v1/account with X-Appwrite-JWT: the user it was issued to, else 401 user_jwt_invalid."""
+    emulator.register_user("jwt-1", "user-1", email="one@example.test")
+
+    def account(jwt: str) -> Account:
+        client = Client().set_endpoint(emulator.endpoint).set_project(emulator.project_id)
+        return Account(client.set_jwt(jwt))
+
+    user = account("jwt-1").get()
+    assert (user.id, user.email) == ("user-1", "one@example.test")
+    error = error_of(lambda: account("forged").get())
+    assert (error.code, error.type) == (401, "user_jwt_invalid")
+
+
+def test_injected_failures_answer_once_with_the_given_error(emulator: AppwriteEmulator) -> None:
+    """fail_next makes the next matching request fail, then the emulator works again."""
+    db = tables(emulator)
+    emulator.fail_next("POST", r"/rows$", 503, "general_service_disabled")
+    error = error_of(lambda: new_subscription(db, "u1"))
+    assert (error.code, error.type) == (503, "general_service_disabled")
+    assert new_subscription(db, "u1").id == "u1"
