@@ -24,6 +24,7 @@ from tests.support.anthropic_fake import FakeAnthropic
 from tests.support.identity import ENDPOINT, PROJECT_ID, FakeAccounts
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
 def base_environment(sqlite_path: Path) -> dict[str, str]:
