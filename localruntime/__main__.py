@@ -46,8 +46,9 @@ def banner(runtime: Runtime) -> str:
     lines += [
         "",
         "  Sample Stripe events, signed with the webhook secret, for a user:",
-        f"    .venv/bin/python -m tools.stripe_events --url {url} renewal --user local-starter",
-        "    (see `python -m tools.stripe_events --help` for plan changes and top-ups)",
+        f"    .venv/bin/python -m tools.stripe_events subscribe --user local-demo --plan pro"
+        f" --url {url}/functions/stripe-webhook",
+        "    (scenarios: subscribe, renew, change-plan, topup, cancel; --help for options)",
         "  Or forward real test-mode events:",
         f"    stripe listen --forward-to {url}/functions/stripe-webhook",
         "",
