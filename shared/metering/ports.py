@@ -139,7 +139,8 @@ class UsageStore(Protocol):
         """Entries still ``reserved`` whose last update is older than ``updated_before``."""
 
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
-        """Sum over the user's entries of that period of charged plus still-reserved tokens."""
+        """Sum over the user's entries of that period: ``reserved_tokens`` of entries still
+        ``reserved`` (their holds and the steps charged so far), charged usage of the others."""
 
     # -- event claims (Stripe events, and keys of effects that must happen once) ---------------
 

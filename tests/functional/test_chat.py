@@ -531,3 +531,26 @@ def test_log_lines_carry_ids_and_counts_but_never_the_conversation(chat: Harness
     assert (line["userId"], line["requestId"], line["totalTokens"]) == ("alice", "req-log", 42)
     assert "PRIVATE" not in " ".join(result.logs + result.errors)
     assert chat.jwt("alice") not in " ".join(result.logs + result.errors)
+
+
+def test_the_ledger_reconciles_with_the_counter_after_every_outcome(chat: Harness) -> None:
+    """Settled, failed-after-a-step and refused requests leave ledger total == counter."""
+    chat.seed("alice")
+    chat.model.then(
+        text_reply("Fine.", input_tokens=60, output_tokens=9),
+        tool_use_reply("get_my_usage", input_tokens=400, output_tokens=40),
+        text_reply("Done.", input_tokens=500, output_tokens=7, cache_read=20),
+        tool_use_reply("get_my_usage", input_tokens=410, output_tokens=41),
+        Failure(529),
+        Failure(500),
+    )
+
+    statuses = [chat.call(ask(), user="alice").status_code for _ in range(4)]
+
+    assert statuses == [200, 200, 503, 503]
+    account = chat.store().get_account("alice")
+    assert account is not None
+    assert account.current_tokens_used == 69 + 440 + 527 + 451
+    assert chat.store().ledger_total("alice", account.period_start) == (
+        account.current_tokens_used
+    )

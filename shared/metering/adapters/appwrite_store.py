@@ -595,8 +595,11 @@ class AppwriteStore:
             Query.equal("userId", user_id),
             Query.equal("periodStart", format_timestamp(period_start)),
         ]
+        # A finished entry's usage is what it charged; its hold then equals that usage.
         return sum(
-            _int(row.get("totalTokens")) + _int(row.get("reservedTokens"))
+            _int(row.get("reservedTokens"))
+            if row.get("status") == LedgerStatus.RESERVED.value
+            else _int(row.get("totalTokens"))
             for row in self._all(self._ledger, filters)
         )
 
@@ -636,23 +639,25 @@ class AppwriteStore:
         claimed_at = _optional_time(row.get("claimedAt"))
         if claimed_at is not None and claimed_at + lease > now:
             return ClaimOutcome.IN_PROGRESS
-        # The worker died. Taking over is a compare-and-swap: the bounded increment of
-        # `attempt` succeeds for exactly one of the workers that saw this same attempt.
+        # The worker died. Taking over is a compare-and-swap committed together with the new
+        # lease: the bounded increment of `attempt` succeeds for exactly one of the workers that
+        # saw this attempt, and nobody sees the new attempt with the old, expired lease.
         attempt = _int(row.get("attempt"))
+        database, table = self._database, self._events
+        tx = self._call("starting a transaction", self._db.create_transaction).id
         try:
             self._db.increment_row_column(
-                self._database, self._events, row_id, "attempt", value=1, max=attempt + 1
+                database, table, row_id, "attempt", value=1, max=attempt + 1, transaction_id=tx
             )
+            self._db.update_row(
+                database, table, row_id, {"claimedAt": format_timestamp(now)}, transaction_id=tx
+            )
+            self._db.update_transaction(tx, commit=True)
         except AppwriteException as exc:
+            self._rollback(tx)
             if exc.type in (LIMIT_EXCEEDED, "row_not_found"):
                 return ClaimOutcome.IN_PROGRESS
             raise _failure("taking over a claim", exc) from exc
-        self._call(
-            "renewing a claim",
-            lambda: self._db.update_row(
-                self._database, self._events, row_id, {"claimedAt": format_timestamp(now)}
-            ),
-        )
         return ClaimOutcome.CLAIMED
 
     def complete_event(self, event_id: str, outcome: str, now: datetime) -> None:

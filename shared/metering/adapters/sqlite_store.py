@@ -533,9 +533,10 @@ class SQLiteStore:
 
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
         rows = self._read(
-            "SELECT COALESCE(SUM(totalTokens + reservedTokens), 0) AS total FROM usage_events"
-            " WHERE userId = ? AND periodStart = ?",
-            (user_id, format_timestamp(period_start)),
+            # A finished entry's usage is what it charged; its hold then equals that usage.
+            "SELECT COALESCE(SUM(CASE WHEN status = ? THEN reservedTokens ELSE totalTokens END),"
+            " 0) AS total FROM usage_events WHERE userId = ? AND periodStart = ?",
+            (LedgerStatus.RESERVED.value, user_id, format_timestamp(period_start)),
         )
         return int(rows[0]["total"])
 
