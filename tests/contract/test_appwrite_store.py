@@ -1,0 +1,247 @@
+"""What the shared store contract cannot see of the Appwrite adapter: row ids, legacy rows,
+error translation and the wire calls it makes, against the emulated Appwrite."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from appwrite.exception import AppwriteException
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from metering.account import new_account, plan_reset
+from metering.adapters.appwrite_store import ROW_ID, AppwriteStore, row_key
+from metering.errors import StoreError
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.plans import load_default_plans
+from metering.ports import AccountQuery, ClaimOutcome
+
+from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
+MARCH = datetime(2026, 3, 1, tzinfo=UTC)
+APRIL = datetime(2026, 4, 1, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def emulator() -> Iterator[AppwriteEmulator]:
+    with emulated_appwrite() as running:
+        yield running
+
+
+@pytest.fixture
+def store(emulator: AppwriteEmulator) -> AppwriteStore:
+    return AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+
+
+def entry(user_id: str, request_id: str) -> LedgerEntry:
+    return LedgerEntry(
+        request_id=request_id,
+        user_id=user_id,
+        status=LedgerStatus.RESERVED,
+        model="claude-sonnet-5-5",
+        period_start=MARCH,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def starter(store: AppwriteStore, user_id: str) -> None:
+    store.create_account(new_account(user_id, load_default_plans().get("starter"), NOW))
+
+
+@settings(max_examples=200)
+@given(st.text(min_size=1, max_size=80))
+def test_row_key_is_always_a_valid_appwrite_id_and_keeps_valid_ones(key: str) -> None:
+    """Any key maps to a valid row id, deterministically; valid ids map to themselves."""
+    assert ROW_ID.match(row_key(key))
+    assert row_key(key) == row_key(key)
+    if ROW_ID.match(key):
+        assert row_key(key) == key
+
+
+def test_long_or_odd_ids_are_hashed_apart() -> None:
+    """Ids Appwrite would refuse get distinct hashed row ids."""
+    long_a, long_b = "evt_" + "a" * 40, "evt_" + "a" * 39 + "b"
+    assert len({row_key(long_a), row_key(long_b), row_key("_x"), row_key("-x")}) == 4
+
+
+def test_a_legacy_row_with_a_random_id_is_found_and_metered_by_user_id(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """Seed-era rows have random ids: the adapter finds them by userId and meters on them."""
+    emulator.insert_row(
+        "subscriptions",
+        {
+            "userId": "user-1",
+            "plan": "starter",
+            "status": "active",
+            "maxTokensPerMonth": 50_000,
+            "currentTokensUsed": 10,
+            "lifetimeTokensUsed": 0,
+            "addonTokens": 0,
+            "topupTokens": 0,
+            "periodStart": "2026-03-01T00:00:00.000+00:00",
+        },
+        row_id="6650f0a2c3d4e5f6a7b8",
+    )
+    store.create_ledger(entry("user-1", "req-1"))
+    assert store.reserve("user-1", "req-1", 90, 50_000) == 100
+    account = store.add_topup("user-1", 5)
+    assert (account.row_id, account.current_tokens_used, account.topup_tokens) == (
+        "6650f0a2c3d4e5f6a7b8",
+        100,
+        5,
+    )
+    assert [row["$id"] for row in emulator.rows("subscriptions")] == ["6650f0a2c3d4e5f6a7b8"]
+
+
+def test_request_ids_appwrite_would_refuse_are_kept_under_a_hashed_row_id(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """A requestId such as `_retry.1` is a valid idempotency key but not a row id."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "_retry.1"))
+    store.reserve("user-1", "_retry.1", 40, 50_000)
+    stored = store.get_ledger("_retry.1")
+    assert stored is not None
+    assert (stored.request_id, stored.reserved_tokens) == ("_retry.1", 40)
+    assert emulator.rows("usage_events")[0]["$id"] == row_key("_retry.1")
+
+
+def test_a_long_stripe_event_id_is_claimed_once(store: AppwriteStore) -> None:
+    """Event ids past 36 characters still claim exactly once."""
+    event_id = "evt_" + "1NG8Du2eZvKYlo2CUI79vXWy" * 2
+    assert store.claim_event(event_id, "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.CLAIMED
+    store.complete_event(event_id, "applied", NOW)
+    assert store.claim_event(event_id, "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.DONE
+
+
+def test_an_expired_claim_is_taken_over_by_exactly_one_of_many_workers(
+    store: AppwriteStore,
+) -> None:
+    """The takeover is a compare-and-swap: 16 workers racing for a dead claim, one wins."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    later = NOW + LEASE + timedelta(seconds=1)
+    outcomes: list[ClaimOutcome] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        outcome = store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(ClaimOutcome.CLAIMED) == 1
+    assert outcomes.count(ClaimOutcome.IN_PROGRESS) == 15
+
+
+def test_release_after_a_concurrent_lowering_gives_back_only_what_is_left(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """If the counter went below the hold meanwhile, release empties it and stops at zero."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 100, 50_000)
+    emulator.table("subscriptions").rows["user-1"]["currentTokensUsed"] = 30
+    store.release("user-1", "req-1", 100)
+    account = store.get_account("user-1")
+    ledger = store.get_ledger("req-1")
+    assert account is not None
+    assert ledger is not None
+    assert (account.current_tokens_used, ledger.reserved_tokens) == (0, 0)
+
+
+def test_a_failed_reset_commit_releases_its_claim_so_the_retry_applies_once(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """All changes of a reset commit together: after a failed commit nothing changed, and the
+    retry moves the usage to lifetime exactly once."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 700, 50_000)
+    account = store.get_account("user-1")
+    assert account is not None
+    reset = plan_reset(account, APRIL, datetime(2026, 5, 1, tzinfo=UTC), NOW)
+    assert reset is not None
+
+    emulator.fail_next("PATCH", r"^/tablesdb/transactions/", 500, "general_unknown")
+    with pytest.raises(StoreError):
+        store.apply_reset(reset, account.period_start)
+    unchanged = store.get_account("user-1")
+    assert unchanged is not None
+    assert (unchanged.current_tokens_used, unchanged.period_start) == (700, MARCH)
+
+    applied = store.apply_reset(reset, account.period_start)
+    assert applied is not None
+    assert (applied.current_tokens_used, applied.lifetime_tokens_used) == (0, 700)
+    assert store.apply_reset(reset, account.period_start) is None
+
+
+def test_an_empty_subscription_id_is_stored_as_null(store: AppwriteStore) -> None:
+    """Cancelling writes NULL, so that `isNull` lists the account among the unsubscribed."""
+    starter(store, "user-1")
+    store.update_account("user-1", {"stripe_subscription_id": "sub_1"})
+    store.update_account("user-1", {"stripe_subscription_id": ""})
+    page = store.list_accounts(AccountQuery(subscribed=False), 10, None)
+    assert [account.user_id for account in page.items] == ["user-1"]
+
+
+def test_a_warm_reservation_costs_two_calls(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """Once the user's row id is known, a reservation is two atomic increments, nothing more."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    emulator.calls.clear()
+    store.reserve("user-1", "req-1", 10, 50_000)
+    assert [(call.method, call.path.rsplit("/", 1)[-1]) for call in emulator.calls] == [
+        ("PATCH", "increment"),
+        ("PATCH", "increment"),
+    ]
+
+
+OPERATIONS: dict[str, Callable[[AppwriteStore], Any]] = {
+    "get_account": lambda s: s.get_account("user-1"),
+    "update_account": lambda s: s.update_account("user-1", {"plan": "pro"}),
+    "reserve": lambda s: s.reserve("user-1", "req-1", 1, 100),
+    "release": lambda s: s.release("user-1", "req-1", 1),
+    "get_ledger": lambda s: s.get_ledger("req-1"),
+    "list_accounts": lambda s: s.list_accounts(AccountQuery(), 10, None),
+    "ledger_total": lambda s: s.ledger_total("user-1", MARCH),
+    "claim_event": lambda s: s.claim_event("evt_9", "t", "o", NOW, LEASE),
+    "release_event": lambda s: s.release_event("evt_9"),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS.values(), ids=OPERATIONS.keys())
+def test_appwrite_failures_surface_as_store_errors_only(
+    emulator: AppwriteEmulator, store: AppwriteStore, operation: Callable[[AppwriteStore], Any]
+) -> None:
+    """A 5xx from Appwrite becomes StoreError; no AppwriteException escapes the adapter."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    for method in ("GET", "POST", "PATCH", "DELETE"):
+        emulator.fail_next(method, r".", 503, "general_service_disabled")
+    with pytest.raises(StoreError) as caught:
+        operation(store)
+    assert not isinstance(caught.value, AppwriteException)
+    assert isinstance(caught.value.__cause__, AppwriteException)
+
+
+def test_connect_refuses_an_empty_endpoint_rather_than_defaulting_to_cloud(
+    emulator: AppwriteEmulator,
+) -> None:
+    """Without an endpoint the SDK would talk to Appwrite Cloud: refuse instead."""
+    without_endpoint = replace(emulator.store_settings(), appwrite_endpoint="")
+    with pytest.raises(StoreError):
+        AppwriteStore.connect(without_endpoint, "key")
