@@ -37,7 +37,12 @@ function show(view) {
 }
 
 function renderChat() {
-  renderConversation(byTestId("conversation"), state.messages, state.pending?.text ?? null);
+  renderConversation(
+    byTestId("conversation"),
+    state.messages,
+    state.pending?.text ?? null,
+    state.blocked,
+  );
   renderUsage(state.usage);
   renderNotices({
     usage: state.usage,

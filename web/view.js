@@ -127,13 +127,14 @@ export function emptyState() {
   );
 }
 
-export function renderConversation(list, messages, pendingText) {
+export function renderConversation(list, messages, pendingText, blocked) {
   list.replaceChildren();
   for (const message of messages) list.append(messageItem(message));
   if (pendingText !== null) {
     list.append(messageItem({ role: "user", content: pendingText }), pendingItem());
   }
-  if (!list.childElementCount) list.append(emptyState());
+  // At the limit the notice says all there is to say; an invitation to chat would contradict it.
+  if (!list.childElementCount && !blocked) list.append(emptyState());
 }
 
 export function renderUsage(usage) {

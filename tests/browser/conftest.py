@@ -1,0 +1,73 @@
+"""Browser fixtures: Debian's chromium through Playwright, against a local runtime of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
+
+from tests.browser.chat_page import Backend, RunningRuntime, start_runtime
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP: ViewportSize = {"width": 1100, "height": 760}
+
+# A loaded machine can be slow to paint; no assertion here is about speed.
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRuntime]:
+    """One runtime for the whole suite, on a fresh data folder; each test has users of its own."""
+    with start_runtime(tmp_path_factory.mktemp("browser-runtime")) as running:
+        yield running
+
+
+@pytest.fixture
+def backend(runtime: RunningRuntime) -> Backend:
+    return Backend(runtime.base_url, runtime.data_dir)
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    # UTC and en-US make dates and number formats the same on every machine.
+    opened = browser.new_context(viewport=DESKTOP, locale="en-US", timezone_id="UTC")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Iterator[Page]:
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    assert errors == [], f"the page raised: {errors}"

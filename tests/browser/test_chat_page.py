@@ -1,0 +1,377 @@
+"""The chat page in Debian's chromium against the local runtime: what a user sees and can do."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Route, expect
+
+from tests.browser.chat_page import (
+    Backend,
+    RunningRuntime,
+    assistant_messages,
+    log_in,
+    screenshot,
+    send,
+)
+
+pytestmark = pytest.mark.browser
+
+CHAT_EXECUTIONS = "**/v1/functions/chat/executions"
+GREEN = "rgb(31, 157, 85)"
+YELLOW = "rgb(212, 160, 7)"
+RED = "rgb(216, 52, 44)"
+
+
+def bar_colour(page: Page) -> str:
+    colour = page.get_by_test_id("usage-fill").evaluate(
+        "node => getComputedStyle(node).backgroundColor"
+    )
+    return str(colour)
+
+
+def execution(status: int, body: Mapping[str, Any]) -> str:
+    """An Appwrite execution object carrying a function's answer."""
+    return json.dumps(
+        {
+            "$id": "test-execution",
+            "functionId": "chat",
+            "trigger": "http",
+            "status": "completed" if status < 500 else "failed",
+            "responseStatusCode": status,
+            "responseBody": json.dumps(body),
+            "responseHeaders": [],
+            "duration": 0.01,
+        }
+    )
+
+
+def test_sign_up_log_out_and_log_in_again(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A visitor creates an account, lands in the chat with a meter, logs out and back in."""
+    page.goto(runtime.base_url + "/")
+    expect(page.get_by_test_id("auth-view")).to_be_visible()
+    expect(page.get_by_test_id("offline-badge")).to_be_visible()
+    page.get_by_test_id("auth-toggle").click()
+    expect(page.get_by_test_id("auth-title")).to_have_text("Create your account")
+    email = f"new-{secrets.token_hex(6)}@browser.test"
+    page.get_by_test_id("auth-name").fill("Grace")
+    page.get_by_test_id("auth-email").fill(email)
+    page.get_by_test_id("auth-password").fill("long-enough-password")
+    page.get_by_test_id("auth-submit").click()
+    expect(page.get_by_test_id("chat-view")).to_be_visible()
+    expect(page.get_by_test_id("user-email")).to_have_text(email)
+    expect(page.get_by_test_id("usage-meter")).to_be_visible()
+    expect(page.get_by_test_id("usage-plan")).to_have_text("Demo plan")
+
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("auth-view")).to_be_visible()
+    page.reload()
+    expect(page.get_by_test_id("auth-view")).to_be_visible()
+
+    page.get_by_test_id("auth-email").fill(email)
+    page.get_by_test_id("auth-password").fill("wrong-password")
+    page.get_by_test_id("auth-submit").click()
+    expect(page.get_by_test_id("auth-error")).to_have_text("Wrong email or password.")
+    page.get_by_test_id("auth-password").fill("long-enough-password")
+    page.get_by_test_id("auth-submit").click()
+    expect(page.get_by_test_id("chat-view")).to_be_visible()
+
+
+def test_reply_shows_its_tokens_and_moves_the_meter(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A sent message gets a reply with its token count and breakdown; the meter counts them."""
+    user = backend.sign_up("ada")
+    log_in(page, runtime.base_url, user)
+    expect(page.get_by_test_id("usage-tokens")).to_have_text("0 / 50,000 tokens")
+    expect(page.get_by_test_id("usage-bar")).to_have_attribute("aria-valuenow", "0")
+    assert bar_colour(page) == GREEN
+
+    box = page.get_by_test_id("message-input")
+    box.fill("Hello there")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("Hello there\nsecond line")
+    box.press("Enter")
+
+    reply = page.locator('[data-testid="message"][data-role="assistant"]')
+    expect(reply).to_have_count(1)
+    expect(reply.get_by_test_id("message-content")).to_contain_text("offline model")
+    chip = reply.get_by_test_id("message-tokens")
+    total = int(re.sub(r"\D", "", chip.inner_text()))
+    assert total > 0
+    assert backend.used(user) == total
+    expect(page.get_by_test_id("usage-tokens")).to_have_text(f"{total:,} / 50,000 tokens")
+    valuenow = float(page.get_by_test_id("usage-bar").get_attribute("aria-valuenow") or "0")
+    assert valuenow > 0
+    expect(box).to_have_value("")
+
+    chip.focus()
+    breakdown = reply.get_by_test_id("message-token-breakdown")
+    expect(breakdown).to_be_visible()
+    for label in ("Input", "Cache write", "Cache read", "Output", "Steps", "Cost"):
+        expect(breakdown).to_contain_text(label)
+    screenshot(page, "usage-0")
+
+
+def test_warning_at_76_percent(page: Page, runtime: RunningRuntime, backend: Backend) -> None:
+    """At 76 % the bar turns yellow and a warning banner says how much is left."""
+    user = backend.sign_up("grace")
+    backend.use_tokens(user, 38_000)
+    log_in(page, runtime.base_url, user)
+    banner = page.get_by_test_id("usage-banner")
+    expect(banner).to_have_attribute("role", "alert")
+    expect(banner).to_contain_text("76%")
+    expect(banner).to_contain_text("12,000 tokens left")
+    expect(page.get_by_test_id("usage-percent")).to_have_text("76%")
+    expect(page.get_by_test_id("usage-bar")).to_have_attribute("aria-valuenow", "76")
+    assert bar_colour(page) == YELLOW
+    expect(page.get_by_test_id("message-input")).to_be_enabled()
+    screenshot(page, "usage-76")
+
+
+def test_critical_at_91_percent(page: Page, runtime: RunningRuntime, backend: Backend) -> None:
+    """At 91 % the bar turns red and the banner warns that replies may be cut short."""
+    user = backend.sign_up("alan")
+    backend.use_tokens(user, 45_500)
+    log_in(page, runtime.base_url, user)
+    banner = page.get_by_test_id("usage-banner")
+    expect(banner).to_contain_text("Almost out of tokens: 91% used")
+    expect(banner).to_contain_text("4,500 tokens left")
+    expect(page.get_by_test_id("usage-bar")).to_have_attribute("aria-valuenow", "91")
+    assert bar_colour(page) == RED
+    expect(page.get_by_test_id("message-input")).to_be_enabled()
+    screenshot(page, "usage-91")
+
+
+def test_at_the_limit_input_is_disabled_with_a_notice(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """At 100 % a blocking notice names the reset date and input and send are disabled."""
+    user = backend.sign_up("edsger")
+    backend.use_tokens(user, 50_000)
+    log_in(page, runtime.base_url, user)
+    notice = page.get_by_test_id("limit-notice")
+    expect(notice).to_have_attribute("role", "alert")
+    expect(notice).to_contain_text("Monthly token limit reached")
+    expect(notice).to_contain_text(re.compile(r"resets on [A-Z][a-z]{2} \d{1,2}, \d{4}"))
+    expect(page.get_by_test_id("message-input")).to_be_disabled()
+    expect(page.get_by_test_id("send-button")).to_be_disabled()
+    expect(page.get_by_test_id("usage-banner")).to_have_count(0)
+    expect(page.get_by_test_id("usage-percent")).to_have_text("100%")
+    assert bar_colour(page) == RED
+    screenshot(page, "usage-100")
+
+
+def test_limit_reached_mid_conversation_disables_input(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A 429 from the chat (the allowance ran out elsewhere) shows the notice, blocks input
+    and keeps the unsent message."""
+    user = backend.sign_up("midway")
+    log_in(page, runtime.base_url, user)
+    send(page, "First question")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    backend.use_tokens(user, 50_000 - backend.used(user))
+
+    send(page, "Second question")
+    expect(page.get_by_test_id("limit-notice")).to_be_visible()
+    expect(page.get_by_test_id("message-input")).to_be_disabled()
+    expect(page.get_by_test_id("message-input")).to_have_value("Second question")
+    expect(page.get_by_test_id("send-button")).to_be_disabled()
+    expect(page.get_by_test_id("usage-tokens")).to_have_text("50,000 / 50,000 tokens")
+    assert len(assistant_messages(page)) == 1
+
+
+def test_markup_in_model_output_renders_as_text(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """Markup the model sends back (the offline model quotes the message) is shown, not run."""
+    user = backend.sign_up("markup")
+    log_in(page, runtime.base_url, user)
+    payload = "<script>window.__injected=1</script><img src=x onerror=window.__injected=2>"
+    send(page, payload)
+    reply = page.locator('[data-testid="message"][data-role="assistant"]')
+    expect(reply.get_by_test_id("message-content")).to_contain_text("<script>window.__injected=1")
+    conversation = page.get_by_test_id("conversation")
+    assert conversation.locator("script, img").count() == 0
+    assert page.evaluate("window.__injected") is None
+
+
+def test_reload_keeps_the_conversation(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """The conversation, with each reply's token count, survives a reload; New chat clears it."""
+    user = backend.sign_up("reload")
+    log_in(page, runtime.base_url, user)
+    send(page, "Remember me")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    before = page.get_by_test_id("conversation").inner_text()
+
+    page.reload()
+    expect(page.get_by_test_id("message")).to_have_count(2)
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    assert page.get_by_test_id("conversation").inner_text() == before
+
+    page.get_by_test_id("new-chat").click()
+    expect(page.get_by_test_id("message")).to_have_count(0)
+    page.reload()
+    expect(page.get_by_test_id("empty-state")).to_be_visible()
+
+
+def test_server_error_offers_retry_without_losing_the_message(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A 5xx from the chat keeps the typed message and offers Retry, which then succeeds."""
+    user = backend.sign_up("barbara")
+    log_in(page, runtime.base_url, user)
+    send(page, "What can you do?")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    page.route(
+        CHAT_EXECUTIONS,
+        lambda route: route.fulfill(
+            status=201,
+            content_type="application/json",
+            body=execution(503, {"error": {"code": "upstream_unavailable", "message": "x"}}),
+        ),
+    )
+    send(page, "Will this arrive?")
+    banner = page.get_by_test_id("error-banner")
+    expect(banner).to_have_attribute("role", "alert")
+    expect(banner).to_contain_text("Message not sent")
+    expect(page.get_by_test_id("message-input")).to_have_value("Will this arrive?")
+    expect(page.get_by_test_id("message")).to_have_count(2)
+    screenshot(page, "error")
+
+    page.unroute(CHAT_EXECUTIONS)
+    page.get_by_test_id("retry-button").click()
+    expect(page.get_by_test_id("message-tokens")).to_have_count(2)
+    expect(page.get_by_test_id("error-banner")).to_have_count(0)
+    expect(page.get_by_test_id("message-input")).to_have_value("")
+
+
+def test_network_failure_is_retryable(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A request that never reaches the server is shown as retryable, the message kept."""
+    user = backend.sign_up("network")
+    log_in(page, runtime.base_url, user)
+    page.route(CHAT_EXECUTIONS, lambda route: route.abort("internetdisconnected"))
+    send(page, "Offline?")
+    expect(page.get_by_test_id("error-banner")).to_contain_text("Couldn't reach the server")
+    expect(page.get_by_test_id("retry-button")).to_be_visible()
+    expect(page.get_by_test_id("message-input")).to_have_value("Offline?")
+
+
+def test_unauthenticated_chat_returns_to_login(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """A 401 (the session ended elsewhere) sends the user back to the login form."""
+    user = backend.sign_up("expired")
+    log_in(page, runtime.base_url, user)
+    page.route(
+        CHAT_EXECUTIONS,
+        lambda route: route.fulfill(
+            status=401,
+            content_type="application/json",
+            body=json.dumps(
+                {"message": "No session", "code": 401, "type": "user_unauthorized", "version": "1"}
+            ),
+        ),
+    )
+    send(page, "Still there?")
+    expect(page.get_by_test_id("auth-view")).to_be_visible()
+    expect(page.get_by_test_id("auth-error")).to_contain_text("session has ended")
+
+
+def test_stop_abandons_the_pending_reply(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """Stop frees the composer at once, gives the message back, and a late reply is ignored."""
+    user = backend.sign_up("stop")
+    log_in(page, runtime.base_url, user)
+    held: list[Route] = []
+    arrived = threading.Event()
+
+    def hold(route: Route) -> None:
+        held.append(route)
+        arrived.set()
+
+    page.route(CHAT_EXECUTIONS, hold)
+    send(page, "Take your time")
+    expect(page.get_by_test_id("message-pending")).to_be_visible()
+    expect(page.get_by_test_id("send-button")).to_be_disabled()
+    page.get_by_test_id("stop-button").click()
+    expect(page.get_by_test_id("message-pending")).to_have_count(0)
+    expect(page.get_by_test_id("stop-button")).to_be_hidden()
+    expect(page.get_by_test_id("message-input")).to_have_value("Take your time")
+    expect(page.get_by_test_id("send-button")).to_be_enabled()
+
+    assert arrived.is_set()
+    late = {
+        "message": {
+            "role": "assistant",
+            "content": "late reply",
+            "model": "m",
+            "stopReason": "end_turn",
+            "truncated": False,
+            "usage": {"totalTokens": 5},
+        },
+        "usage": None,
+    }
+    held[0].fulfill(status=201, content_type="application/json", body=execution(200, late))
+    page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 200))")
+    expect(page.get_by_test_id("message")).to_have_count(0)
+    assert "late reply" not in page.get_by_test_id("conversation").inner_text()
+
+
+def test_narrow_viewport_has_no_horizontal_scroll(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """At 375 px wide, with a banner and a long unbroken word, nothing scrolls sideways."""
+    user = backend.sign_up("linus")
+    backend.use_tokens(user, 45_500)
+    page.set_viewport_size({"width": 375, "height": 740})
+    log_in(page, runtime.base_url, user)
+    send(page, "How do I read the meter on a phone?")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    expect(page.get_by_test_id("usage-banner")).to_be_visible()
+    screenshot(page, "mobile-91")
+    send(page, "W" * 300)
+    expect(page.get_by_test_id("message-tokens")).to_have_count(2)
+    widths = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1], widths
+    conversation = page.get_by_test_id("conversation")
+    assert conversation.evaluate("node => node.scrollWidth <= node.clientWidth")
+
+
+def test_keyboard_reaches_every_control_with_visible_focus(
+    page: Page, runtime: RunningRuntime, backend: Backend
+) -> None:
+    """Tab reaches the account buttons, the message box and Send, each with a focus outline."""
+    user = backend.sign_up("keyboard")
+    log_in(page, runtime.base_url, user)
+    send(page, "Tab order")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    page.get_by_test_id("message-input").fill("draft")
+    reached: list[str] = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            "() => { const e = document.activeElement;"
+            " return [e.dataset.testid || e.tagName, getComputedStyle(e).outlineStyle]; }"
+        )
+        reached.append(focused[0])
+        if focused[0] in {"new-chat", "logout", "message-input", "send-button", "message-tokens"}:
+            assert focused[1] != "none", focused
+    assert {"new-chat", "logout", "message-tokens", "message-input", "send-button"} <= set(reached)
