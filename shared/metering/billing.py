@@ -14,7 +14,7 @@ from .account import Account, ResetPlan, plan_reset
 from .errors import InternalError, InvalidRequest, PlanError
 from .plans import PlanCatalog
 from .ports import AccountPatch
-from .timeutil import next_month_start, parse_timestamp
+from .timeutil import parse_timestamp
 
 Json = Mapping[str, Any]
 
@@ -463,7 +463,8 @@ def decide_subscription(account: Account, command: SetSubscription) -> AccountPa
 def decide_cancel(
     account: Account, command: CancelSubscription, plans: PlanCatalog
 ) -> AccountPatch:
-    """Back to the default plan; top-ups bought stay, the period counts until the month ends."""
+    """Back to the default plan; top-ups bought stay. The period stays until the calendar-month
+    rollover (a paid period reset arriving late still applies: deliveries converge)."""
     if command.created < account.stripe_updated_at or not _may_follow(
         account, command.subscription_id
     ):
@@ -476,7 +477,6 @@ def decide_cancel(
         "addon_tokens": 0,
         "stripe_subscription_id": None,
         "stripe_updated_at": command.created,
-        "period_end": next_month_start(account.period_start),
     }
 
 

@@ -36,6 +36,9 @@ from .service import get_or_create_account
 
 # Longer than a webhook execution may run: a claim older than this belongs to a dead worker.
 CLAIM_LEASE = timedelta(minutes=2)
+# A top-up claim is never taken over: its holder may have credited before dying, and a second
+# credit is worse than a pending one an operator can see (stripe_events row of type "topup").
+TOPUP_LEASE = timedelta(days=36500)
 
 
 def topup_claim_id(session_id: str) -> str:
@@ -63,17 +66,19 @@ class BillingService:
     def handle(self, payload: Mapping[str, object], now: datetime) -> Handled:
         header = event_header(payload)
         claim = self.store.claim_event(header.id, header.type, header.object_id, now, CLAIM_LEASE)
-        if claim is ClaimOutcome.DONE:
+        if claim == ClaimOutcome.DONE:
             return Handled(header.id, header.type, "duplicate")
-        if claim is ClaimOutcome.IN_PROGRESS:
+        if claim == ClaimOutcome.IN_PROGRESS:
             raise RequestInProgress(f"event {header.id} is being applied")
         try:
             command = parse_command(header, self.plans, self._products(payload))
             outcome = self.apply(command, header, now)
+            self.store.complete_event(header.id, outcome, now)
         except BaseException:
+            # Effects are idempotent (state set from the source, forward-only resets, top-ups
+            # keyed by session), so a retry after a failed completion changes nothing twice.
             self.store.release_event(header.id)
             raise
-        self.store.complete_event(header.id, outcome, now)
         return Handled(header.id, header.type, outcome)
 
     def _products(self, payload: Mapping[str, object]) -> dict[str, Mapping[str, str]]:
@@ -135,11 +140,12 @@ class BillingService:
         if command.customer_id and not account.stripe_customer_id:
             self.store.update_account(account.user_id, {"stripe_customer_id": command.customer_id})
         key = topup_claim_id(command.session_id)
-        claim = self.store.claim_event(key, "topup", command.session_id, now, CLAIM_LEASE)
-        if claim is ClaimOutcome.DONE:
+        claim = self.store.claim_event(key, "topup", command.session_id, now, TOPUP_LEASE)
+        if claim == ClaimOutcome.DONE:
             return "topup_already_credited"
-        if claim is ClaimOutcome.IN_PROGRESS:
-            raise RequestInProgress(f"top-up of {command.session_id} is being credited")
+        if claim == ClaimOutcome.IN_PROGRESS:
+            # Credited, or being credited by another delivery for this session: never twice.
+            return "topup_claimed_elsewhere"
         try:
             self.store.add_topup(account.user_id, command.tokens)
         except BaseException:

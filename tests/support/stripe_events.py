@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import importlib
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any
 
 import stripe
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest
+from localruntime.loader import load_function, package_name
 from tools.stripe_events import FIXTURES_DIR, Event, encode, load_event, retarget
 
 __all__ = [
     "FIXTURES_DIR",
     "SECRET",
     "Event",
+    "FakeClock",
     "at",
     "encode",
     "fixture_names",
+    "function_module",
+    "hold",
+    "load_app",
     "load_event",
     "retarget",
     "sign",
+    "unload_app",
     "webhook_context",
 ]
 
@@ -60,3 +71,54 @@ def webhook_context(
     }
     all_headers.update(headers or {})
     return RuntimeContext(RuntimeRequest(method=method, path="/", headers=all_headers, body=body))
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def hold(store: UsageStore, user_id: str, request_id: str, tokens: int, now: datetime) -> None:
+    """Reserve ``tokens`` on the user's counter for an in-flight chat request."""
+    account = store.get_account(user_id)
+    assert account is not None
+    store.create_ledger(
+        LedgerEntry(
+            request_id=request_id,
+            user_id=user_id,
+            status=LedgerStatus.RESERVED,
+            model="claude-sonnet-5-5",
+            period_start=account.period_start,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    # Usage that already happened: the cap is the chat's concern, not these tests'.
+    store.reserve(user_id, request_id, tokens, account.current_tokens_used + tokens)
+
+
+def load_app(function_id: str, environ: dict[str, str], **overrides: Any) -> Callable[..., Any]:
+    """Load a function and give it a cold start with ``environ``; returns its ``main``."""
+    module = load_function(function_id)
+    bootstrap = importlib.import_module(f"{package_name(function_id)}.src.bootstrap")
+    bootstrap.configure(environ, **overrides)
+    main: Callable[..., Any] = module.main
+    return main
+
+
+def unload_app(function_id: str) -> None:
+    """Back to a cold start from the process environment."""
+    importlib.import_module(f"{package_name(function_id)}.src.bootstrap").configure(None)
+
+
+def function_module(function_id: str, name: str) -> ModuleType:
+    """A module of a loaded function, e.g. ``metering.adapters.store_factory``."""
+    return importlib.import_module(f"{package_name(function_id)}.src.{name}")

@@ -1,0 +1,209 @@
+"""The scheduled safety net over the ports: Demo month rollovers, renewals a webhook missed,
+reservations of crashed chats, and counter-vs-ledger reconciliation, page by page in a budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .account import Account, demo_period_due, plan_reset
+from .billing import BillingProvider, decide_recovered_reset
+from .config import EnvReader
+from .errors import MeteringError
+from .ledger import LedgerEntry, LedgerStatus
+from .ports import AccountQuery, Page, UsageStore
+from .timeutil import month_start
+
+MAX_DRIFT_REPORTED = 50
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    grace: timedelta = timedelta(hours=6)
+    reservation_ttl: timedelta = timedelta(minutes=15)
+    page_size: int = 100
+    time_budget: timedelta = timedelta(seconds=240)
+
+    @classmethod
+    def read(cls, env: EnvReader) -> MaintenanceSettings:
+        return cls(
+            grace=timedelta(seconds=env.integer("CRON_GRACE_SECONDS", 6 * 3600)),
+            reservation_ttl=timedelta(
+                seconds=env.integer("CRON_RESERVATION_TTL_SECONDS", 15 * 60, minimum=60)
+            ),
+            page_size=env.integer("CRON_PAGE_SIZE", 100, minimum=1, maximum=5000),
+            time_budget=timedelta(seconds=env.integer("CRON_TIME_BUDGET_SECONDS", 240, minimum=1)),
+        )
+
+
+@dataclass
+class Summary:
+    demo_resets: int = 0
+    subscriptions_checked: int = 0
+    subscription_resets: int = 0
+    subscriptions_not_active: int = 0
+    subscriptions_unchanged: int = 0
+    stripe_errors: int = 0
+    stripe_lookups: str = "done"
+    reservations_reclaimed: int = 0
+    tokens_released: int = 0
+    reconciled: int = 0
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    drifted: int = 0
+    complete: bool = True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "demoResets": self.demo_resets,
+            "subscriptions": {
+                "checked": self.subscriptions_checked,
+                "reset": self.subscription_resets,
+                "notActive": self.subscriptions_not_active,
+                "unchanged": self.subscriptions_unchanged,
+                "errors": self.stripe_errors,
+                "stripeLookups": self.stripe_lookups,
+            },
+            "reservations": {
+                "reclaimed": self.reservations_reclaimed,
+                "tokensReleased": self.tokens_released,
+            },
+            "reconciliation": {
+                "users": self.reconciled,
+                "drifted": self.drifted,
+                "drift": self.drift,
+            },
+        }
+
+
+class _OutOfTime(Exception):
+    """Raised between rows when the time budget is spent; the next run continues."""
+
+
+class Maintenance:
+    """One run of the safety net. Every reset goes through the store's forward-only
+    ``apply_reset``, so a period the webhook already reset is never reset again."""
+
+    def __init__(
+        self,
+        store: UsageStore,
+        billing: BillingProvider | None,
+        settings: MaintenanceSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.billing = billing
+        self.settings = settings
+        self.clock = clock
+        self._deadline = datetime.max.replace(tzinfo=UTC)
+        # Users whose counter this run changed, in order: reconciled at the end.
+        self._touched: dict[str, None] = {}
+
+    def run(self) -> Summary:
+        now = self.clock()
+        self._deadline = now + self.settings.time_budget
+        summary = Summary()
+        if self.billing is None:
+            summary.stripe_lookups = "skipped: STRIPE_SECRET_KEY is not set"
+        try:
+            self._demo_rollovers(now, summary)
+            if self.billing is not None:
+                self._missed_renewals(now, self.billing, summary)
+            self._reclaim_reservations(now, summary)
+            self._reconcile(summary)
+        except _OutOfTime:
+            summary.complete = False
+        return summary
+
+    def _check_time(self) -> None:
+        if self.clock() >= self._deadline:
+            raise _OutOfTime
+
+    def _pages(self, fetch: Callable[[str | None], Page[Any]]) -> Iterator[Any]:
+        cursor: str | None = None
+        while True:
+            self._check_time()
+            page = fetch(cursor)
+            for item in page.items:
+                self._check_time()
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _accounts(self, query: AccountQuery) -> Iterator[Account]:
+        size = self.settings.page_size
+        yield from self._pages(lambda cursor: self.store.list_accounts(query, size, cursor))
+
+    def _demo_rollovers(self, now: datetime, summary: Summary) -> None:
+        query = AccountQuery(subscribed=False, period_start_before=month_start(now))
+        for account in self._accounts(query):
+            due = demo_period_due(account, now)
+            reset = plan_reset(account, due[0], due[1], now) if due else None
+            if reset and self.store.apply_reset(reset, account.period_start) is not None:
+                summary.demo_resets += 1
+                self._touched[account.user_id] = None
+
+    def _missed_renewals(self, now: datetime, billing: BillingProvider, summary: Summary) -> None:
+        query = AccountQuery(subscribed=True, period_end_before=now - self.settings.grace)
+        for account in self._accounts(query):
+            summary.subscriptions_checked += 1
+            try:
+                snapshot = billing.get_subscription(account.stripe_subscription_id or "")
+            except MeteringError:
+                # One unreachable subscription must not stop the others; the next run retries.
+                summary.stripe_errors += 1
+                continue
+            reset = decide_recovered_reset(account, snapshot, now)
+            if reset is None:
+                if snapshot.status not in ("active", "trialing"):
+                    summary.subscriptions_not_active += 1
+                else:
+                    summary.subscriptions_unchanged += 1
+                continue
+            if self.store.apply_reset(reset, account.period_start) is not None:
+                summary.subscription_resets += 1
+                self._touched[account.user_id] = None
+            else:
+                summary.subscriptions_unchanged += 1
+
+    def _reclaim_reservations(self, now: datetime, summary: Summary) -> None:
+        stale_before = now - self.settings.reservation_ttl
+        size = self.settings.page_size
+
+        def fetch(cursor: str | None) -> Page[LedgerEntry]:
+            return self.store.list_stale_reservations(stale_before, size, cursor)
+
+        for entry in self._pages(fetch):
+            account = self.store.get_account(entry.user_id)
+            # After a reset the hold was already taken off with the old period's usage.
+            if account and account.period_start == entry.period_start and entry.reserved_tokens:
+                self.store.release(entry.user_id, entry.request_id, entry.reserved_tokens)
+                summary.tokens_released += entry.reserved_tokens
+            self.store.update_ledger(
+                entry.request_id, {"status": LedgerStatus.RECLAIMED, "updated_at": now}
+            )
+            summary.reservations_reclaimed += 1
+            self._touched[entry.user_id] = None
+
+    def _reconcile(self, summary: Summary) -> None:
+        for user_id in list(self._touched):
+            self._check_time()
+            account = self.store.get_account(user_id)
+            if account is None:
+                continue
+            ledger = self.store.ledger_total(user_id, account.period_start)
+            summary.reconciled += 1
+            if ledger != account.current_tokens_used:
+                summary.drifted += 1
+                if len(summary.drift) < MAX_DRIFT_REPORTED:
+                    summary.drift.append(
+                        {
+                            "userId": user_id,
+                            "counter": account.current_tokens_used,
+                            "ledger": ledger,
+                            "difference": account.current_tokens_used - ledger,
+                        }
+                    )
