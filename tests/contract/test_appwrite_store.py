@@ -245,3 +245,21 @@ def test_connect_refuses_an_empty_endpoint_rather_than_defaulting_to_cloud(
     without_endpoint = replace(emulator.store_settings(), appwrite_endpoint="")
     with pytest.raises(StoreError):
         AppwriteStore.connect(without_endpoint, "key")
+
+
+def test_a_reset_refused_for_a_stale_snapshot_does_not_block_the_fresh_one(
+    store: AppwriteStore,
+) -> None:
+    """The reset claim is released when nothing was applied, so the same period can still be
+    reached from an up-to-date snapshot."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 300, 50_000)
+    account = store.get_account("user-1")
+    assert account is not None
+    reset = plan_reset(account, APRIL, None, NOW)
+    assert reset is not None
+    assert store.apply_reset(reset, datetime(2026, 2, 1, tzinfo=UTC)) is None
+    applied = store.apply_reset(reset, account.period_start)
+    assert applied is not None
+    assert (applied.period_start, applied.lifetime_tokens_used) == (APRIL, 300)

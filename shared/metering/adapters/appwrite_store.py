@@ -435,7 +435,9 @@ class AppwriteStore:
             self.release_event(claim_id)
             raise
         if applied is None:
-            self.complete_event(claim_id, "not_forward", reset.reset_at)
+            # Planned from a stale snapshot, or no longer forward: nothing happened, so a reset
+            # to the same period planned from a fresh snapshot must still be able to run.
+            self.release_event(claim_id)
         return applied
 
     def _apply_reset_claimed(
