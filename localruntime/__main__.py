@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(banner(runtime), flush=True)
     try:
+        runtime.warm_up()
         runtime.start_cron()
         runtime.wait()
     except KeyboardInterrupt:

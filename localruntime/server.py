@@ -124,6 +124,21 @@ class Runtime:
         self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         self._thread.start()
 
+    def warm_up(self) -> None:
+        """Cold-start every function in the background, so that the first request is warm."""
+
+        def load_all() -> None:
+            for spec in self.specs.values():
+                started = time.monotonic()
+                try:
+                    self.runner.main_of(spec)
+                except Exception:  # the execution that needs it will report the same failure
+                    log.exception("cold start of %s failed", spec.id)
+                    continue
+                log.info("cold start of %s in %.1fs", spec.id, time.monotonic() - started)
+
+        threading.Thread(target=load_all, name="warm-up", daemon=True).start()
+
     def start_cron(self) -> None:
         """Run the cron function now and then on its schedule (when it has one)."""
         schedule = self.cron_schedule
