@@ -6,6 +6,7 @@ Every ``AppwriteException`` is translated here; nothing above this module sees a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 import threading
@@ -45,6 +46,7 @@ T = TypeVar("T")
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
 LIMIT_EXCEEDED = "column_limit_exceeded"
 PAGE_SIZE = 100
+MAX_PAGE = 1000
 # A reset claim whose worker died is taken over after this long.
 RESET_LEASE = timedelta(minutes=10)
 # Attempts at a reset transaction that a concurrent change of the counter made fail.
@@ -111,7 +113,7 @@ class AppwriteStore:
         self._subscriptions = settings.subscriptions_table
         self._ledger = settings.usage_events_table
         self._events = settings.stripe_events_table
-        self._plans = plans or load_default_plans()
+        self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
         self._row_ids_lock = threading.Lock()
@@ -169,6 +171,9 @@ class AppwriteStore:
     ) -> tuple[list[dict[str, Any]], str | None]:
         if limit <= 0:
             raise InvalidRequest("limit must be positive")
+        # A shorter page with a cursor is still a page; Appwrite caps `limit` itself.
+        limit = min(limit, MAX_PAGE)
+        # One row more than asked tells whether another page follows, without an extra call.
         queries = [*filters, Query.limit(limit + 1)]
         if cursor:
             queries.append(Query.cursor_after(cursor))
@@ -687,6 +692,12 @@ class AppwriteStore:
         except AppwriteException as exc:
             if exc.type != "row_not_found":
                 raise _failure("releasing an event", exc) from exc
+
+
+@functools.cache
+def _default_plans() -> PlanCatalog:
+    # A store is opened per execution; the packaged plans are read once per warm instance.
+    return load_default_plans()
 
 
 def _failure(what: str, exc: AppwriteException) -> StoreError:
