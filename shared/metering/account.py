@@ -82,10 +82,11 @@ def new_account(user_id: str, plan: Plan, now: datetime, row_id: str = "") -> Ac
 
 
 def percent(used: int, limit: int) -> float:
-    """Percentage rounded to one decimal; a zero limit with any use is 100 %."""
+    """Percentage rounded down to one decimal, so that 100.0 means the limit is reached and the
+    figure never contradicts ``level``; a zero limit with any use is 100 %."""
     if limit <= 0:
         return 100.0 if used > 0 else 0.0
-    return round(min(used / limit, 1.0) * 100, 1) if used <= limit else 100.0
+    return min(used * 1000 // limit, 1000) / 10
 
 
 def level(used: int, limit: int) -> Level:

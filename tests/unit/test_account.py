@@ -149,12 +149,13 @@ def test_level_boundaries(used: int, limit: int, expected: Level) -> None:
         pytest.param(0, 0, 0.0, id="nothing-of-nothing"),
         pytest.param(5, 0, 100.0, id="anything-of-nothing"),
         pytest.param(1, 3, 33.3, id="one-decimal"),
-        pytest.param(2, 3, 66.7, id="rounded"),
+        pytest.param(2, 3, 66.6, id="rounded-down"),
+        pytest.param(9_996, 10_000, 99.9, id="not-100-before-the-limit"),
         pytest.param(1_200, 1_000, 100.0, id="capped-at-100"),
     ],
 )
 def test_percent(used: int, limit: int, expected: float) -> None:
-    """Percentages have one decimal and never pass 100."""
+    """Percentages have one decimal, round down (100 only at the limit) and never pass 100."""
     assert percent(used, limit) == expected
 
 
