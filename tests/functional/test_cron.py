@@ -1,0 +1,440 @@
+"""The monthly-reset-cron function through ``main(context)``: SQLite store, Stripe faked at HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+from metering.account import Account, new_account
+from metering.adapters.sqlite_store import SQLiteStore
+from metering.ledger import LedgerStatus
+from metering.plans import load_default_plans
+from metering.tokens import TokenUsage
+
+from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
+from tests.support.stripe_events import (
+    SECRET,
+    FakeClock,
+    at,
+    hold,
+    load_app,
+    load_event,
+    retarget,
+    unload_app,
+    webhook_context,
+)
+
+FUNCTION = "monthly-reset-cron"
+STRIPE_API = "https://stripe.test"
+PLANS = load_default_plans()
+SUB_PERIOD = (at(2025, 1, 10), at(2025, 2, 10))
+NEXT_PERIOD = (at(2025, 2, 10), at(2025, 3, 10))
+
+
+def cron_context(trigger: str | None = "schedule") -> RuntimeContext:
+    headers = {"x-appwrite-trigger": trigger} if trigger is not None else {}
+    return RuntimeContext(RuntimeRequest(method="POST", path="/", headers=headers))
+
+
+@dataclass
+class Cron:
+    db_path: str
+    store: SQLiteStore
+    clock: FakeClock
+
+    def run(self, trigger: str | None = "schedule", **env: str) -> RuntimeResult:
+        main = load_app(FUNCTION, self.environ(**env), clock=self.clock)
+        try:
+            return execute(main, cron_context(trigger))
+        finally:
+            unload_app(FUNCTION)
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        return {"METERING_STORE": "sqlite", "METERING_SQLITE_PATH": self.db_path, **extra}
+
+    def account(self, user_id: str) -> Account:
+        account = self.store.get_account(user_id)
+        assert account is not None
+        return account
+
+
+@pytest.fixture
+def cron(tmp_path: Path) -> Cron:
+    db_path = str(tmp_path / "metering.sqlite3")
+    return Cron(db_path, SQLiteStore(db_path), FakeClock(at(2025, 2, 1, 1)))
+
+
+def spend(store: SQLiteStore, user_id: str, request_id: str, tokens: int, when: datetime) -> None:
+    """A finished chat request: its hold settled to the same usage."""
+    hold(store, user_id, request_id, tokens, when)
+    usage = TokenUsage(input_tokens=tokens, steps=1)
+    store.update_ledger(
+        request_id, {"status": LedgerStatus.SETTLED, "usage": usage, "updated_at": when}
+    )
+
+
+def demo(cron: Cron, user_id: str, created: datetime, used: int = 0) -> Account:
+    cron.store.create_account(new_account(user_id, PLANS.default, created))
+    if used:
+        spend(cron.store, user_id, f"{user_id}-req", used, created)
+    return cron.account(user_id)
+
+
+def subscribed(
+    cron: Cron, user_id: str, period: tuple[datetime, datetime] = SUB_PERIOD, used: int = 0
+) -> Account:
+    account = replace(
+        new_account(user_id, PLANS.get("starter"), period[0]),
+        period_start=period[0],
+        period_end=period[1],
+    )
+    cron.store.create_account(account)
+    cron.store.update_account(
+        user_id,
+        {
+            "plan": "starter",
+            "status": "active",
+            "max_tokens_per_month": 50_000,
+            "stripe_customer_id": f"cus_{user_id}",
+            "stripe_subscription_id": f"sub_{user_id}",
+        },
+    )
+    if used:
+        spend(cron.store, user_id, f"{user_id}-req", used, period[0])
+    return cron.account(user_id)
+
+
+def stripe_subscription(
+    user_id: str, period: tuple[datetime, datetime], status: str = "active", shape: str = ""
+) -> dict[str, Any]:
+    """What GET /v1/subscriptions/{id} answers: the fixture's subscription object."""
+    event = retarget(
+        load_event(f"customer.subscription.updated{shape}"),
+        customer_id=f"cus_{user_id}",
+        subscription_id=f"sub_{user_id}",
+        period=period,
+        status=status,
+    )
+    subscription: dict[str, Any] = event["data"]["object"]
+    return subscription
+
+
+def mock_subscription(user_id: str, body: dict[str, Any]) -> responses.BaseResponse:
+    return responses.get(f"{STRIPE_API}/v1/subscriptions/sub_{user_id}", json=body)
+
+
+STRIPE = {"STRIPE_SECRET_KEY": "sk_test_cron", "STRIPE_API_BASE": STRIPE_API}
+
+
+# -- trigger ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trigger", ["http", "event", "", None])
+def test_any_trigger_but_schedule_is_forbidden_and_changes_nothing(
+    cron: Cron, trigger: str | None
+) -> None:
+    demo(cron, "u1", at(2025, 1, 5), used=20)
+
+    result = cron.run(trigger)
+
+    assert (result.status_code, result.json()["error"]["code"]) == (403, "forbidden")
+    assert cron.account("u1").current_tokens_used == 20
+
+
+# -- Demo month rollover ---------------------------------------------------------------------
+
+
+def test_demo_accounts_reset_when_their_calendar_month_ended(cron: Cron) -> None:
+    demo(cron, "jan", at(2025, 1, 5), used=25)
+    demo(cron, "dec", at(2024, 12, 5), used=7)
+    demo(cron, "feb", at(2025, 2, 1), used=3)
+
+    result = cron.run()
+
+    summary = result.json()
+    assert (result.status_code, summary["demoResets"], summary["complete"]) == (200, 2, True)
+    for user_id, lifetime in (("jan", 25), ("dec", 7)):
+        account = cron.account(user_id)
+        assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, lifetime)
+        assert account.period_start == at(2025, 2, 1)
+    assert cron.account("feb").current_tokens_used == 3
+
+
+def test_demo_reset_spends_topup_used_beyond_the_allowance(cron: Cron) -> None:
+    demo(cron, "u1", at(2025, 1, 5))
+    cron.store.add_topup("u1", 100)
+    spend(cron.store, "u1", "r1", 90, at(2025, 1, 6))  # 30 from the plan, 60 from the top-up
+
+    cron.run()
+
+    account = cron.account("u1")
+    assert (account.topup_tokens, account.current_tokens_used) == (40, 0)
+
+
+def test_running_twice_resets_once(cron: Cron) -> None:
+    demo(cron, "u1", at(2025, 1, 5), used=10)
+
+    first, second = cron.run().json(), cron.run().json()
+
+    assert (first["demoResets"], second["demoResets"]) == (1, 0)
+    assert cron.account("u1").lifetime_tokens_used == 10
+
+
+def test_pages_through_more_due_rows_than_one_page(cron: Cron) -> None:
+    for index in range(11):
+        demo(cron, f"u{index:02d}", at(2025, 1, 5), used=1)
+    demo(cron, "current", at(2025, 2, 1), used=1)
+
+    summary = cron.run(CRON_PAGE_SIZE="3").json()
+
+    assert (summary["demoResets"], summary["complete"]) == (11, True)
+    assert all(cron.account(f"u{i:02d}").period_start == at(2025, 2, 1) for i in range(11))
+
+
+def test_stops_before_its_time_budget_and_the_next_run_resumes(cron: Cron) -> None:
+    for index in range(12):
+        demo(cron, f"u{index:02d}", at(2025, 1, 5), used=1)
+    ticking = TickingClock(cron.clock.now, step=timedelta(seconds=1))
+    cron.clock = ticking
+
+    first = cron.run(CRON_PAGE_SIZE="4", CRON_TIME_BUDGET_SECONDS="6").json()
+    runs = [first]
+    while not runs[-1]["complete"] and len(runs) < 10:
+        runs.append(cron.run(CRON_PAGE_SIZE="4", CRON_TIME_BUDGET_SECONDS="6").json())
+
+    assert first["complete"] is False
+    assert 0 < first["demoResets"] < 12
+    assert sum(run["demoResets"] for run in runs) == 12
+    assert all(cron.account(f"u{i:02d}").lifetime_tokens_used == 1 for i in range(12))
+
+
+class TickingClock(FakeClock):
+    """Time passes by ``step`` at every reading, as work does."""
+
+    def __init__(self, now: datetime, step: timedelta) -> None:
+        super().__init__(now)
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+# -- missed renewals -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["", ".legacy"])
+@responses.activate
+def test_missed_renewal_webhook_is_recovered_from_stripe(cron: Cron, shape: str) -> None:
+    subscribed(cron, "u1", used=4_000)
+    api = mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD, shape=shape))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert summary["subscriptions"]["reset"] == 1
+    account = cron.account("u1")
+    assert (account.period_start, account.period_end) == NEXT_PERIOD
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 4_000)
+    assert api.calls[0].request.headers["Authorization"] == "Bearer sk_test_cron"
+
+
+@pytest.mark.parametrize("status", ["past_due", "canceled", "unpaid", "incomplete"])
+@responses.activate
+def test_no_reset_unless_the_moved_subscription_is_active(cron: Cron, status: str) -> None:
+    subscribed(cron, "u1", used=4_000)
+    mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD, status=status))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert (summary["subscriptions"]["reset"], summary["subscriptions"]["notActive"]) == (0, 1)
+    assert cron.account("u1").current_tokens_used == 4_000
+
+
+@responses.activate
+def test_no_stripe_lookup_within_the_grace_period(cron: Cron) -> None:
+    subscribed(cron, "u1", used=10)
+    api = mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=5)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert (summary["subscriptions"]["checked"], api.call_count) == (0, 0)
+    assert cron.account("u1").current_tokens_used == 10
+
+
+@responses.activate
+def test_period_not_moved_in_stripe_means_no_reset(cron: Cron) -> None:
+    subscribed(cron, "u1", used=10)
+    mock_subscription("u1", stripe_subscription("u1", SUB_PERIOD))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert summary["subscriptions"]["unchanged"] == 1
+    assert cron.account("u1").current_tokens_used == 10
+
+
+@responses.activate
+def test_a_stripe_error_for_one_subscription_does_not_stop_the_others(cron: Cron) -> None:
+    subscribed(cron, "gone", used=5)
+    subscribed(cron, "ok", used=6)
+    responses.get(
+        f"{STRIPE_API}/v1/subscriptions/sub_gone",
+        status=404,
+        json={"error": {"type": "invalid_request_error", "code": "resource_missing"}},
+    )
+    mock_subscription("ok", stripe_subscription("ok", NEXT_PERIOD))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert (summary["subscriptions"]["errors"], summary["subscriptions"]["reset"]) == (1, 1)
+    assert cron.account("gone").current_tokens_used == 5
+
+
+@responses.activate
+def test_second_run_after_the_recovery_asks_stripe_nothing(cron: Cron) -> None:
+    subscribed(cron, "u1", used=10)
+    api = mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    cron.run(**STRIPE)
+    second = cron.run(**STRIPE).json()
+
+    assert (second["subscriptions"]["checked"], api.call_count) == (0, 1)
+    assert cron.account("u1").lifetime_tokens_used == 10
+
+
+def test_without_a_stripe_key_lookups_are_skipped_and_the_summary_says_so(cron: Cron) -> None:
+    subscribed(cron, "u1", used=10)
+    cron.clock.now = SUB_PERIOD[1] + timedelta(days=2)
+
+    summary = cron.run().json()
+
+    assert summary["subscriptions"]["stripeLookups"].startswith("skipped")
+    assert "STRIPE_SECRET_KEY" in summary["subscriptions"]["stripeLookups"]
+    assert cron.account("u1").current_tokens_used == 10
+
+
+# -- the webhook and the cron reset a period once --------------------------------------------
+
+
+@pytest.fixture
+def webhook(cron: Cron) -> Iterator[Callable[[dict[str, Any]], RuntimeResult]]:
+    env = {"STRIPE_WEBHOOK_SECRET": SECRET, **cron.environ()}
+    main = load_app("stripe-webhook", env, clock=cron.clock)
+    yield lambda event: execute(main, webhook_context(event))
+    unload_app("stripe-webhook")
+
+
+def renewal_event(user_id: str) -> dict[str, Any]:
+    return retarget(
+        load_event("invoice.paid"),
+        customer_id=f"cus_{user_id}",
+        subscription_id=f"sub_{user_id}",
+        period=NEXT_PERIOD,
+    )
+
+
+@responses.activate
+def test_cron_after_the_renewal_webhook_does_nothing(
+    cron: Cron, webhook: Callable[[dict[str, Any]], RuntimeResult]
+) -> None:
+    subscribed(cron, "u1", used=300)
+    api = mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
+    assert webhook(renewal_event("u1")).status_code == 200
+    spend(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    summary = cron.run(**STRIPE).json()
+
+    assert (summary["subscriptions"]["checked"], api.call_count) == (0, 0)
+    account = cron.account("u1")
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (20, 300)
+
+
+@responses.activate
+def test_renewal_webhook_after_the_cron_recovered_the_period_does_nothing(
+    cron: Cron, webhook: Callable[[dict[str, Any]], RuntimeResult]
+) -> None:
+    subscribed(cron, "u1", used=300)
+    mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+    cron.run(**STRIPE)
+    spend(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
+
+    result = webhook(renewal_event("u1"))
+
+    assert result.status_code == 200
+    assert '"outcome":"reset_not_forward"' in result.logs[-1]
+    account = cron.account("u1")
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (20, 300)
+
+
+# -- stale reservations and reconciliation ---------------------------------------------------
+
+
+def test_reservations_of_crashed_chats_are_given_back(cron: Cron) -> None:
+    now = cron.clock.now
+    demo(cron, "u1", at(2025, 2, 1))
+    cron.store.add_topup("u1", 1_000)
+    hold(cron.store, "u1", "crashed", 400, now - timedelta(minutes=20))
+    hold(cron.store, "u1", "running", 100, now - timedelta(minutes=5))
+
+    summary = cron.run().json()
+
+    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 400}
+    assert cron.account("u1").current_tokens_used == 100
+    crashed = cron.store.get_ledger("crashed")
+    assert crashed is not None
+    assert crashed.status == LedgerStatus.RECLAIMED
+    running = cron.store.get_ledger("running")
+    assert running is not None
+    assert running.status == LedgerStatus.RESERVED
+
+
+def test_a_hold_from_a_period_already_reset_is_marked_but_not_released_twice(cron: Cron) -> None:
+    demo(cron, "u1", at(2025, 1, 5))
+    hold(cron.store, "u1", "crashed", 25, at(2025, 1, 31, 23))
+
+    summary = cron.run().json()  # the rollover takes the 25 off with January's usage
+
+    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 0}
+    account = cron.account("u1")
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 25)
+    assert summary["reconciliation"]["drifted"] == 0
+
+
+def test_counter_drift_against_the_ledger_is_reported_and_logged(cron: Cron) -> None:
+    now = cron.clock.now
+    cron.store.create_account(
+        replace(new_account("u1", PLANS.default, now), current_tokens_used=15)
+    )
+    cron.store.add_topup("u1", 100)
+    hold(cron.store, "u1", "crashed", 10, now - timedelta(hours=1))
+
+    result = cron.run()
+
+    reconciliation = result.json()["reconciliation"]
+    assert reconciliation["drifted"] == 1
+    assert reconciliation["drift"] == [
+        {"userId": "u1", "counter": 15, "ledger": 0, "difference": 15}
+    ]
+    assert any(json.loads(line)["event"] == "cron.drift" for line in result.logs)
+
+
+def test_summary_is_one_log_line_with_every_count(cron: Cron) -> None:
+    result = cron.run()
+
+    summary = json.loads(result.logs[-1])
+    assert summary["event"] == "cron.summary"
+    assert summary["complete"] is True
+    assert result.json() == {k: v for k, v in summary.items() if k != "event"}
