@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from metering.ledger import LedgerEntry, LedgerStatus
 
 from tests.support.anthropic_fake import (
     MODEL,
     Failure,
+    FakeAnthropic,
     Raise,
     connection_refused,
     text_reply,
@@ -551,6 +554,56 @@ def test_the_ledger_reconciles_with_the_counter_after_every_outcome(chat: Harnes
     account = chat.store().get_account("alice")
     assert account is not None
     assert account.current_tokens_used == 69 + 440 + 527 + 451
-    assert chat.store().ledger_total("alice", account.period_start) == (
-        account.current_tokens_used
-    )
+    assert chat.store().ledger_total("alice", account.period_start) == (account.current_tokens_used)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_messages_like = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", ""]), "content": _json_values}
+    ),
+    max_size=4,
+)
+_bodies = st.one_of(
+    st.binary(max_size=200),
+    _json_values.map(lambda value: json.dumps(value).encode()),
+    st.fixed_dictionaries(
+        {"messages": _messages_like},
+        optional={"requestId": st.text(max_size=40), "extra": _json_values},
+    ).map(lambda value: json.dumps(value).encode()),
+    st.fixed_dictionaries(
+        {
+            "messages": st.lists(
+                st.fixed_dictionaries({"role": st.just("user"), "content": st.text(max_size=30)}),
+                min_size=1,
+                max_size=3,
+            )
+        },
+        optional={"requestId": st.from_regex(r"\A[A-Za-z0-9._-]{1,36}\Z")},
+    ).map(lambda value: json.dumps(value).encode()),
+)
+
+
+def test_any_body_gets_a_2xx_or_4xx_and_never_a_5xx(tmp_path: Path) -> None:
+    """Fuzzed bytes and JSON through main: the answer is JSON and never a server error."""
+    model = FakeAnthropic(default=text_reply("ok", input_tokens=30, output_tokens=2))
+    with running("chat", tmp_path / "fuzz.sqlite3", model=model) as chat:
+        chat.seed("alice", plan="business")
+
+        @settings(max_examples=120, deadline=None, database=None)
+        @given(raw=_bodies, method=st.sampled_from(["POST", "POST", "POST", "GET"]))
+        def check(raw: bytes, method: str) -> None:
+            result = chat.call(raw, user="alice", method=method)
+            assert result.status_code < 500, (raw, result.body, result.errors)
+            body = result.json()
+            assert isinstance(body, dict)
+            if result.status_code >= 400:
+                assert body["error"]["code"]
+
+        check()

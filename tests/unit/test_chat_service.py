@@ -1,0 +1,291 @@
+"""The metered chat loop over the ports: a scripted model and the embedded store."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from metering.account import new_account
+from metering.adapters.sqlite_store import SQLiteStore
+from metering.chat import ChatRequest, ChatService, ChatSettings
+from metering.errors import (
+    InvalidRequest,
+    RequestInProgress,
+    TokenLimitExceeded,
+    UpstreamUnavailable,
+)
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.model import (
+    Message,
+    ModelReply,
+    ModelRequest,
+    TextBlock,
+    ToolUseBlock,
+    request_input_bound,
+)
+from metering.plans import load_default_plans
+from metering.pricing import load_default_prices
+from metering.tokens import TokenUsage
+
+from tests.support.function_harness import NOW
+
+MODEL = "claude-sonnet-5-5"
+SETTINGS = ChatSettings(
+    model=MODEL, max_tokens=1024, min_output_tokens=16, system_prompt="Be brief.", max_steps=4
+)
+
+
+@dataclass
+class Step:
+    """What the provider does on one call: its usage, and whether it asks for a tool."""
+
+    input_tokens: int = 50
+    output_tokens: int = 10
+    tool: str | None = None
+    fail: bool = False
+
+
+@dataclass
+class ScriptedModel:
+    steps: list[Step]
+    counted: int = 40
+    # Honest: the input billed is the true count, which the local bound never undercounts.
+    honest: bool = False
+    requests: list[ModelRequest] = field(default_factory=list)
+    counts: int = 0
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        self.requests.append(request)
+        step = self.steps.pop(0)
+        if step.fail:
+            raise UpstreamUnavailable("scripted outage")
+        output = min(step.output_tokens, request.max_tokens)
+        billed = step.input_tokens
+        if self.honest:
+            billed = min(self.counted, request_input_bound(request))
+        usage = TokenUsage(input_tokens=billed, output_tokens=output, steps=1)
+        if step.tool is not None:
+            blocks = (
+                TextBlock("Checking."),
+                ToolUseBlock(f"toolu_{len(self.requests)}", step.tool),
+            )
+            return ModelReply(blocks, "tool_use", usage, MODEL)
+        stop = "max_tokens" if output < step.output_tokens else "end_turn"
+        return ModelReply((TextBlock("Answer."),), stop, usage, MODEL)
+
+    def count_tokens(self, request: ModelRequest) -> int:
+        self.counts += 1
+        return self.counted
+
+
+_ids = itertools.count()
+
+
+def service(store: SQLiteStore, model: ScriptedModel, **overrides: int) -> ChatService:
+    return ChatService(
+        store=store,
+        model=model,
+        plans=load_default_plans(),
+        prices=load_default_prices(),
+        settings=replace(SETTINGS, **overrides),
+        new_request_id=lambda: f"generated-{next(_ids)}",
+    )
+
+
+def seed(store: SQLiteStore, user_id: str, limit: int, used: int = 0) -> None:
+    plan = load_default_plans().get("starter")
+    account = new_account(user_id, plan, NOW)
+    store.create_account(replace(account, max_tokens_per_month=limit, current_tokens_used=used))
+
+
+def used(store: SQLiteStore, user_id: str) -> int:
+    account = store.get_account(user_id)
+    assert account is not None
+    return account.current_tokens_used
+
+
+def ask(request_id: str | None = None) -> ChatRequest:
+    return ChatRequest((Message.text("user", "How am I doing?"),), request_id)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(str(tmp_path / "unit.sqlite3"))
+
+
+def test_the_first_call_reserves_input_bound_plus_max_tokens_then_settles(
+    store: SQLiteStore,
+) -> None:
+    """After the call only the actual usage stays on the counter."""
+    seed(store, "u", 100_000)
+    model = ScriptedModel([Step(input_tokens=70, output_tokens=30)])
+
+    result = service(store, model).handle("u", ask("r1"), NOW)
+
+    assert used(store, "u") == 100
+    assert result.usage.total_tokens == 100
+    entry = store.get_ledger("r1")
+    assert entry is not None
+    assert (entry.status, entry.reserved_tokens) == (LedgerStatus.SETTLED, 100)
+
+
+def test_the_last_allowed_step_switches_tools_off(store: SQLiteStore) -> None:
+    """The loop bound holds even if the model keeps asking for tools."""
+    seed(store, "u", 100_000)
+    model = ScriptedModel([Step(tool="get_my_usage"), Step(tool="get_my_usage"), Step()])
+
+    result = service(store, model, max_steps=3).handle("u", ask(), NOW)
+
+    assert [r.tool_choice for r in model.requests] == ["auto", "auto", "none"]
+    assert result.usage.steps == 3
+
+
+def test_a_single_step_chat_offers_no_tools(store: SQLiteStore) -> None:
+    """With CHAT_MAX_STEPS=1 a tool call could never be answered, so none is offered."""
+    seed(store, "u", 100_000)
+    model = ScriptedModel([Step()])
+
+    service(store, model, max_steps=1).handle("u", ask(), NOW)
+
+    assert model.requests[0].tools == ()
+
+
+def test_usage_reported_beyond_the_reservation_is_charged_but_never_past_the_limit(
+    store: SQLiteStore,
+) -> None:
+    """A provider that reports more than was reserved is charged up to the limit, no further."""
+    seed(store, "u", 2_000, used=0)
+    model = ScriptedModel([Step(input_tokens=5_000, output_tokens=10)], counted=40)
+
+    result = service(store, model).handle("u", ask("r-over"), NOW)
+
+    assert used(store, "u") == 2_000
+    assert result.usage.total_tokens == 5_010
+    entry = store.get_ledger("r-over")
+    assert entry is not None
+    # The ledger keeps what the provider billed; reconciliation shows the unbilled overrun.
+    assert entry.usage.total_tokens == 5_010
+
+
+def test_a_failed_request_id_cannot_be_replayed(store: SQLiteStore) -> None:
+    """A request that failed after charging a step answers 400 on retry, charging nothing."""
+    seed(store, "u", 100_000)
+    failing = ScriptedModel([Step(tool="get_my_usage", input_tokens=400), Step(fail=True)])
+    with pytest.raises(UpstreamUnavailable):
+        service(store, failing).handle("u", ask("r-failed"), NOW)
+    charged = used(store, "u")
+
+    with pytest.raises(InvalidRequest):
+        service(store, ScriptedModel([Step()])).handle("u", ask("r-failed"), NOW)
+
+    assert used(store, "u") == charged == 410
+
+
+def test_a_request_id_whose_first_call_failed_can_be_retried(store: SQLiteStore) -> None:
+    """Nothing was charged, so the id is free again and the retry runs."""
+    seed(store, "u", 100_000)
+    with pytest.raises(UpstreamUnavailable):
+        service(store, ScriptedModel([Step(fail=True)])).handle("u", ask("r-retry"), NOW)
+
+    result = service(store, ScriptedModel([Step()])).handle("u", ask("r-retry"), NOW)
+
+    assert result.usage.steps == 1
+    assert used(store, "u") == 60
+
+
+def test_an_in_flight_request_id_is_409(store: SQLiteStore) -> None:
+    """The same id while the first is running is RequestInProgress."""
+    seed(store, "u", 100_000)
+    store.create_ledger(LedgerEntry("r-busy", "u", LedgerStatus.RESERVED, MODEL, NOW, NOW, NOW))
+
+    with pytest.raises(RequestInProgress):
+        service(store, ScriptedModel([])).handle("u", ask("r-busy"), NOW)
+
+
+def test_the_local_bound_covers_every_text_and_grows_with_tools() -> None:
+    """The bound is at least the UTF-8 bytes sent, and tools add their hidden prompt."""
+    text = "Grüße " * 40
+    plain = ModelRequest(MODEL, "sys", (Message.text("user", text),), 100)
+    with_tools = service_tools_request(plain)
+
+    assert request_input_bound(plain) >= len(text.encode()) + len(b"sys")
+    assert request_input_bound(with_tools) > request_input_bound(plain) + 1_000
+
+
+def service_tools_request(request: ModelRequest) -> ModelRequest:
+    tools = ChatService(
+        store=None,  # type: ignore[arg-type]
+        model=ScriptedModel([]),
+        plans=load_default_plans(),
+        prices=load_default_prices(),
+        settings=SETTINGS,
+        new_request_id=str,
+    ).tools
+    return replace(request, tools=tuple(tool.spec for tool in tools.values()))
+
+
+_steps = st.lists(
+    st.builds(
+        Step,
+        input_tokens=st.integers(0, 3_000),
+        output_tokens=st.integers(0, 2_000),
+        tool=st.sampled_from([None, None, "get_my_usage", "no_such_tool"]),
+    ),
+    min_size=4,
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    limit=st.integers(0, 8_000),
+    already=st.integers(0, 8_000),
+    steps=_steps,
+    counted=st.integers(0, 3_000),
+    fail_at=st.sampled_from([None, None, 0, 1, 2]),
+)
+def test_whatever_the_model_does_the_counter_stays_within_the_limit_and_reconciles(  # noqa: PLR0917
+    tmp_path_factory: pytest.TempPathFactory,
+    limit: int,
+    already: int,
+    steps: list[Step],
+    counted: int,
+    fail_at: int | None,
+) -> None:
+    """used <= limit always; a refusal changes nothing; ledger total equals the counter."""
+    store = shared_store(tmp_path_factory)
+    user = f"user-{next(_ids)}"
+    start = min(already, limit)
+    seed(store, user, limit, used=start)
+    if fail_at is not None:
+        steps[fail_at] = Step(fail=True)
+    model = ScriptedModel(steps, counted=counted, honest=True)
+
+    outcome: object
+    try:
+        outcome = service(store, model).handle(user, ask(f"req-{user}"), NOW)
+    except (TokenLimitExceeded, UpstreamUnavailable) as error:
+        outcome = error
+
+    account = store.get_account(user)
+    assert account is not None
+    assert account.current_tokens_used <= max(limit, start)
+    assert store.ledger_total(user, account.period_start) == account.current_tokens_used - start
+    if isinstance(outcome, TokenLimitExceeded):
+        assert account.current_tokens_used == start
+        assert model.requests == []
+        assert store.get_ledger(f"req-{user}") is None
+
+
+_stores: dict[str, SQLiteStore] = {}
+
+
+def shared_store(factory: pytest.TempPathFactory) -> SQLiteStore:
+    """One file for all examples (a fresh user each): creating a schema per example is slow."""
+    if "store" not in _stores:
+        _stores["store"] = SQLiteStore(str(factory.mktemp("prop") / "prop.sqlite3"))
+    return _stores["store"]
