@@ -1,7 +1,7 @@
 """Build the static chat page: install the pinned npm packages and vendor the Appwrite Web SDK.
 
 The page imports ``./vendor/appwrite.js``, a self-contained ES module made from the SDK's browser
-build, so nothing is fetched from a CDN at run time.
+build, so nothing is fetched from a CDN at run time. ``--out DIR`` also assembles what to deploy.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ WEB = ROOT / "web"
 # without a bundler; the IIFE build bundles it, so it is the one wrapped into a module.
 SDK_BROWSER_BUILD = Path("node_modules/appwrite/dist/iife/sdk.js")
 EXPORT_LINE = re.compile(r"^\s*exports\.([A-Za-z_$][\w$]*) = ", re.MULTILINE)
+# What a static host serves; package files, node_modules and docs stay behind.
+DEPLOYED_PATTERNS = ("*.html", "*.css", "*.js", "*.svg", "vendor/appwrite.js", "config.json")
 
 
 class BuildError(Exception):
@@ -103,19 +105,43 @@ def vendor_sdk(web: Path) -> Path:
     return target
 
 
+def assemble(web: Path, out: Path) -> list[Path]:
+    """Copy the deployable files into ``out`` (replacing what an earlier build put there)."""
+    if out.resolve() == web.resolve() or web.resolve() in out.resolve().parents:
+        raise BuildError("--out must be outside the page's folder")
+    files = sorted({path for pattern in DEPLOYED_PATTERNS for path in web.glob(pattern)})
+    if out.exists():
+        shutil.rmtree(out)
+    for source in files:
+        target = out / source.relative_to(web)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return [out / source.relative_to(web) for source in files]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--web", type=Path, default=WEB, help="the page's folder (default: web/)")
+    parser.add_argument("--out", type=Path, help="also copy the deployable files into this folder")
     args = parser.parse_args(argv)
     web: Path = args.web
     try:
         if needs_install(web):
             npm_install(web)
         target = vendor_sdk(web)
+        print(f"build_web: wrote {target}")
+        if args.out is not None:
+            copied = assemble(web, args.out)
+            print(f"build_web: {len(copied)} files to deploy in {args.out}")
+            if not (args.out / "config.json").is_file():
+                print(
+                    f"build_web: no config.json yet: write {args.out / 'config.json'} "
+                    "(see web/README.md)",
+                    file=sys.stderr,
+                )
     except BuildError as error:
         print(f"build_web: {error}", file=sys.stderr)
         return 1
-    print(f"build_web: wrote {target.relative_to(web.parent)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from playwright.sync_api import (
 )
 
 from tests.browser.chat_page import Backend, RunningRuntime, start_runtime
+from tools import build_web
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -45,7 +46,13 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRuntime]:
+def built_page() -> None:
+    """The page as `make web` builds it (cheap when it is up to date), so pytest alone works."""
+    assert build_web.main([]) == 0, "building web/ failed: see the output above"
+
+
+@pytest.fixture(scope="session")
+def runtime(tmp_path_factory: pytest.TempPathFactory, built_page: None) -> Iterator[RunningRuntime]:
     """One runtime for the whole suite, on a fresh data folder; each test has users of its own."""
     with start_runtime(tmp_path_factory.mktemp("browser-runtime")) as running:
         yield running
