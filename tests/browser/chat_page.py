@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
+from metering.ports import UsageStore
 from metering.service import get_or_create_account
 from metering.tokens import TokenUsage
 from playwright.sync_api import Page, expect
@@ -26,60 +19,6 @@ from playwright.sync_api import Page, expect
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "browser-test-password"
-
-
-STARTUP_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class RunningRuntime:
-    base_url: str
-    data_dir: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def start_runtime(data_dir: Path) -> Iterator[RunningRuntime]:
-    """``python -m localruntime`` on a free port, offline model, no cron, until the block ends."""
-    port = _free_port()
-    # Without an Anthropic key the runtime uses its offline model, whatever this machine has set.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "STRIPE_"))}
-    env.update(DATA_DIR=str(data_dir), RUN_CRON="0", PORT=str(port), HOST="127.0.0.1")
-    log_path = data_dir / "runtime.log"
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "localruntime", "--env-file", str(data_dir / "absent.env")]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_until_serving(process, base_url, log_path)
-            yield RunningRuntime(base_url, data_dir)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = log_path.read_text(errors="replace")
-            raise RuntimeError(f"the local runtime exited with {process.returncode}:\n{output}")
-        try:
-            # The URL is the runtime's own http:// address.
-            with urllib.request.urlopen(f"{base_url}/config.json", timeout=2):  # noqa: S310
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the local runtime did not answer within {STARTUP_SECONDS} s")
 
 
 @dataclass(frozen=True)
@@ -92,9 +31,9 @@ class User:
 class Backend:
     """The runtime's account API (over HTTP, as a client would) and its usage store."""
 
-    def __init__(self, base_url: str, data_dir: Path) -> None:
+    def __init__(self, base_url: str, store: UsageStore) -> None:
         self.base_url = base_url
-        self.store = SQLiteStore(str(data_dir / "metering.sqlite3"))
+        self.store = store
         self.plans = load_default_plans()
 
     def sign_up(self, name: str, plan: str = "starter") -> User:

@@ -15,7 +15,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.browser.chat_page import Backend, RunningRuntime, start_runtime
+from localruntime.server import Runtime
+from tests.browser.chat_page import Backend
+from tests.support.runtime import running
 from tools import build_web
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,15 +54,16 @@ def built_page() -> None:
 
 
 @pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory, built_page: None) -> Iterator[RunningRuntime]:
-    """One runtime for the whole suite, on a fresh data folder; each test has users of its own."""
-    with start_runtime(tmp_path_factory.mktemp("browser-runtime")) as running:
-        yield running
+def runtime(tmp_path_factory: pytest.TempPathFactory, built_page: None) -> Iterator[Runtime]:
+    """One runtime (offline model, no cron) for the whole suite, on a fresh data folder; each
+    test works with users of its own."""
+    with running(tmp_path_factory.mktemp("browser-runtime")) as started:
+        yield started
 
 
 @pytest.fixture
-def backend(runtime: RunningRuntime) -> Backend:
-    return Backend(runtime.base_url, runtime.data_dir)
+def backend(runtime: Runtime) -> Backend:
+    return Backend(runtime.base_url, runtime.store)
 
 
 @pytest.fixture

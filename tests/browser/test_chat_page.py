@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route, expect
 
+from localruntime.server import Runtime
 from tests.browser.chat_page import (
     Backend,
-    RunningRuntime,
     assistant_messages,
     log_in,
     screenshot,
@@ -52,9 +52,7 @@ def execution(status: int, body: Mapping[str, Any]) -> str:
     )
 
 
-def test_sign_up_log_out_and_log_in_again(
-    page: Page, runtime: RunningRuntime, backend: Backend
-) -> None:
+def test_sign_up_log_out_and_log_in_again(page: Page, runtime: Runtime, backend: Backend) -> None:
     """A visitor creates an account, lands in the chat with a meter, logs out and back in."""
     page.goto(runtime.base_url + "/")
     expect(page.get_by_test_id("auth-view")).to_be_visible()
@@ -86,7 +84,7 @@ def test_sign_up_log_out_and_log_in_again(
 
 
 def test_reply_shows_its_tokens_and_moves_the_meter(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """A sent message gets a reply with its token count and breakdown; the meter counts them."""
     user = backend.sign_up("ada")
@@ -122,7 +120,7 @@ def test_reply_shows_its_tokens_and_moves_the_meter(
     screenshot(page, "usage-0")
 
 
-def test_warning_at_76_percent(page: Page, runtime: RunningRuntime, backend: Backend) -> None:
+def test_warning_at_76_percent(page: Page, runtime: Runtime, backend: Backend) -> None:
     """At 76 % the bar turns yellow and a warning banner says how much is left."""
     user = backend.sign_up("grace")
     backend.use_tokens(user, 38_000)
@@ -138,7 +136,7 @@ def test_warning_at_76_percent(page: Page, runtime: RunningRuntime, backend: Bac
     screenshot(page, "usage-76")
 
 
-def test_critical_at_91_percent(page: Page, runtime: RunningRuntime, backend: Backend) -> None:
+def test_critical_at_91_percent(page: Page, runtime: Runtime, backend: Backend) -> None:
     """At 91 % the bar turns red and the banner warns that replies may be cut short."""
     user = backend.sign_up("alan")
     backend.use_tokens(user, 45_500)
@@ -153,7 +151,7 @@ def test_critical_at_91_percent(page: Page, runtime: RunningRuntime, backend: Ba
 
 
 def test_at_the_limit_input_is_disabled_with_a_notice(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """At 100 % a blocking notice names the reset date and input and send are disabled."""
     user = backend.sign_up("edsger")
@@ -172,7 +170,7 @@ def test_at_the_limit_input_is_disabled_with_a_notice(
 
 
 def test_limit_reached_mid_conversation_disables_input(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """A 429 from the chat (the allowance ran out elsewhere) shows the notice, blocks input
     and keeps the unsent message."""
@@ -192,7 +190,7 @@ def test_limit_reached_mid_conversation_disables_input(
 
 
 def test_markup_in_model_output_renders_as_text(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """Markup the model sends back (the offline model quotes the message) is shown, not run."""
     user = backend.sign_up("markup")
@@ -206,9 +204,7 @@ def test_markup_in_model_output_renders_as_text(
     assert page.evaluate("window.__injected") is None
 
 
-def test_reload_keeps_the_conversation(
-    page: Page, runtime: RunningRuntime, backend: Backend
-) -> None:
+def test_reload_keeps_the_conversation(page: Page, runtime: Runtime, backend: Backend) -> None:
     """The conversation, with each reply's token count, survives a reload; New chat clears it."""
     user = backend.sign_up("reload")
     log_in(page, runtime.base_url, user)
@@ -228,7 +224,7 @@ def test_reload_keeps_the_conversation(
 
 
 def test_server_error_offers_retry_without_losing_the_message(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """A 5xx from the chat keeps the typed message and offers Retry, which then succeeds."""
     user = backend.sign_up("barbara")
@@ -258,9 +254,7 @@ def test_server_error_offers_retry_without_losing_the_message(
     expect(page.get_by_test_id("message-input")).to_have_value("")
 
 
-def test_network_failure_is_retryable(
-    page: Page, runtime: RunningRuntime, backend: Backend
-) -> None:
+def test_network_failure_is_retryable(page: Page, runtime: Runtime, backend: Backend) -> None:
     """A request that never reaches the server is shown as retryable, the message kept."""
     user = backend.sign_up("network")
     log_in(page, runtime.base_url, user)
@@ -272,7 +266,7 @@ def test_network_failure_is_retryable(
 
 
 def test_unauthenticated_chat_returns_to_login(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """A 401 (the session ended elsewhere) sends the user back to the login form."""
     user = backend.sign_up("expired")
@@ -292,9 +286,7 @@ def test_unauthenticated_chat_returns_to_login(
     expect(page.get_by_test_id("auth-error")).to_contain_text("session has ended")
 
 
-def test_stop_abandons_the_pending_reply(
-    page: Page, runtime: RunningRuntime, backend: Backend
-) -> None:
+def test_stop_abandons_the_pending_reply(page: Page, runtime: Runtime, backend: Backend) -> None:
     """Stop frees the composer at once, gives the message back, and a late reply is ignored."""
     user = backend.sign_up("stop")
     log_in(page, runtime.base_url, user)
@@ -334,7 +326,7 @@ def test_stop_abandons_the_pending_reply(
 
 
 def test_narrow_viewport_has_no_horizontal_scroll(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """At 375 px wide, with a banner and a long unbroken word, nothing scrolls sideways."""
     user = backend.sign_up("linus")
@@ -356,7 +348,7 @@ def test_narrow_viewport_has_no_horizontal_scroll(
 
 
 def test_keyboard_reaches_every_control_with_visible_focus(
-    page: Page, runtime: RunningRuntime, backend: Backend
+    page: Page, runtime: Runtime, backend: Backend
 ) -> None:
     """Tab reaches the account buttons, the message box and Send, each with a focus outline."""
     user = backend.sign_up("keyboard")
