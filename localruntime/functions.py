@@ -251,6 +251,11 @@ class ExecutionLog:
         with self._lock:
             return self._records.get(execution_id)
 
+    def recent(self) -> list[ExecutionRecord]:
+        """Every kept execution, oldest first."""
+        with self._lock:
+            return list(self._records.values())
+
     def of_user(self, function_id: str, user_id: str) -> list[ExecutionRecord]:
         with self._lock:
             return [

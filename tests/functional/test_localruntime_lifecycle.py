@@ -1,0 +1,207 @@
+"""The local runtime's life: settings, restarts over the same data, the sync time limit, the
+schedule of the cron, and leaving the process environment as it found it."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+from metering.adapters.sqlite_store import SQLiteStore
+from metering.errors import ConfigurationError
+from metering.ports import AccountQuery
+
+from localruntime.__main__ import banner
+from localruntime.__main__ import main as cli_main
+from localruntime.cron import CronExpression, Scheduler
+from localruntime.functions import FunctionSpec
+from localruntime.server import Runtime
+from localruntime.settings import DEV_WEBHOOK_SECRET, RuntimeSettings
+from tests.support.runtime import ECHO_SOURCE, AppwriteHttp, Execution, running, write_function
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_default_to_a_local_offline_setup() -> None:
+    settings = RuntimeSettings.read({})
+    assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 8000, Path("data"))
+    assert settings.offline_model
+    assert settings.stripe_webhook_secret.value == DEV_WEBHOOK_SECRET
+    assert settings.sync_timeout_seconds == 30.0
+    assert settings.cron_schedule is None
+
+
+def test_every_settings_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RuntimeSettings.read(
+            {"PORT": "http", "CRON_SCHEDULE": "every hour", "EXECUTION_TIMEOUT_SECONDS": "0"}
+        )
+    message = raised.value.message
+    assert "PORT" in message
+    assert "CRON_SCHEDULE" in message
+    assert "EXECUTION_TIMEOUT_SECONDS" in message
+
+
+def test_secrets_do_not_show_in_the_settings_repr() -> None:
+    settings = RuntimeSettings.read(
+        {"ANTHROPIC_API_KEY": "sk-ant-secret", "STRIPE_SECRET_KEY": "sk_x"}
+    )
+    assert "sk-ant-secret" not in repr(settings)
+    assert "sk_x" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("offline-local-key", "http://127.0.0.1:8000/_offline/anthropic")),
+        ({"ANTHROPIC_API_KEY": "sk-ant-1"}, ("sk-ant-1", None)),
+        (
+            {"ANTHROPIC_API_KEY": "sk-ant-1", "ANTHROPIC_BASE_URL": "https://proxy.test"},
+            ("sk-ant-1", "https://proxy.test"),
+        ),
+    ],
+    ids=["offline", "key", "key-and-base-url"],
+)
+def test_the_chat_gets_the_model_key_and_base_url(
+    env: dict[str, str], expected: tuple[str, str | None]
+) -> None:
+    function_env = Runtime(RuntimeSettings.read(env), functions={}).function_environment()
+    assert (function_env["ANTHROPIC_API_KEY"], function_env["ANTHROPIC_BASE_URL"]) == expected
+
+
+def test_the_cli_refuses_bad_settings(tmp_path: Path) -> None:
+    assert cli_main(["--port", "70000", "--env-file", str(tmp_path / "missing.env")]) == 2
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+
+def test_demo_accounts_are_created_once_and_keep_later_changes(tmp_path: Path) -> None:
+    with running(tmp_path, functions={}) as first:
+        demos = {demo.email for demo in first.demo_accounts}
+        assert "starter@local.test" in banner(first)
+    store = SQLiteStore(str(tmp_path / "metering.sqlite3"))
+    store.update_account("local-starter", {"plan": "pro", "max_tokens_per_month": 200_000})
+    with running(tmp_path, functions={}) as second:
+        assert {demo.email for demo in second.demo_accounts} == demos
+        client = AppwriteHttp(second.base_url)
+        assert client.log_in("starter@local.test", "local-demo-password").status_code == 201
+    account = store.get_account("local-starter")
+    assert account is not None
+    assert (account.plan, account.max_tokens_per_month) == ("pro", 200_000)
+    page = store.list_accounts(AccountQuery(), 100, None)
+    assert len(page.items) == len(demos)
+
+
+def test_a_session_survives_a_restart(tmp_path: Path) -> None:
+    with running(tmp_path, functions={}) as first:
+        client = AppwriteHttp(first.base_url)
+        user_id = client.sign_up_and_log_in("keep@example.test")
+        cookie = client.http.cookies["a_session_local"]
+    with running(tmp_path, functions={}) as second:
+        again = AppwriteHttp(second.base_url)
+        again.http.cookies.set("a_session_local", cookie)
+        assert again.call("GET", "/account").json()["$id"] == user_id
+
+
+def test_stopping_restores_the_process_environment(tmp_path: Path) -> None:
+    keys = ("METERING_STORE", "METERING_SQLITE_PATH", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+    before = {key: os.environ.get(key) for key in keys}
+    with running(tmp_path, functions={}):
+        assert os.environ["METERING_STORE"] == "sqlite"
+    assert {key: os.environ.get(key) for key in keys} == before
+
+
+# -- the synchronous limit ---------------------------------------------------------------------
+
+
+def test_an_execution_past_the_sync_limit_fails_with_408(tmp_path: Path) -> None:
+    folder = write_function(tmp_path / "functions", "probe-slow", ECHO_SOURCE)
+    functions = {"probe-slow": FunctionSpec("probe-slow", folder, ("any",))}
+    env = {"EXECUTION_TIMEOUT_SECONDS": "0.3"}
+    with running(tmp_path / "data", functions=functions, env=env) as runtime:
+        client = AppwriteHttp(runtime.base_url)
+        execution = Execution(client.execute("probe-slow", path="/?sleep=3").json())
+        assert (execution["status"], execution.status_code) == ("failed", 408)
+        domain = requests.get(runtime.base_url + "/functions/probe-slow/?sleep=3", timeout=30)
+        assert domain.status_code == 408
+
+
+# -- the schedule ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "due"),
+    [
+        ("0 * * * *", "2026-05-01T10:00", "2026-05-01T11:00"),
+        ("0 * * * *", "2026-05-01T10:59:59", "2026-05-01T11:00"),
+        ("*/15 * * * *", "2026-05-01T10:16", "2026-05-01T10:30"),
+        ("5,35 2-4 * * *", "2026-05-01T04:40", "2026-05-02T02:05"),
+        ("0 0 1 * *", "2026-12-15T00:00", "2027-01-01T00:00"),
+        ("0 9 * * mon", "2026-05-01T00:00", "2026-05-04T09:00"),
+        ("0 0 29 feb *", "2026-03-01T00:00", "2028-02-29T00:00"),
+        ("0 0 13 * 5", "2026-05-01T01:00", "2026-05-08T00:00"),
+        ("0 0 * * 7", "2026-05-01T00:00", "2026-05-03T00:00"),
+    ],
+    ids=["hourly", "hourly-edge", "step", "lists-ranges", "new-year", "weekday-name",
+         "leap-day", "day-or-weekday", "sunday-as-7"],
+)  # fmt: skip
+def test_cron_expressions_find_the_next_minute(expression: str, after: str, due: str) -> None:
+    utc = datetime.fromisoformat(after).replace(tzinfo=UTC)
+    assert CronExpression.parse(expression).next_after(utc) == datetime.fromisoformat(due).replace(
+        tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    "expression", ["* * * *", "60 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *"]
+)
+def test_malformed_cron_expressions_are_refused(expression: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        CronExpression.parse(expression)
+
+
+def test_the_scheduler_runs_at_start_and_then_when_due() -> None:
+    """With a clock that is always one minute before the next run, runs follow each other."""
+    runs: list[int] = []
+    third = threading.Event()
+
+    def job() -> None:
+        runs.append(len(runs))
+        if len(runs) == 3:
+            third.set()
+
+    scheduler = Scheduler(
+        CronExpression.parse("* * * * *"),
+        job,
+        clock=lambda: datetime(2026, 5, 1, 10, 0, 59, 999999, tzinfo=UTC),
+    )
+    scheduler.start()
+    assert third.wait(timeout=30)
+    scheduler.stop()
+    assert runs[:3] == [0, 1, 2]
+
+
+def test_the_cron_function_runs_at_start_with_the_schedule_trigger(tmp_path: Path) -> None:
+    folder = write_function(tmp_path / "functions", "monthly-reset-cron", ECHO_SOURCE)
+    spec = FunctionSpec("monthly-reset-cron", folder, (), "0 * * * *")
+    with running(tmp_path / "data", functions={spec.id: spec}) as runtime:
+        assert runtime.cron_schedule == "0 * * * *"
+        runtime.start_cron()
+        for _ in range(600):
+            records = [r for r in runtime.executions.recent() if r.outcome is not None]
+            if records:
+                break
+            threading.Event().wait(0.05)
+        record = records[0]
+        headers = dict(record.invocation.headers)
+        assert (record.invocation.trigger, headers["x-appwrite-trigger"]) == (
+            "schedule",
+            "schedule",
+        )
+        assert (headers["x-appwrite-user-id"], headers["x-appwrite-user-jwt"]) == ("", "")
+        assert record.outcome is not None
+        assert record.outcome.status_code == 201
