@@ -358,6 +358,11 @@ def post(url: str, event: Event, secret: str) -> tuple[int, str]:
         return error.code, error.read().decode("utf-8", "replace")
 
 
+def _when(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=SCENARIOS)
@@ -366,9 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=100_000, help="top-up size")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--secret", default=DEV_WEBHOOK_SECRET, help="the webhook signing secret")
+    parser.add_argument(
+        "--at",
+        type=_when,
+        default=None,
+        help="pretend the events happen at this ISO-8601 time (e.g. a month later, to renew)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the events, send nothing")
     args = parser.parse_args(argv)
-    events = scenario_events(args.scenario, args.user, args.plan, args.tokens, datetime.now(UTC))
+    now = args.at or datetime.now(UTC)
+    events = scenario_events(args.scenario, args.user, args.plan, args.tokens, now)
     failed = False
     for event in events:
         if args.dry_run:

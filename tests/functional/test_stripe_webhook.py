@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from metering.account import Account
 from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import StoreError
 
-from localruntime.context import RuntimeResult, execute
+from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
+from localruntime.settings import DEV_WEBHOOK_SECRET
 from tests.support.stripe_events import (
     SECRET,
     Event,
@@ -33,6 +36,7 @@ from tests.support.stripe_events import (
     unload_app,
     webhook_context,
 )
+from tools import stripe_events as stripe_events_tool
 
 FUNCTION = "stripe-webhook"
 SHAPES = [pytest.param("", id="api-2025"), pytest.param(".legacy", id="api-legacy")]
@@ -782,3 +786,87 @@ def test_a_year_in_order_with_usage_accounts_every_token(webhook: Webhook) -> No
     account = webhook.account()
     assert account.lifetime_tokens_used + account.current_tokens_used == used
     assert account.current_tokens_used == 1_000  # January 2026's usage, not yet reset
+
+
+# -- the sample-event command ------------------------------------------------------------------
+
+
+class _Forward(BaseHTTPRequestHandler):
+    """A function domain in miniature: each POST runs the webhook's ``main``."""
+
+    main: Callable[..., Any]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        request = RuntimeRequest(method="POST", headers=dict(self.headers.items()), body=body)
+        result = execute(type(self).main, RuntimeContext(request))
+        self.send_response(result.status_code)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(result.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def dev_endpoint(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[str, Webhook]]:
+    db_path = str(tmp_path / "metering.sqlite3")
+    env = environ(db_path, STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET)
+    main = load_app(FUNCTION, env, clock=clock)
+    handler = type("Forward", (_Forward,), {"main": staticmethod(main)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/functions/stripe-webhook"
+        yield url, Webhook(main, SQLiteStore(db_path), db_path, clock)
+    finally:
+        server.shutdown()
+        server.server_close()
+        unload_app(FUNCTION)
+
+
+def test_dev_command_scenarios_sign_and_post_events_the_webhook_applies(
+    dev_endpoint: tuple[str, Webhook], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, webhook = dev_endpoint
+
+    def run(*args: str) -> int:
+        return stripe_events_tool.main([*args, "--user", USER, "--url", url])
+
+    assert run("subscribe", "--plan", "starter", "--at", "2025-01-10T09:00:00Z") == 0
+    subscribed = webhook.account()
+    hold(webhook.store, USER, "req-1", 100, webhook.clock.now)
+    assert run("renew", "--at", "2025-02-09T09:00:00Z") == 0
+    renewed = webhook.account()
+    assert run("change-plan", "--plan", "pro", "--at", "2025-02-12T09:00:00Z") == 0
+    assert run("topup", "--tokens", "5000") == 0
+    changed = webhook.account()
+    assert run("cancel", "--at", "2025-02-20T09:00:00Z") == 0
+
+    assert (subscribed.plan, subscribed.stripe_subscription_id is not None) == ("starter", True)
+    assert (renewed.current_tokens_used, renewed.lifetime_tokens_used) == (0, 100)
+    assert (subscribed.period_start, renewed.period_start) == (
+        at(2025, 1, 10, 9),
+        at(2025, 2, 9, 9),
+    )
+    assert (changed.plan, changed.topup_tokens) == ("pro", 5_000)
+    assert (webhook.account().plan, webhook.account().topup_tokens) == ("demo", 5_000)
+    printed = capsys.readouterr().out
+    assert printed.count(": 200 ") == 8
+    assert "invoice.payment_succeeded" in printed
+
+
+def test_dev_command_reports_a_refused_signature(
+    dev_endpoint: tuple[str, Webhook], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, webhook = dev_endpoint
+
+    code = stripe_events_tool.main(
+        ["topup", "--user", USER, "--url", url, "--secret", "whsec_not_the_right_one"]
+    )
+
+    assert code == 1
+    assert ": 400 " in capsys.readouterr().out
+    assert webhook.store.get_account(USER) is None
