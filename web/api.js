@@ -36,6 +36,8 @@ export async function loadConfig(url = "config.json") {
     endpoint: new URL(config.endpoint, window.location.href).href.replace(/\/$/, ""),
     projectId: config.projectId,
     offlineModel: config.offlineModel === true,
+    // The chat function accepts 50 messages by default (CHAT_MAX_MESSAGES).
+    historyMessages: Number.isInteger(config.historyMessages) ? config.historyMessages : 40,
     functions: { chat: "chat", usage: "usage", ...(config.functions ?? {}) },
   };
 }

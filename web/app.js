@@ -6,6 +6,7 @@ import { clearConversation, loadConversation, saveConversation } from "./storage
 import { byTestId, renderConversation, renderNotices, renderUsage } from "./view.js";
 
 const state = {
+  config: null,
   backend: null,
   user: null,
   messages: [],
@@ -222,9 +223,19 @@ function send() {
   void exchange(state.pending);
 }
 
+// What the model sees: the most recent messages (the chat function caps their number), starting
+// with a user message as the API requires, without replies that came back empty.
+function historyFor(text) {
+  const limit = Math.max(1, state.config.historyMessages);
+  const usable = state.messages.filter((m) => m.content.trim() !== "");
+  const recent = usable.slice(-(limit - 1)).map(({ role, content }) => ({ role, content }));
+  while (recent.length && recent[0].role !== "user") recent.shift();
+  recent.push({ role: "user", content: text });
+  return recent;
+}
+
 async function exchange(pending) {
-  const history = state.messages.map(({ role, content }) => ({ role, content }));
-  history.push({ role: "user", content: pending.text });
+  const history = historyFor(pending.text);
   try {
     const reply = await state.backend.chat(history, pending.requestId);
     if (pending.generation !== state.generation) return;
@@ -350,6 +361,7 @@ async function start() {
     return;
   }
   byTestId("offline-badge").hidden = !config.offlineModel;
+  state.config = config;
   state.backend = createBackend(config);
   try {
     await enterChat(await state.backend.currentUser());

@@ -223,6 +223,50 @@ def test_reload_keeps_the_conversation(page: Page, runtime: Runtime, backend: Ba
     expect(page.get_by_test_id("empty-state")).to_be_visible()
 
 
+def test_each_user_sees_only_their_own_conversation(
+    page: Page, runtime: Runtime, backend: Backend
+) -> None:
+    """On a shared browser, another user does not see the first one's messages; they come back
+    when the first user logs in again."""
+    first, second = backend.sign_up("owner"), backend.sign_up("visitor")
+    log_in(page, runtime.base_url, first)
+    send(page, "Private note")
+    expect(page.get_by_test_id("message-tokens")).to_have_count(1)
+    page.get_by_test_id("logout").click()
+
+    log_in(page, runtime.base_url, second)
+    expect(page.get_by_test_id("empty-state")).to_be_visible()
+    page.get_by_test_id("logout").click()
+
+    log_in(page, runtime.base_url, first)
+    expect(page.get_by_test_id("message").first).to_contain_text("Private note")
+
+
+def test_long_conversations_send_only_recent_messages(
+    page: Page, runtime: Runtime, backend: Backend
+) -> None:
+    """With historyMessages set, a request carries at most that many messages, starting with
+    the user's, so a long conversation never outgrows the chat function's limit."""
+    user = backend.sign_up("chatty")
+
+    def small_history(route: Route) -> None:
+        config = route.fetch().json()
+        route.fulfill(json={**config, "historyMessages": 4})
+
+    page.route("**/config.json", small_history)
+    log_in(page, runtime.base_url, user)
+    for number in range(1, 4):
+        with page.expect_request(CHAT_EXECUTIONS) as sent:
+            send(page, f"Message {number}")
+        expect(page.get_by_test_id("message-tokens")).to_have_count(number)
+    execution_request = sent.value.post_data_json
+    assert execution_request is not None
+    body = json.loads(execution_request["body"])
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == "Message 2"
+    assert body["messages"][-1]["content"] == "Message 3"
+
+
 def test_server_error_offers_retry_without_losing_the_message(
     page: Page, runtime: Runtime, backend: Backend
 ) -> None:
