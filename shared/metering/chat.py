@@ -157,7 +157,12 @@ class ChatService:
         budget = self._budget(first, run.remaining)
         if budget is None:
             raise TokenLimitExceeded(usage=usage_stats(account))
-        self._open_ledger(run, account, now)
+        if not self._open_ledger(run, account, now):
+            # A concurrent request with the same id won the race: answer as a retry would be.
+            replayed = self._replay(user_id, run.request_id)
+            if replayed is not None:
+                return replayed
+            raise RequestInProgress("a request with this requestId is still running")
         try:
             self._loop(run, first, budget, now)
         except BaseException:
@@ -181,7 +186,8 @@ class ChatService:
         body = {"message": json.loads(entry.reply), "usage": usage_stats(account)}
         return ChatResult(body, request_id, entry.usage, _truncated(body), replayed=True)
 
-    def _open_ledger(self, run: _Run, account: Account, now: datetime) -> None:
+    def _open_ledger(self, run: _Run, account: Account, now: datetime) -> bool:
+        """Create the entry that claims the request id; False when it exists already."""
         entry = LedgerEntry(
             request_id=run.request_id,
             user_id=run.user_id,
@@ -194,10 +200,8 @@ class ChatService:
         try:
             self.store.create_ledger(entry)
         except AlreadyExists:
-            # A concurrent request with the same id won the race.
-            if self._replay(run.user_id, run.request_id) is None:
-                raise RequestInProgress("a request with this requestId is still running") from None
-            raise RequestInProgress("a request with this requestId has just completed") from None
+            return False
+        return True
 
     # -- the loop ------------------------------------------------------------------------------
 

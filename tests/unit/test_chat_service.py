@@ -289,3 +289,35 @@ def shared_store(factory: pytest.TempPathFactory) -> SQLiteStore:
     if "store" not in _stores:
         _stores["store"] = SQLiteStore(str(factory.mktemp("prop") / "prop.sqlite3"))
     return _stores["store"]
+
+
+@dataclass
+class RacingStore:
+    """The embedded store, with another request settling the same id just before ours."""
+
+    inner: SQLiteStore
+    rival: ChatService | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def create_ledger(self, entry: LedgerEntry) -> None:
+        if self.rival is not None:
+            rival, self.rival = self.rival, None
+            rival.handle(entry.user_id, ask(entry.request_id), NOW)
+        self.inner.create_ledger(entry)
+
+
+def test_losing_the_race_for_a_request_id_answers_the_winners_reply(store: SQLiteStore) -> None:
+    """Two requests with one id: the second sees AlreadyExists and replays; charged once."""
+    seed(store, "u", 100_000)
+    racing = RacingStore(store)
+    racing.rival = service(store, ScriptedModel([Step(input_tokens=70, output_tokens=30)]))
+    loser_model = ScriptedModel([Step(input_tokens=999, output_tokens=999)])
+
+    result = service(racing, loser_model).handle("u", ask("r-race"), NOW)  # type: ignore[arg-type]
+
+    assert result.replayed is True
+    assert result.usage.total_tokens == 100
+    assert loser_model.requests == []
+    assert used(store, "u") == 100
