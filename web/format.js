@@ -81,12 +81,18 @@ export function usageNotice(usage) {
 export function limitNotice(usage) {
   const tokens = usage?.tokens ?? {};
   const plan = planName(usage?.plan);
+  const paused = `Chat is paused until your allowance resets ${resetPhrase(usage)}.`;
+  if (tokens.remaining > 0) {
+    // Refused before the bar is full: what is left cannot pay for even a short reply.
+    return {
+      title: "Monthly token limit reached",
+      text: `The ${formatTokens(tokens.remaining)} tokens left this period are too few for another reply. ${paused}`,
+    };
+  }
   const allowance = tokens.limit ? `all ${formatTokens(tokens.limit)} tokens` : "all your tokens";
   return {
     title: "Monthly token limit reached",
-    text:
-      `You've used ${allowance}${plan ? ` of your ${plan} plan` : ""} for this period. ` +
-      `Chat is paused until your allowance resets ${resetPhrase(usage)}.`,
+    text: `You've used ${allowance}${plan ? ` of your ${plan} plan` : ""} for this period. ${paused}`,
   };
 }
 

@@ -172,21 +172,23 @@ def test_at_the_limit_input_is_disabled_with_a_notice(
 def test_limit_reached_mid_conversation_disables_input(
     page: Page, runtime: Runtime, backend: Backend
 ) -> None:
-    """A 429 from the chat (the allowance ran out elsewhere) shows the notice, blocks input
-    and keeps the unsent message."""
+    """A 429 from the chat (the allowance ran out elsewhere, a few tokens short of the limit)
+    shows the notice, blocks input and keeps the unsent message."""
     user = backend.sign_up("midway")
     log_in(page, runtime.base_url, user)
     send(page, "First question")
     expect(page.get_by_test_id("message-tokens")).to_have_count(1)
-    backend.use_tokens(user, 50_000 - backend.used(user))
+    backend.use_tokens(user, 50_000 - 5 - backend.used(user))
 
     send(page, "Second question")
-    expect(page.get_by_test_id("limit-notice")).to_be_visible()
+    notice = page.get_by_test_id("limit-notice")
+    expect(notice).to_contain_text("The 5 tokens left this period are too few for another reply")
     expect(page.get_by_test_id("message-input")).to_be_disabled()
     expect(page.get_by_test_id("message-input")).to_have_value("Second question")
     expect(page.get_by_test_id("send-button")).to_be_disabled()
-    expect(page.get_by_test_id("usage-tokens")).to_have_text("50,000 / 50,000 tokens")
+    expect(page.get_by_test_id("usage-tokens")).to_have_text("49,995 / 50,000 tokens")
     assert len(assistant_messages(page)) == 1
+    assert backend.used(user) == 49_995
 
 
 def test_markup_in_model_output_renders_as_text(
