@@ -440,6 +440,10 @@ def _duplicate_cases() -> list[Any]:
                 lambda s=shape: topup_event("cs_test_dup", 9_000, FEB, s), id=f"topup{shape}"
             ),
             pytest.param(
+                lambda s=shape: subscription_event("created", s, FEB, [("business", 1)]),
+                id=f"created{shape}",
+            ),
+            pytest.param(
                 lambda s=shape: subscription_event("updated", s, FEB, [("pro", 1), ("addon", 2)]),
                 id=f"updated{shape}",
             ),

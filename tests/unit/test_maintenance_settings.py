@@ -1,0 +1,58 @@
+"""The cron's settings: defaults, bounds, and every problem reported at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from metering.config import EnvReader
+from metering.errors import ConfigurationError
+from metering.maintenance import MaintenanceSettings
+
+
+def test_defaults_are_six_hours_grace_fifteen_minutes_ttl_pages_of_100_and_240_s() -> None:
+    settings = MaintenanceSettings.read(EnvReader({}))
+
+    assert settings == MaintenanceSettings(
+        grace=timedelta(hours=6),
+        reservation_ttl=timedelta(minutes=15),
+        page_size=100,
+        time_budget=timedelta(seconds=240),
+    )
+
+
+def test_values_come_from_the_injected_mapping() -> None:
+    env = EnvReader(
+        {
+            "CRON_GRACE_SECONDS": "60",
+            "CRON_RESERVATION_TTL_SECONDS": "120",
+            "CRON_PAGE_SIZE": "7",
+            "CRON_TIME_BUDGET_SECONDS": "30",
+        }
+    )
+
+    settings = MaintenanceSettings.read(env)
+
+    assert (settings.grace, settings.reservation_ttl) == (
+        timedelta(minutes=1),
+        timedelta(minutes=2),
+    )
+    assert (settings.page_size, settings.time_budget) == (7, timedelta(seconds=30))
+
+
+def test_invalid_values_are_reported_together() -> None:
+    env = EnvReader(
+        {
+            "CRON_PAGE_SIZE": "0",
+            "CRON_TIME_BUDGET_SECONDS": "soon",
+            "CRON_RESERVATION_TTL_SECONDS": "5",
+        }
+    )
+    MaintenanceSettings.read(env)
+
+    with pytest.raises(ConfigurationError) as raised:
+        env.finish()
+
+    message = str(raised.value)
+    for name in ("CRON_PAGE_SIZE", "CRON_TIME_BUDGET_SECONDS", "CRON_RESERVATION_TTL_SECONDS"):
+        assert name in message
