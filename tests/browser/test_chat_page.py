@@ -52,6 +52,11 @@ def execution(status: int, body: Mapping[str, Any]) -> str:
     )
 
 
+def request_id_of(execution_request: Any) -> str:
+    """The chat body's requestId inside an SDK createExecution request."""
+    return str(json.loads(execution_request["body"])["requestId"])
+
+
 def test_sign_up_log_out_and_log_in_again(page: Page, runtime: Runtime, backend: Backend) -> None:
     """A visitor creates an account, lands in the chat with a meter, logs out and back in."""
     page.goto(runtime.base_url + "/")
@@ -272,9 +277,19 @@ def test_long_conversations_send_only_recent_messages(
 def test_server_error_offers_retry_without_losing_the_message(
     page: Page, runtime: Runtime, backend: Backend
 ) -> None:
-    """A 5xx from the chat keeps the typed message and offers Retry, which then succeeds."""
+    """A 5xx from the chat keeps the typed message and offers Retry, which then succeeds with the
+    same request id (so a request that did run is charged once)."""
     user = backend.sign_up("barbara")
     log_in(page, runtime.base_url, user)
+    request_ids: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            request_ids.append(request_id_of(request.post_data_json))
+            if request.url.endswith("/functions/chat/executions")
+            else None
+        ),
+    )
     send(page, "What can you do?")
     expect(page.get_by_test_id("message-tokens")).to_have_count(1)
     page.route(
@@ -298,6 +313,9 @@ def test_server_error_offers_retry_without_losing_the_message(
     expect(page.get_by_test_id("message-tokens")).to_have_count(2)
     expect(page.get_by_test_id("error-banner")).to_have_count(0)
     expect(page.get_by_test_id("message-input")).to_have_value("")
+    assert len(request_ids) == 3
+    assert request_ids[0] != request_ids[1]
+    assert request_ids[1] == request_ids[2]
 
 
 def test_network_failure_is_retryable(page: Page, runtime: Runtime, backend: Backend) -> None:
