@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def banner(runtime: Runtime) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localruntime", description=__doc__)
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(banner(runtime), flush=True)
+    # A service manager's stop (SIGTERM) gets the same clean shutdown as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         runtime.warm_up()
         runtime.start_cron()

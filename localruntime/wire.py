@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 APPWRITE_VERSION = "1.8.0"
@@ -56,16 +55,14 @@ class Request:
         return None
 
     def cookie(self, name: str) -> str | None:
-        raw = self.header("cookie")
-        if not raw:
-            return None
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(raw)
-        except CookieError:
-            return None
-        morsel = jar.get(name)
-        return morsel.value if morsel is not None else None
+        # Split by hand: a browser on localhost carries other apps' cookies, and one value that
+        # http.cookies finds malformed must not hide ours.
+        for header in (value for key, value in self.headers if key.lower() == "cookie"):
+            for pair in header.split(";"):
+                key, sep, value = pair.strip().partition("=")
+                if sep and key == name:
+                    return value.strip().strip('"')
+        return None
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object; an empty body is an empty object."""

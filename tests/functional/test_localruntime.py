@@ -130,6 +130,14 @@ def test_the_fallback_cookie_header_alone_authenticates(runtime: Runtime) -> Non
     assert response.json()["$id"] == user_id
 
 
+def test_other_cookies_of_localhost_do_not_hide_the_session(runtime: Runtime) -> None:
+    client, user_id = logged_in(runtime)
+    secret = client.http.cookies["a_session_local"]
+    header = f'prefs={{"a":[1,2]}}; broken="open; a_session_local={secret}; theme=dark'
+    bare = AppwriteHttp(runtime.base_url)
+    assert bare.call("GET", "/account", headers={"Cookie": header}).json()["$id"] == user_id
+
+
 @pytest.mark.parametrize(
     "password", ["wrong password", ""], ids=["wrong-password", "empty-password"]
 )
