@@ -51,13 +51,15 @@ def _reason(exc: stripe.SignatureVerificationError) -> str:
 class StripeBilling:
     """``BillingProvider`` over the Stripe API; product metadata cached for the process's life."""
 
-    def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, api_key: str, api_base: str | None = None, timeout: float = 10.0, retries: int = 1
+    ) -> None:
         addresses: Any = {"api": api_base.rstrip("/")} if api_base else None
         self._client = stripe.StripeClient(
             api_key,
             http_client=stripe.RequestsClient(timeout=timeout),
             base_addresses=addresses,
-            max_network_retries=1,
+            max_network_retries=retries,
         )
         self._products: dict[str, Mapping[str, str]] = {}
 
