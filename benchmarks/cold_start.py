@@ -1,0 +1,139 @@
+"""Cold start: the import time of each function's entry module in a fresh interpreter, and the
+third-party packages it loads, against a variant that imports every vendor SDK eagerly first."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from benchmarks import ROOT
+from benchmarks.common import Table, ratio
+
+FUNCTION_IDS = ("chat", "usage", "stripe-webhook", "monthly-reset-cron")
+# The SDKs a function set could use; the baseline loads all of them before the entry module.
+EAGER_IMPORTS = (
+    "anthropic",
+    "stripe",
+    "appwrite.client",
+    "appwrite.services.tables_db",
+    "pydantic",
+)
+# Functions that must never load the Anthropic SDK.
+WITHOUT_ANTHROPIC = ("usage", "stripe-webhook", "monthly-reset-cron")
+
+# Runs in a fresh interpreter: import the entry module as open-runtimes does (through the local
+# loader) and report the time it took and the top-level packages it added.
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from localruntime.loader import load_function
+before = set(sys.modules)
+started = time.perf_counter()
+for name in {eager!r}:
+    __import__(name)
+load_function({function_id!r})
+elapsed = time.perf_counter() - started
+added = {{name.split(".")[0] for name in set(sys.modules) - before}}
+third_party = sorted(
+    name for name in added
+    if name not in sys.stdlib_module_names and not name.startswith(("fn_", "_"))
+    and getattr(sys.modules.get(name), "__file__", None)
+)
+print(json.dumps({{"seconds": elapsed, "packages": third_party}}))
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    function_id: str
+    ours_seconds: float  # median
+    eager_seconds: float  # median
+    packages: tuple[str, ...]
+    eager_packages: tuple[str, ...]
+
+    @property
+    def imports_anthropic(self) -> bool:
+        return "anthropic" in self.packages
+
+
+def sample(function_id: str, eager: tuple[str, ...] = ()) -> Sample:
+    code = _CHILD.format(root=str(ROOT), eager=eager, function_id=function_id)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return Sample(seconds=float(report["seconds"]), packages=tuple(report["packages"]))
+
+
+def measure(runs: int = 5, function_ids: tuple[str, ...] = FUNCTION_IDS) -> list[ColdStart]:
+    results: list[ColdStart] = []
+    for function_id in function_ids:
+        ours: list[Sample] = []
+        eager: list[Sample] = []
+        # Interleaved, so that a burst of load on the machine hits both variants alike.
+        for _ in range(runs):
+            ours.append(sample(function_id))
+            eager.append(sample(function_id, EAGER_IMPORTS))
+        results.append(
+            ColdStart(
+                function_id=function_id,
+                ours_seconds=statistics.median(s.seconds for s in ours),
+                eager_seconds=statistics.median(s.seconds for s in eager),
+                packages=ours[-1].packages,
+                eager_packages=eager[-1].packages,
+            )
+        )
+    return results
+
+
+def render(results: list[ColdStart], runs: int) -> str:
+    table = Table(
+        [
+            "function",
+            "ours: import ms",
+            "eager SDKs: import ms",
+            "eager / ours",
+            "imports anthropic",
+            "vendor SDKs loaded (ours)",
+        ]
+    )
+    for result in results:
+        vendors = [p for p in result.packages if p in ("anthropic", "stripe", "appwrite")]
+        table.add(
+            result.function_id,
+            round(result.ours_seconds * 1000, 1),
+            round(result.eager_seconds * 1000, 1),
+            ratio(result.eager_seconds, result.ours_seconds),
+            "yes" if result.imports_anthropic else "no",
+            ", ".join(vendors) or "none",
+        )
+    packages = Table(["function", "third-party packages loaded by the entry module"])
+    for result in results:
+        packages.add(result.function_id, ", ".join(result.packages) or "none")
+    heading = (
+        f"Median of {runs} fresh interpreters per variant. Eager: `import "
+        + ", ".join(EAGER_IMPORTS)
+        + "` before the entry module."
+    )
+    offenders = [r.function_id for r in results if r.imports_anthropic]
+    offenders = [name for name in offenders if name in WITHOUT_ANTHROPIC]
+    rule = (
+        f"Loading `anthropic` where it is not used: {', '.join(offenders)}."
+        if offenders
+        else "None of " + ", ".join(WITHOUT_ANTHROPIC) + " loads `anthropic`."
+    )
+    return "\n\n".join([heading, table.render(), rule, packages.render()])
+
+
+def run(quick: bool) -> str:
+    runs = 1 if quick else 5
+    return render(measure(runs), runs)

@@ -1,0 +1,180 @@
+"""The baseline: the seed's naive metering, on the same stores and the same model as ours.
+
+Read the usage, refuse at the limit, call the model, then add the tokens with a read-then-write
+increment (read ``currentTokensUsed``, write it back plus the tokens). No reservation, no ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from appwrite.client import Client
+from appwrite.query import Query
+from appwrite.services.tables_db import TablesDB
+from metering.chat import ChatRequest, ChatSettings
+from metering.config import StoreSettings
+from metering.model import (
+    STOP_TOOL_USE,
+    Block,
+    Message,
+    ModelClient,
+    ModelRequest,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+)
+
+
+@dataclass(frozen=True)
+class SeedUsage:
+    row_id: str
+    used: int
+    limit: int
+
+
+class SeedStore(Protocol):
+    """The three row operations the seed's flow makes."""
+
+    def read_usage(self, user_id: str) -> SeedUsage:
+        """The user's row, found by ``userId``."""
+
+    def read_used(self, row_id: str) -> int:
+        """``currentTokensUsed`` of the row, read again just before the write."""
+
+    def write_used(self, row_id: str, used: int) -> None:
+        """Overwrite ``currentTokensUsed``."""
+
+
+class SeedSQLite:
+    """The seed's operations as plain statements on the SQLite store's file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            connection.execute("PRAGMA busy_timeout = 30000")
+            self._local.connection = connection
+        return connection
+
+    def read_usage(self, user_id: str) -> SeedUsage:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT id, currentTokensUsed, maxTokensPerMonth + addonTokens + topupTokens"
+                " FROM subscriptions WHERE userId = ?",
+                (user_id,),
+            )
+            .fetchone()
+        )
+        return SeedUsage(row_id=row[0], used=row[1], limit=row[2])
+
+    def read_used(self, row_id: str) -> int:
+        row = (
+            self._connection()
+            .execute("SELECT currentTokensUsed FROM subscriptions WHERE id = ?", (row_id,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def write_used(self, row_id: str, used: int) -> None:
+        self._connection().execute(
+            "UPDATE subscriptions SET currentTokensUsed = ? WHERE id = ?", (used, row_id)
+        )
+
+
+class SeedAppwrite:
+    """The seed's operations as TablesDB calls: list by ``userId``, get, update."""
+
+    def __init__(self, settings: StoreSettings, api_key: str) -> None:
+        client = Client()
+        client.set_endpoint(settings.appwrite_endpoint)
+        client.set_project(settings.appwrite_project_id)
+        client.set_key(api_key)
+        self._db = TablesDB(client)
+        self._database = settings.database_id
+        self._table = settings.subscriptions_table
+
+    def read_usage(self, user_id: str) -> SeedUsage:
+        result = self._db.list_rows(
+            self._database, self._table, [Query.equal("userId", user_id), Query.limit(1)]
+        )
+        row = _document(result.rows[0])
+        limit = sum(
+            int(row.get(column) or 0)
+            for column in ("maxTokensPerMonth", "addonTokens", "topupTokens")
+        )
+        return SeedUsage(str(row["$id"]), int(row.get("currentTokensUsed") or 0), limit)
+
+    def read_used(self, row_id: str) -> int:
+        row = _document(self._db.get_row(self._database, self._table, row_id))
+        return int(row.get("currentTokensUsed") or 0)
+
+    def write_used(self, row_id: str, used: int) -> None:
+        self._db.update_row(self._database, self._table, row_id, {"currentTokensUsed": used})
+
+
+def _document(row: Any) -> dict[str, Any]:
+    """The columns of an SDK row model plus its id."""
+    data = dict(row.data) if isinstance(row.data, dict) else {}
+    data["$id"] = row.id
+    return data
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    status: int  # 200, or 429 when the usage read was already at the limit
+    charged: int  # tokens this request believes it added to the counter
+    steps: int
+
+
+def seed_chat(
+    store: SeedStore,
+    model: ModelClient,
+    settings: ChatSettings,
+    user_id: str,
+    request: ChatRequest,
+    *,
+    tool: ToolSpec | None = None,
+) -> SeedResult:
+    """One chat request the seed's way (the tool, when given, reads the usage row)."""
+    usage = store.read_usage(user_id)
+    if usage.used >= usage.limit:
+        return SeedResult(status=429, charged=0, steps=0)
+    conversation = list(request.messages)
+    charged = 0
+    for step in range(settings.max_steps):
+        last = step == settings.max_steps - 1
+        reply = model.complete(
+            ModelRequest(
+                model=settings.model,
+                system=settings.system_prompt,
+                messages=tuple(conversation),
+                max_tokens=settings.max_tokens,
+                tools=(tool,) if tool is not None else (),
+                tool_choice="none" if last else "auto",
+            )
+        )
+        tokens = reply.usage.total_tokens
+        # The race: another request may write between this read and the write below.
+        current = store.read_used(usage.row_id)
+        store.write_used(usage.row_id, current + tokens)
+        charged += tokens
+        if reply.stop_reason != STOP_TOOL_USE or not reply.tool_uses or last or tool is None:
+            return SeedResult(status=200, charged=charged, steps=step + 1)
+        said = tuple(b for b in reply.blocks if not isinstance(b, TextBlock) or b.text)
+        conversation.append(Message(role="assistant", blocks=said))
+        results: list[Block] = []
+        for call in reply.tool_uses:
+            now = store.read_usage(user_id)
+            content = json.dumps({"used": now.used, "limit": now.limit})
+            results.append(ToolResultBlock(call.id, content))
+        conversation.append(Message(role="user", blocks=tuple(results)))
+    return SeedResult(status=200, charged=charged, steps=settings.max_steps)

@@ -1,0 +1,223 @@
+"""Store calls, and HTTP requests on the Appwrite emulator, per chat request: ours vs the seed's.
+
+Ours reserves before and settles after every model call and keeps a ledger row per request; the
+seed reads, calls the model and rewrites the counter. Counted by a proxy around each store and,
+on the emulator, by the HTTP requests it answers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+from metering.account import new_account
+from metering.adapters.anthropic_model import AnthropicModel
+from metering.adapters.appwrite_store import AppwriteStore
+from metering.adapters.sqlite_store import SQLiteStore
+from metering.chat import ChatRequest, ChatService, ChatSettings, usage_tool
+from metering.errors import TokenLimitExceeded
+from metering.model import Message
+from metering.plans import load_default_plans
+from metering.ports import UsageStore
+from metering.pricing import load_default_prices
+
+from benchmarks.common import MODEL, CallCounter, CountingProxy, Table, ratio
+from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
+from tests.support.anthropic_fake import FakeAnthropic, Outcome, text_reply, tool_use_reply
+from tests.support.appwrite_emulator import emulated_appwrite
+
+SETTINGS = ChatSettings(
+    model=MODEL,
+    max_tokens=1024,
+    min_output_tokens=16,
+    system_prompt="You are a helpful assistant. Call get_my_usage for questions about usage.",
+    max_steps=4,
+)
+QUESTION = ChatRequest(messages=(Message.text("user", "How many tokens do I have left?"),))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    replies: Callable[[], list[Outcome]]
+    at_limit: bool = False
+
+
+SCENARIOS = (
+    Scenario("single step", lambda: [text_reply("Hello.", input_tokens=30, output_tokens=20)]),
+    Scenario(
+        "3-step tool loop",
+        lambda: [
+            tool_use_reply("get_my_usage"),
+            tool_use_reply("get_my_usage"),
+            text_reply("You have plenty left.", input_tokens=600, output_tokens=30),
+        ],
+    ),
+    Scenario("refused at the limit (429)", list, at_limit=True),
+)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Mean per chat request."""
+
+    store_calls: float
+    http_requests: float | None
+    by_method: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    backend: str
+    ours: Counts
+    seed: Counts
+
+
+def _seed_account(store: UsageStore, user_id: str, *, at_limit: bool) -> None:
+    plans = load_default_plans()
+    account = new_account(user_id, plans.get("starter"), datetime.now(UTC))
+    used = account.limit if at_limit else 0
+    store.create_account(replace(account, current_tokens_used=used))
+
+
+@dataclass(frozen=True)
+class _Stores:
+    """A fresh store per request, as each execution opens one, and the HTTP request count."""
+
+    ours: Callable[[], UsageStore]
+    seed: Callable[[], SeedStore]
+    http_requests: Callable[[], int | None]
+
+
+def _measure(
+    scenario: Scenario,
+    users: list[str],
+    store_for: Callable[[], object],
+    http_requests: Callable[[], int | None],
+    run: Callable[[object, FakeAnthropic, str], None],
+) -> Counts:
+    counter = CallCounter()
+    http_before = http_requests()
+    for user_id in users:
+        fake = FakeAnthropic().then(*scenario.replies())
+        run(CountingProxy(store_for(), counter), fake, user_id)
+    http_after = http_requests()
+    requests = len(users)
+    http = None
+    if http_before is not None and http_after is not None:
+        http = (http_after - http_before) / requests
+    return Counts(
+        store_calls=counter.total / requests,
+        http_requests=http,
+        by_method={name: count / requests for name, count in sorted(counter.calls.items())},
+    )
+
+
+def _model(fake: FakeAnthropic) -> AnthropicModel:
+    return AnthropicModel.connect("sk-ant-bench", max_retries=0, http_client=fake.client())
+
+
+def _run_ours(store: object, fake: FakeAnthropic, user_id: str) -> None:
+    service = ChatService(
+        store=cast(UsageStore, store),
+        model=_model(fake),
+        plans=load_default_plans(),
+        prices=load_default_prices(),
+        settings=SETTINGS,
+        new_request_id=lambda: uuid.uuid4().hex,
+    )
+    with suppress(TokenLimitExceeded):
+        service.handle(user_id, QUESTION, datetime.now(UTC))
+
+
+def _run_seed(store: object, fake: FakeAnthropic, user_id: str) -> None:
+    tool = usage_tool(cast(UsageStore, None)).spec
+    seed_chat(cast(SeedStore, store), _model(fake), SETTINGS, user_id, QUESTION, tool=tool)
+
+
+@contextmanager
+def _sqlite() -> Iterator[_Stores]:
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as folder:
+        path = str(Path(folder) / "usage.sqlite3")
+        store = SQLiteStore(path)  # one per warm instance, as the store factory keeps it
+        seed = SeedSQLite(path)
+        yield _Stores(lambda: store, lambda: seed, lambda: None)
+
+
+@contextmanager
+def _appwrite() -> Iterator[_Stores]:
+    with emulated_appwrite() as emulator:
+        settings = emulator.store_settings()
+        # The functions open a store per execution: no row id is remembered between requests.
+        yield _Stores(
+            lambda: AppwriteStore.connect(settings, emulator.api_key),
+            lambda: SeedAppwrite(settings, emulator.api_key),
+            lambda: len(emulator.calls),
+        )
+
+
+def measure(requests: int = 3) -> list[Row]:
+    rows: list[Row] = []
+    for backend, opened in (("SQLite", _sqlite), ("Appwrite emulator", _appwrite)):
+        with opened() as stores:
+            for index, scenario in enumerate(SCENARIOS):
+                ours_users = [f"ours-{index}-{n}" for n in range(requests)]
+                seed_users = [f"seed-{index}-{n}" for n in range(requests)]
+                setup = stores.ours()
+                for user_id in ours_users + seed_users:
+                    _seed_account(setup, user_id, at_limit=scenario.at_limit)
+                ours = _measure(scenario, ours_users, stores.ours, stores.http_requests, _run_ours)
+                seed = _measure(scenario, seed_users, stores.seed, stores.http_requests, _run_seed)
+                rows.append(Row(scenario.name, backend, ours, seed))
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    table = Table(
+        [
+            "request",
+            "store",
+            "ours: store calls",
+            "seed: store calls",
+            "ours / seed",
+            "ours: HTTP",
+            "seed: HTTP",
+            "ours / seed (HTTP)",
+        ]
+    )
+    for row in rows:
+        ours_http, seed_http = row.ours.http_requests, row.seed.http_requests
+        table.add(
+            row.scenario,
+            row.backend,
+            _number(row.ours.store_calls),
+            _number(row.seed.store_calls),
+            ratio(row.ours.store_calls, row.seed.store_calls),
+            "-" if ours_http is None else _number(ours_http),
+            "-" if seed_http is None else _number(seed_http),
+            "-" if ours_http is None or seed_http is None else ratio(ours_http, seed_http),
+        )
+    methods = Table(["request", "ours: calls by method", "seed: calls by method"])
+    for row in rows:
+        if row.backend == "SQLite":
+            methods.add(row.scenario, _methods(row.ours.by_method), _methods(row.seed.by_method))
+    return table.render() + "\n\n" + methods.render()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.2f}"
+
+
+def _methods(by_method: dict[str, float]) -> str:
+    return ", ".join(f"{name} {_number(count)}" for name, count in by_method.items()) or "-"
+
+
+def run(quick: bool) -> str:
+    return render(measure(requests=1 if quick else 3))
