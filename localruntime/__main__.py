@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.start()
     except OSError as error:
         print(
-            f"localruntime: cannot listen on {settings.host}:{settings.port}: {error}",
+            f"localruntime: cannot start on {settings.host}:{settings.port}: {error}",
             file=sys.stderr,
         )
         return 1

@@ -95,32 +95,37 @@ class Runtime:
         server.runtime = self
         self._server = server
         self.port = server.server_address[1]
-        self.auth = AuthStore(self.data_dir / "auth.sqlite3")
-        self.runner = FunctionRunner(
-            self.specs,
-            host=self.public_host,
-            port=self.port,
-            timeout=self.settings.sync_timeout_seconds,
-            environ=self._cold_start_environ,
-        )
-        self.api = AppwriteSurface(
-            auth=self.auth,
-            runner=self.runner,
-            specs=self.specs,
-            executions=self.executions,
-            clock=utc_now,
-        )
-        self._apply_environment(self.function_environment())
-        # A new runtime is a new container: every function starts cold with this environment.
-        self.runner.cold_reset()
-        self.store = open_store(StoreSettings.read(EnvReader(_store_env(self.metering_path))), None)
-        self.demo_accounts = seed(
-            self.auth,
-            self.store,
-            load_default_plans(),
-            self.settings.demo_password.value,
-            utc_now(),
-        )
+        try:
+            self.auth = AuthStore(self.data_dir / "auth.sqlite3")
+            self.runner = FunctionRunner(
+                self.specs,
+                host=self.public_host,
+                port=self.port,
+                timeout=self.settings.sync_timeout_seconds,
+                environ=self._cold_start_environ,
+            )
+            self.api = AppwriteSurface(
+                auth=self.auth,
+                runner=self.runner,
+                specs=self.specs,
+                executions=self.executions,
+                clock=utc_now,
+            )
+            self._apply_environment(self.function_environment())
+            # A new runtime is a new container: every function starts cold with this environment.
+            self.runner.cold_reset()
+            store_settings = StoreSettings.read(EnvReader(_store_env(self.metering_path)))
+            self.store = open_store(store_settings, None)
+            self.demo_accounts = seed(
+                self.auth,
+                self.store,
+                load_default_plans(),
+                self.settings.demo_password.value,
+                utc_now(),
+            )
+        except BaseException:
+            self.stop()
+            raise
         self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         self._thread.start()
 
@@ -154,14 +159,19 @@ class Runtime:
     def stop(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop()
-        if self._server is not None:
+        if self._thread is not None and self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._server is not None:
+            self._server.server_close()
         self._restore_environment()
-        self.runner.cold_reset()
-        self.auth.close()
+        # A start that failed half-way may not have got as far as these.
+        runner: FunctionRunner | None = getattr(self, "runner", None)
+        if runner is not None:
+            runner.cold_reset()
+        auth: AuthStore | None = getattr(self, "auth", None)
+        if auth is not None:
+            auth.close()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""

@@ -115,6 +115,16 @@ def test_stopping_restores_the_process_environment(tmp_path: Path) -> None:
     assert {key: os.environ.get(key) for key in keys} == before
 
 
+def test_a_port_in_use_fails_the_start_and_changes_nothing(tmp_path: Path) -> None:
+    with running(tmp_path / "first", functions={}) as first:
+        taken = RuntimeSettings.read({"PORT": str(first.port), "DATA_DIR": str(tmp_path / "b")})
+        environ = dict(os.environ)
+        with pytest.raises(OSError, match=r"."):
+            Runtime(taken, functions={}).start()
+        assert dict(os.environ) == environ
+        assert requests.get(first.base_url + "/config.json", timeout=30).status_code == 200
+
+
 # -- the synchronous limit ---------------------------------------------------------------------
 
 
