@@ -18,11 +18,12 @@ from localruntime.server import Runtime
 from tests.support.runtime import running
 
 MODEL = "claude-sonnet-5-5"
-USAGE_TOOL: dict[str, Any] = {
+USAGE_TOOL: Any = {
     "name": "get_my_usage",
     "description": "The caller's token usage this period.",
     "input_schema": {"type": "object", "properties": {}},
 }
+NO_TOOLS: Any = {"type": "none"}
 STATS = {
     "userId": "u1",
     "plan": "starter",
@@ -118,7 +119,7 @@ def test_tool_choice_none_answers_without_calling_the_tool(client: anthropic.Ant
         max_tokens=256,
         messages=ask("How many tokens have I used?"),
         tools=[USAGE_TOOL],
-        tool_choice={"type": "none"},
+        tool_choice=NO_TOOLS,
     )
     assert [block.type for block in reply.content] == ["text"]
 
