@@ -109,30 +109,83 @@ class OfflineModel:
 
 
 def _validate(request: dict[str, Any], *, need_max_tokens: bool) -> None:
+    """Refuse, as the API does, what it would refuse; what passes is safe to read below."""
     if not isinstance(request.get("model"), str) or not request["model"]:
         raise _invalid("model: Field required")
     if need_max_tokens:
         max_tokens = request.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise _invalid("max_tokens: must be an integer of at least 1")
+    if not isinstance(request.get("stream", False), bool):
+        raise _invalid("stream: must be a boolean")
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("messages: at least one message is required")
     for index, message in enumerate(messages):
+        where = f"messages.{index}"
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise _invalid(f"messages.{index}.role: must be 'user' or 'assistant'")
-        content = message.get("content")
-        if not isinstance(content, str | list) or not content:
-            raise _invalid(f"messages.{index}.content: must be a non-empty string or list")
-        if isinstance(content, list) and not all(isinstance(b, dict) for b in content):
-            raise _invalid(f"messages.{index}.content: blocks must be objects")
+            raise _invalid(f"{where}.role: must be 'user' or 'assistant'")
+        _check_content(message.get("content"), where + ".content")
     if messages[0]["role"] != "user":
         raise _invalid("messages: first message must use the 'user' role")
+    system = request.get("system")
+    if system is not None:
+        _check_content(system, "system", kinds=("text",), allow_empty=True)
     tools = request.get("tools", [])
     if not isinstance(tools, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools
+        isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] for t in tools
     ):
         raise _invalid("tools: each tool needs a name")
+    for index, tool in enumerate(tools):
+        _check_cache_control(tool, f"tools.{index}")
+    choice = request.get("tool_choice")
+    if choice is not None and (
+        not isinstance(choice, dict)
+        or choice.get("type") not in ("auto", "any", "tool", "none")
+        or (choice["type"] == "tool" and not isinstance(choice.get("name"), str))
+    ):
+        raise _invalid("tool_choice: must be auto, any, none or a named tool")
+
+
+def _check_content(
+    content: Any, where: str, kinds: tuple[str, ...] = ("text", "tool_use", "tool_result"),
+    *, allow_empty: bool = False,
+) -> None:  # fmt: skip
+    if isinstance(content, str) and (content or allow_empty):
+        return
+    if not isinstance(content, list) or not (content or allow_empty):
+        raise _invalid(f"{where}: must be a non-empty string or list of blocks")
+    for index, block in enumerate(content):
+        at = f"{where}.{index}"
+        if not isinstance(block, dict) or block.get("type") not in kinds:
+            raise _invalid(f"{at}.type: must be one of {', '.join(kinds)}")
+        kind = block["type"]
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise _invalid(f"{at}.text: Field required")
+        if kind == "tool_use" and not (
+            isinstance(block.get("id"), str)
+            and isinstance(block.get("name"), str)
+            and isinstance(block.get("input"), dict)
+        ):
+            raise _invalid(f"{at}: tool_use needs an id, a name and an input object")
+        if kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise _invalid(f"{at}.tool_use_id: Field required")
+            if "content" in block:
+                _check_content(block["content"], at + ".content", ("text",), allow_empty=True)
+        _check_cache_control(block, at)
+
+
+def _check_cache_control(block: dict[str, Any], where: str) -> None:
+    control = block.get("cache_control")
+    if control is None:
+        return
+    if (
+        not isinstance(control, dict)
+        or control.get("type") != "ephemeral"
+        or control.get("ttl", "5m") not in CACHE_TTL_SECONDS
+    ):
+        raise _invalid(f"{where}.cache_control: must be ephemeral with a ttl of 5m or 1h")
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -175,7 +228,6 @@ def _prompt(request: dict[str, Any]) -> tuple[int, int, str | None, str]:
         return total, 0, None, "5m"
     prefix = parts[: breakpoint_at + 1]
     ttl = str(parts[breakpoint_at][1]["cache_control"].get("ttl", "5m"))
-    ttl = ttl if ttl in CACHE_TTL_SECONDS else "5m"
     prefix_tokens = sum(tokens_of(text) for text, _ in prefix)
     key = hashlib.sha256(
         (request["model"] + "\x00" + "\x00".join(text for text, _ in prefix)).encode()
@@ -231,15 +283,15 @@ def _tool_answer(results: list[dict[str, Any]]) -> str:
         data = json.loads(raw)
     except ValueError:
         data = None
-    tokens = data.get("tokens") if isinstance(data, dict) else None
-    if results[-1].get("is_error") or not isinstance(tokens, dict):
+    stats: dict[str, Any] = data if isinstance(data, dict) else {}
+    tokens: dict[str, Any] = stats["tokens"] if isinstance(stats.get("tokens"), dict) else {}
+    used, limit = tokens.get("used"), tokens.get("limit")
+    if results[-1].get("is_error") or not isinstance(used, int) or not isinstance(limit, int):
         return f"I could not read your usage just now. The tool said: {raw[:200]}"
-    used, limit = tokens.get("used", 0), tokens.get("limit", 0)
-    remaining = tokens.get("remaining", max(0, limit - used))
-    plan = data.get("plan", "your") if isinstance(data, dict) else "your"
+    plan = stats["plan"] if isinstance(stats.get("plan"), str) else "current"
     return (
         f"You have used {used:,} of the {limit:,} tokens of your {plan} plan this period "
-        f"({tokens.get('percent', 0)}%), so {remaining:,} tokens remain. "
+        f"({tokens.get('percent', 0)}%), so {max(0, limit - used):,} tokens remain. "
         "This answer and the lookup before it were metered too."
     )
 

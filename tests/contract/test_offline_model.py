@@ -11,6 +11,8 @@ from typing import Any
 import anthropic
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.model import Message, ModelRequest
 
@@ -220,3 +222,65 @@ def test_the_chat_adapter_round_trips_through_the_offline_model(runtime: Runtime
     assert reply.stop_reason == "end_turn"
     assert reply.usage.input_tokens == model.count_tokens(request)
     assert reply.usage.output_tokens > 0
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5000) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+# Close to valid on purpose, so that most requests get past the first checks.
+_cache_control = st.sampled_from([{"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}])
+_blocks = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "tool_use", "tool_result", "image", 3])},
+        optional={
+            "text": st.text(max_size=30) | _json,
+            "content": st.text(max_size=30) | _json,
+            "cache_control": _cache_control | _json,
+            "input": st.just({}) | _json,
+            "id": st.just("toolu_1") | _json,
+            "name": st.just("get_my_usage") | _json,
+            "tool_use_id": st.just("toolu_1") | _json,
+        },
+    ),
+    max_size=3,
+)
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "user", "assistant", "system", None]),
+            "content": st.text(min_size=1, max_size=40) | _blocks | _json,
+        }
+    ),
+    max_size=3,
+)
+_requests = st.fixed_dictionaries(
+    {"model": st.just(MODEL) | _json, "max_tokens": st.integers(1, 300) | _json},
+    optional={
+        "messages": _messages,
+        "system": st.text(max_size=30) | _blocks | _json,
+        "tools": st.just([USAGE_TOOL]) | _json,
+        "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "none"}]) | _json,
+        "stream": st.just(False) | _json,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_requests, count=st.booleans())
+def test_no_request_makes_the_offline_model_fail(
+    runtime: Runtime, document: dict[str, Any], count: bool
+) -> None:
+    path = "/v1/messages/count_tokens" if count else "/v1/messages"
+    response = requests.post(
+        runtime.base_url + "/_offline/anthropic" + path,
+        json=document,
+        headers={"x-api-key": "offline-local-key"},
+        timeout=30,
+    )
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["error"]["type"] == "invalid_request_error"

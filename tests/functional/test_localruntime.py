@@ -16,6 +16,8 @@ import requests
 from appwrite.models.execution import Execution as ExecutionModel
 from appwrite.models.session import Session as SessionModel
 from appwrite.models.user import User as UserModel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from metering.adapters.sqlite_store import SQLiteStore
 from metering.plans import load_default_plans
 from metering.service import get_or_create_account
@@ -530,3 +532,60 @@ def test_an_unknown_api_route_is_404_general_route_not_found(client: AppwriteHtt
 def test_data_stays_in_the_data_folder(runtime: Runtime) -> None:
     names = {path.name for path in Path(runtime.data_dir).iterdir()}
     assert {"auth.sqlite3", "metering.sqlite3"} <= names
+
+
+# -- malformed input ---------------------------------------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_param_names = st.sampled_from(
+    ["userId", "email", "password", "name", "body", "async", "path", "method", "headers",
+     "duration", "scheduledAt"]
+)  # fmt: skip
+_bodies = (
+    st.dictionaries(_param_names | st.text(max_size=8), _json_values, max_size=6).map(
+        lambda d: json.dumps(d).encode()
+    )
+    | _json_values.map(lambda v: json.dumps(v).encode())
+    | st.binary(max_size=64)
+)
+_routes = st.sampled_from(
+    [
+        "/account",
+        "/account/sessions/email",
+        "/account/jwts",
+        "/functions/probe-users/executions",
+        "/functions/usage/executions",
+        "/functions/nope/executions",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def fallback_session(runtime: Runtime) -> str:
+    """The fallback-cookie header of a logged-in user, so that fuzzed calls reach executions."""
+    client = AppwriteHttp(runtime.base_url)
+    address = email()
+    client.sign_up(address)
+    return client.log_in(address).headers["X-Fallback-Cookies"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(route=_routes, body=_bodies)
+def test_no_malformed_api_call_is_a_server_error(
+    runtime: Runtime, fallback_session: str, route: str, body: bytes
+) -> None:
+    response = requests.post(
+        f"{runtime.base_url}/v1{route}",
+        data=body,
+        headers={"X-Appwrite-Project": "local", "X-Fallback-Cookies": fallback_session},
+        timeout=60,
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()) == APPWRITE_ERROR_KEYS
