@@ -125,16 +125,14 @@ class FunctionRunner:
         host: str,
         port: int,
         timeout: float,
-        environ: Callable[[str], Any],
     ) -> None:
         self.specs = specs
         self._host = host
         self._port = port
         self._timeout = timeout
-        # Runs the cold start of a function with its own environment in place.
-        self._environ = environ
         self._mains: dict[str, Callable[[RuntimeContext], Any]] = {}
         self._load_lock = threading.Lock()
+        self._function_locks: dict[str, threading.Lock] = {}
 
     def cold_reset(self) -> None:
         """Forget every loaded function: the next execution imports it afresh."""
@@ -144,12 +142,13 @@ class FunctionRunner:
                 loader.unload_function(function_id)
 
     def main_of(self, spec: FunctionSpec) -> Callable[[RuntimeContext], Any]:
+        # One lock per function: a slow cold start of one does not hold up the others.
         with self._load_lock:
+            lock = self._function_locks.setdefault(spec.id, threading.Lock())
+        with lock:
             main = self._mains.get(spec.id)
             if main is None:
-                with self._environ(spec.id):
-                    module = loader.load_function(spec.id, spec.folder.parent)
-                main = module.main
+                main = loader.load_function(spec.id, spec.folder.parent).main
                 self._mains[spec.id] = main
             return main
 

@@ -13,8 +13,7 @@ import mimetypes
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -102,7 +101,6 @@ class Runtime:
                 host=self.public_host,
                 port=self.port,
                 timeout=self.settings.sync_timeout_seconds,
-                environ=self._cold_start_environ,
             )
             self.api = AppwriteSurface(
                 auth=self.auth,
@@ -188,7 +186,11 @@ class Runtime:
         return self.settings.cron_schedule or spec.schedule
 
     def function_environment(self) -> dict[str, str | None]:
-        """What every function finds in its environment (None: unset)."""
+        """What every function finds in its environment (None: unset).
+
+        The functions share this process, so per-function variables such as
+        ``APPWRITE_FUNCTION_ID`` cannot differ between them and are not set.
+        """
         settings = self.settings
         env: dict[str, str | None] = {
             "METERING_STORE": "sqlite",
@@ -221,21 +223,6 @@ class Runtime:
             for key, value in self._saved_environ.items():
                 _set_env(key, value)
             self._saved_environ.clear()
-
-    @contextmanager
-    def _cold_start_environ(self, function_id: str) -> Iterator[None]:
-        """The per-function variables, in place while the function is imported."""
-        own = {"APPWRITE_FUNCTION_ID": function_id, "APPWRITE_FUNCTION_NAME": function_id}
-        with self._env_lock:
-            saved = {key: os.environ.get(key) for key in own}
-            for key, value in own.items():
-                _set_env(key, value)
-        try:
-            yield
-        finally:
-            with self._env_lock:
-                for key, previous in saved.items():
-                    _set_env(key, previous)
 
     # -- the cron ------------------------------------------------------------------------------
 
