@@ -42,15 +42,21 @@ SETTINGS = ChatSettings(
 QUESTION = ChatRequest(messages=(Message.text("user", "How many tokens do I have left?"),))
 
 
+def _single() -> list[Outcome]:
+    return [text_reply("Hello.", input_tokens=30, output_tokens=20)]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     replies: Callable[[], list[Outcome]]
     at_limit: bool = False
+    # Counted: the second send of a request that completed (same requestId, e.g. a client retry).
+    retry: bool = False
 
 
 SCENARIOS = (
-    Scenario("single step", lambda: [text_reply("Hello.", input_tokens=30, output_tokens=20)]),
+    Scenario("single step", _single),
     Scenario(
         "3-step tool loop",
         lambda: [
@@ -60,6 +66,7 @@ SCENARIOS = (
         ],
     ),
     Scenario("refused at the limit (429)", list, at_limit=True),
+    Scenario("retry of a completed request", _single, retry=True),
 )
 
 
@@ -70,6 +77,7 @@ class Counts:
     store_calls: float
     http_requests: float | None
     by_method: dict[str, float]
+    model_calls: float
 
 
 @dataclass(frozen=True)
@@ -101,22 +109,27 @@ def _measure(
     users: list[str],
     store_for: Callable[[], object],
     http_requests: Callable[[], int | None],
-    run: Callable[[object, FakeAnthropic, str], None],
+    run: Callable[[object, FakeAnthropic, ChatRequest, str], None],
 ) -> Counts:
     counter = CallCounter()
-    http_before = http_requests()
+    http = 0
+    model_calls = 0
     for user_id in users:
+        request = replace(QUESTION, request_id=f"req-{user_id}")
+        if scenario.retry:
+            run(store_for(), FakeAnthropic().then(*scenario.replies()), request, user_id)
         fake = FakeAnthropic().then(*scenario.replies())
-        run(CountingProxy(store_for(), counter), fake, user_id)
-    http_after = http_requests()
+        before = http_requests()
+        run(CountingProxy(store_for(), counter), fake, request, user_id)
+        after = http_requests()
+        http += 0 if before is None or after is None else after - before
+        model_calls += len(fake.requests)
     requests = len(users)
-    http = None
-    if http_before is not None and http_after is not None:
-        http = (http_after - http_before) / requests
     return Counts(
         store_calls=counter.total / requests,
-        http_requests=http,
+        http_requests=None if http_requests() is None else http / requests,
         by_method={name: count / requests for name, count in sorted(counter.calls.items())},
+        model_calls=model_calls / requests,
     )
 
 
@@ -124,7 +137,7 @@ def _model(fake: FakeAnthropic) -> AnthropicModel:
     return AnthropicModel.connect("sk-ant-bench", max_retries=0, http_client=fake.client())
 
 
-def _run_ours(store: object, fake: FakeAnthropic, user_id: str) -> None:
+def _run_ours(store: object, fake: FakeAnthropic, request: ChatRequest, user_id: str) -> None:
     service = ChatService(
         store=cast(UsageStore, store),
         model=_model(fake),
@@ -134,12 +147,13 @@ def _run_ours(store: object, fake: FakeAnthropic, user_id: str) -> None:
         new_request_id=lambda: uuid.uuid4().hex,
     )
     with suppress(TokenLimitExceeded):
-        service.handle(user_id, QUESTION, datetime.now(UTC))
+        service.handle(user_id, request, datetime.now(UTC))
 
 
-def _run_seed(store: object, fake: FakeAnthropic, user_id: str) -> None:
+def _run_seed(store: object, fake: FakeAnthropic, request: ChatRequest, user_id: str) -> None:
+    # The seed has no idempotency key: a retry is one more request.
     tool = usage_tool(cast(UsageStore, None)).spec
-    seed_chat(cast(SeedStore, store), _model(fake), SETTINGS, user_id, QUESTION, tool=tool)
+    seed_chat(cast(SeedStore, store), _model(fake), SETTINGS, user_id, request, tool=tool)
 
 
 @contextmanager
@@ -204,10 +218,24 @@ def render(rows: list[Row]) -> str:
             "-" if seed_http is None else _number(seed_http),
             "-" if ours_http is None or seed_http is None else ratio(ours_http, seed_http),
         )
-    methods = Table(["request", "ours: calls by method", "seed: calls by method"])
+    methods = Table(
+        [
+            "request",
+            "ours: store calls by method",
+            "seed: store calls by method",
+            "ours: model calls",
+            "seed: model calls",
+        ]
+    )
     for row in rows:
         if row.backend == "SQLite":
-            methods.add(row.scenario, _methods(row.ours.by_method), _methods(row.seed.by_method))
+            methods.add(
+                row.scenario,
+                _methods(row.ours.by_method),
+                _methods(row.seed.by_method),
+                _number(row.ours.model_calls),
+                _number(row.seed.model_calls),
+            )
     return table.render() + "\n\n" + methods.render()
 
 

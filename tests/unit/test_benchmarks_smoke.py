@@ -10,13 +10,15 @@ from benchmarks.common import Table, ratio
 
 def test_store_calls_count_one_reservation_and_settlement_per_model_call() -> None:
     """Ours reserves once per model call and releases at most once per call; a refused request
-    writes nothing; the seed rewrites the counter once per call; HTTP is counted on Appwrite."""
+    and a retry only read, and a retry calls no model; the seed rewrites the counter once per
+    call and runs a retry again; HTTP is counted on Appwrite only."""
     rows = {(row.scenario, row.backend): row for row in store_calls.measure(requests=1)}
-    assert len(rows) == 6
+    assert len(rows) == 8
     for backend in ("SQLite", "Appwrite emulator"):
         single = rows[("single step", backend)]
         loop = rows[("3-step tool loop", backend)]
         refused = rows[("refused at the limit (429)", backend)]
+        retry = rows[("retry of a completed request", backend)]
         assert single.ours.by_method["reserve"] == 1
         assert single.ours.by_method["create_ledger"] == 1
         assert single.ours.by_method["update_ledger"] == 1
@@ -24,11 +26,15 @@ def test_store_calls_count_one_reservation_and_settlement_per_model_call() -> No
         assert loop.ours.by_method["release"] <= 3
         assert single.seed.by_method == {"read_usage": 1, "read_used": 1, "write_used": 1}
         assert loop.seed.by_method["write_used"] == 3
-        assert all(name.startswith(("get_", "find_")) for name in refused.ours.by_method)
+        for reads_only in (refused, retry):
+            assert all(name.startswith(("get_", "find_")) for name in reads_only.ours.by_method)
+        assert (single.ours.model_calls, loop.ours.model_calls, retry.ours.model_calls) == (1, 3, 0)
+        assert retry.seed.model_calls == 1
+        assert retry.seed.by_method["write_used"] == 1
         assert refused.seed.by_method == {"read_usage": 1}
-        http = [row.ours.http_requests for row in (single, loop, refused)]
+        http = [row.ours.http_requests for row in (single, loop, refused, retry)]
         if backend == "SQLite":
-            assert http == [None, None, None]
+            assert http == [None, None, None, None]
         else:
             assert all(count is not None and count >= 1 for count in http)
             assert single.seed.http_requests == 3
