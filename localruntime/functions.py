@@ -4,7 +4,6 @@ per runtime, the synchronous time limit, and the execution object clients read."
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -18,8 +17,6 @@ from urllib.parse import urlsplit
 from . import loader
 from .context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from .wire import Headers, timestamp
-
-log = logging.getLogger("localruntime")
 
 # Appwrite's defaults for the functions when appwrite.json does not say otherwise.
 DEFAULT_EXECUTE: Mapping[str, tuple[str, ...]] = {
