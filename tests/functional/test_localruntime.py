@@ -40,7 +40,7 @@ APPWRITE_ERROR_KEYS = {"message", "code", "type", "version"}
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     root = tmp_path_factory.mktemp("localruntime")
     functions = {**project_functions(), **probe_functions(root / "functions")}
-    with running(root / "data", functions=functions) as started:
+    with running(root / "data", functions=functions, warm=True) as started:
         yield started
 
 

@@ -28,7 +28,9 @@ QUESTION = "Tell me something about budgeting for a small household, in a few se
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    with running(tmp_path_factory.mktemp("concurrency"), functions=project_functions()) as started:
+    with running(
+        tmp_path_factory.mktemp("concurrency"), functions=project_functions(), warm=True
+    ) as started:
         yield started
 
 
