@@ -53,10 +53,11 @@ def built_page() -> None:
     assert build_web.main([]) == 0, "building web/ failed: see the output above"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def runtime(tmp_path_factory: pytest.TempPathFactory, built_page: None) -> Iterator[Runtime]:
-    """One runtime (offline model, no cron) for the whole suite, on a fresh data folder; each
-    test works with users of its own."""
+    """One runtime (offline model, no cron) for the browser tests, on a fresh data folder; each
+    test works with users of its own. Package scope: the runtime sets the functions' variables in
+    the process environment while it runs, so it must stop before other suites start."""
     with running(tmp_path_factory.mktemp("browser-runtime")) as started:
         yield started
 

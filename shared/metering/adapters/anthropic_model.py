@@ -33,6 +33,9 @@ from ..tokens import TokenUsage
 _RETRY_LATER_STATUSES = frozenset({408, 409, 429})
 
 
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
 class AnthropicModel:
     """A ``ModelClient`` over one SDK client, built once per cold start and reused."""
 
@@ -52,7 +55,8 @@ class AnthropicModel:
         """``http_client`` (an ``httpx2.Client``) is where tests put a fake transport."""
         client = anthropic.Anthropic(
             api_key=api_key,
-            base_url=base_url,
+            # Explicit, so that the SDK never reads ANTHROPIC_BASE_URL behind the configuration.
+            base_url=base_url or DEFAULT_BASE_URL,
             timeout=timeout_seconds,
             max_retries=max_retries,
             http_client=http_client,
