@@ -24,8 +24,13 @@ BENCHMARKS: dict[str, tuple[str, Callable[[bool], str]]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
-    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], help="benchmarks to run")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)}"
+    )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
     # The cold-start benchmark imports the functions' vendored copies: make them current.
     with contextlib.redirect_stdout(sys.stderr):
