@@ -45,6 +45,8 @@ from .tokens import TokenUsage
 
 Json = dict[str, Any]
 _PICO_PER_MICRO = 1_000_000
+# Attempts to reserve a call when concurrent requests keep taking the room it was planned from.
+RESERVE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +217,11 @@ class ChatService:
                     run.truncated = True
                     return
                 budget = next_budget
-            if not self._reserve(run, budget, first_call=step == 0):
+            reserved = self._reserve(run, request, budget, first_call=step == 0)
+            if reserved is None:
                 run.truncated = True
                 return
+            budget = reserved
             reply = self.model.complete(replace(request, max_tokens=budget.max_tokens))
             self._settle(run, reply, now)
             run.texts.extend(b.text for b in reply.blocks if isinstance(b, TextBlock) and b.text)
@@ -260,17 +264,29 @@ class ChatService:
         exact = self.model.count_tokens(request)
         return budget_call(remaining, exact, settings.max_tokens, settings.min_output_tokens)
 
-    def _reserve(self, run: _Run, budget: CallBudget, *, first_call: bool) -> bool:
-        try:
-            used = self.store.reserve(run.user_id, run.request_id, budget.reserve_tokens, run.limit)
-        except LimitReached:
-            if first_call:
-                account = self._account(run.user_id)
-                raise TokenLimitExceeded(usage=usage_stats(account)) from None
-            return False
-        run.held = budget.reserve_tokens
-        run.remaining = max(0, run.limit - used)
-        return True
+    def _reserve(
+        self, run: _Run, request: ModelRequest, budget: CallBudget, *, first_call: bool
+    ) -> CallBudget | None:
+        """Reserve ``budget``, or a smaller one when concurrent requests took the room it was
+        planned from: re-plan from the fresh balance a few times before giving up."""
+        for _ in range(RESERVE_ATTEMPTS):
+            try:
+                used = self.store.reserve(
+                    run.user_id, run.request_id, budget.reserve_tokens, run.limit
+                )
+            except LimitReached:
+                fresh = self._account(run.user_id)
+                smaller = self._budget(request, max(0, run.limit - fresh.current_tokens_used))
+                if smaller is None:
+                    break
+                budget = smaller
+                continue
+            run.held = budget.reserve_tokens
+            run.remaining = max(0, run.limit - used)
+            return budget
+        if first_call:
+            raise TokenLimitExceeded(usage=usage_stats(self._account(run.user_id)))
+        return None
 
     def _settle(self, run: _Run, reply: ModelReply, now: datetime) -> None:
         usage = reply.usage if reply.usage.steps else replace(reply.usage, steps=1)

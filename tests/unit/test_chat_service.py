@@ -321,3 +321,38 @@ def test_losing_the_race_for_a_request_id_answers_the_winners_reply(store: SQLit
     assert result.usage.total_tokens == 100
     assert loser_model.requests == []
     assert used(store, "u") == 100
+
+
+@dataclass
+class RoomTakingStore:
+    """A store where a concurrent request takes ``taken`` tokens just before the first
+    reservation, so the room the call was planned from is gone when it reserves."""
+
+    inner: SQLiteStore
+    taken: int
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+        if self.taken:
+            taken, self.taken = self.taken, 0
+            other = LedgerEntry("other", user_id, LedgerStatus.RESERVED, MODEL, NOW, NOW, NOW)
+            self.inner.create_ledger(other)
+            self.inner.reserve(user_id, "other", taken, limit)
+        return self.inner.reserve(user_id, request_id, tokens, limit)
+
+
+def test_a_reservation_that_loses_a_race_is_replanned_smaller_instead_of_refused(
+    store: SQLiteStore,
+) -> None:
+    """Room taken by a concurrent request shrinks max_tokens; it does not turn into a 429."""
+    seed(store, "u", 2_000)
+    model = ScriptedModel([Step(input_tokens=40, output_tokens=10)])
+    racing = RoomTakingStore(store, taken=1_500)
+
+    result = service(racing, model, max_steps=1).handle("u", ask("r1"), NOW)  # type: ignore[arg-type]
+
+    assert result.usage.total_tokens == 50
+    assert model.requests[0].max_tokens < SETTINGS.max_tokens
+    assert used(store, "u") == 1_500 + 50
