@@ -42,6 +42,7 @@ def banner(runtime: Runtime) -> str:
     ]
     lines += [
         f"    {demo.email:<24} {demo.plan:<9} {demo.tokens_per_month:>9,} tokens/month"
+        f"   user id {demo.user_id}"
         for demo in runtime.demo_accounts
     ]
     lines += [

@@ -18,8 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from calendar import monthrange
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from localruntime.settings import DEV_WEBHOOK_SECRET
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = ROOT / "tests" / "fixtures" / "stripe"
 DEFAULT_URL = "http://127.0.0.1:8000/functions/stripe-webhook"
-PERIOD = timedelta(days=30)
 
 Event = dict[str, Any]
 
@@ -269,13 +269,19 @@ def dev_ids(user_id: str) -> tuple[str, str]:
     return f"cus_dev{digest}", f"sub_dev{digest}"
 
 
+def one_month_later(moment: datetime) -> datetime:
+    """The same day next month, clamped to its last day, as Stripe bills monthly prices."""
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return moment.replace(year=year, month=month, day=min(moment.day, monthrange(year, month)[1]))
+
+
 def scenario_events(
     scenario: str, user_id: str, plan: str, tokens: int, now: datetime
 ) -> list[Event]:
     """The events Stripe sends for one user action, in the order it sends them."""
     customer, subscription = dev_ids(user_id)
     stamp = _ts(now)
-    period = (now, now + PERIOD)
+    period = (now, one_month_later(now))
     ids: dict[str, Any] = {"customer_id": customer, "subscription_id": subscription}
     if scenario == "subscribe":
         return [
