@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 from .metering.adapters.anthropic_model import AnthropicModel
 from .metering.adapters.appwrite_account import AppwriteAccountVerifier
 from .metering.chat import ChatSettings
+from .metering.coldstart import ColdStart
 from .metering.config import EnvReader, Secret, StoreSettings
 from .metering.errors import ConfigurationError
 from .metering.identity import CachedVerifier
@@ -131,21 +131,8 @@ def build(
     )
 
 
-_app: ChatApp | None = None
-_lock = threading.Lock()
-
-
-def current() -> ChatApp:
-    """The app of this cold start, built from the process environment on first use."""
-    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
-    with _lock:
-        if _app is None:
-            _app = build(os.environ)
-        return _app
-
-
-def install(app: ChatApp | None) -> None:
-    """Replace the app (tests build one from a dict and fake transports)."""
-    global _app  # noqa: PLW0603
-    with _lock:
-        _app = app
+_cold_start: ColdStart[ChatApp] = ColdStart(lambda: build(os.environ))
+# The app of this cold start, built from the process environment on first use.
+current = _cold_start.current
+# Tests build an app from a dict and fake transports, and install it.
+install = _cold_start.install

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any
 
 from .metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
 from .metering.billing import BillingProvider
+from .metering.coldstart import ColdStart
 from .metering.config import EnvReader, StoreSettings
 from .metering.plans import PlanCatalog, load_default_plans
 
@@ -54,24 +54,12 @@ def build(
     )
 
 
-_app: WebhookApp | None = None
-_build: Callable[[], WebhookApp] = functools.partial(build, os.environ)
-_lock = threading.Lock()
-
-
-def current() -> WebhookApp:
-    """The app of this cold start, built on first use (from the process environment)."""
-    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
-    with _lock:
-        if _app is None:
-            _app = _build()
-        return _app
+_cold_start: ColdStart[WebhookApp] = ColdStart(functools.partial(build, os.environ))
+# The app of this cold start, built from the process environment on first use.
+current = _cold_start.current
 
 
 def configure(environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
     """Start cold again, building from ``environ`` (tests pass a dict; None: the process's)."""
-    global _app, _build  # noqa: PLW0603
     source = os.environ if environ is None else environ
-    with _lock:
-        _app = None
-        _build = functools.partial(build, source, **overrides)
+    _cold_start.rebuild_with(functools.partial(build, source, **overrides))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .metering.adapters.appwrite_account import AppwriteAccountVerifier
+from .metering.coldstart import ColdStart
 from .metering.config import EnvReader, StoreSettings
 from .metering.identity import CachedVerifier
 from .metering.plans import PlanCatalog, load_default_plans
@@ -44,21 +44,8 @@ def build(
     )
 
 
-_app: UsageApp | None = None
-_lock = threading.Lock()
-
-
-def current() -> UsageApp:
-    """The app of this cold start, built from the process environment on first use."""
-    global _app  # noqa: PLW0603 -- module state is what persists across warm executions
-    with _lock:
-        if _app is None:
-            _app = build(os.environ)
-        return _app
-
-
-def install(app: UsageApp | None) -> None:
-    """Replace the app (tests build one from a dict)."""
-    global _app  # noqa: PLW0603
-    with _lock:
-        _app = app
+_cold_start: ColdStart[UsageApp] = ColdStart(lambda: build(os.environ))
+# The app of this cold start, built from the process environment on first use.
+current = _cold_start.current
+# Tests build an app from a dict, and install it.
+install = _cold_start.install
