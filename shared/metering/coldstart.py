@@ -1,12 +1,18 @@
-"""The wiring of one cold start: built once on first use, kept across warm executions."""
+"""The wiring of one cold start: built once on first use, kept across warm executions, and the
+real clock the wiring injects into the domain."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ColdStart(Generic[T]):

@@ -6,13 +6,13 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .metering.adapters.anthropic_model import AnthropicModel
 from .metering.adapters.appwrite_account import AppwriteAccountVerifier
 from .metering.chat import ChatSettings
-from .metering.coldstart import ColdStart
+from .metering.coldstart import ColdStart, utc_now
 from .metering.config import EnvReader, Secret, StoreSettings
 from .metering.errors import ConfigurationError
 from .metering.identity import CachedVerifier
@@ -88,10 +88,6 @@ class ChatApp:
     prices: PriceTable
     clock: Callable[[], datetime]
     new_request_id: Callable[[], str]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_request_id() -> str:

@@ -6,11 +6,11 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .metering.billing import BillingProvider
-from .metering.coldstart import ColdStart
+from .metering.coldstart import ColdStart, utc_now
 from .metering.config import EnvReader, StoreSettings
 from .metering.maintenance import MaintenanceSettings
 
@@ -22,10 +22,6 @@ class CronApp:
     # None without STRIPE_SECRET_KEY: missed renewals are then not looked up (the summary says so).
     billing: BillingProvider | None
     clock: Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def build(

@@ -6,12 +6,12 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
 from .metering.billing import BillingProvider
-from .metering.coldstart import ColdStart
+from .metering.coldstart import ColdStart, utc_now
 from .metering.config import EnvReader, StoreSettings
 from .metering.plans import PlanCatalog, load_default_plans
 
@@ -24,10 +24,6 @@ class WebhookApp:
     billing: BillingProvider | None
     plans: PlanCatalog
     clock: Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def build(

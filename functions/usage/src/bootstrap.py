@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from .metering.adapters.appwrite_account import AppwriteAccountVerifier
-from .metering.coldstart import ColdStart
+from .metering.coldstart import ColdStart, utc_now
 from .metering.config import EnvReader, StoreSettings
 from .metering.identity import CachedVerifier
 from .metering.plans import PlanCatalog, load_default_plans
@@ -21,10 +21,6 @@ class UsageApp:
     verifier: IdentityVerifier
     plans: PlanCatalog
     clock: Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def build(

@@ -26,7 +26,14 @@ from ..config import StoreSettings
 from ..errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
 from ..ledger import LedgerEntry, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
-from ..ports import AccountPatch, AccountQuery, ClaimOutcome, LedgerPatch, Page
+from ..ports import (
+    ACCOUNT_PATCH_COLUMNS,
+    AccountPatch,
+    AccountQuery,
+    ClaimOutcome,
+    LedgerPatch,
+    Page,
+)
 from ..schema import (
     ColumnSpec,
     CreateColumn,
@@ -55,19 +62,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PENDING = "pending"
 DONE = "done"
 
-_ACCOUNT_COLUMNS: dict[str, str] = {
-    "plan": "plan",
-    "status": "status",
-    "max_tokens_per_month": "maxTokensPerMonth",
-    "addon_tokens": "addonTokens",
-    "stripe_customer_id": "stripeCustomerId",
-    "stripe_subscription_id": "stripeSubscriptionId",
-    "stripe_updated_at": "stripeUpdatedAt",
-    "period_start": "periodStart",
-    "period_end": "periodEnd",
-    "storage_bytes_limit": "storageBytesLimit",
-    "bank_connections_limit": "bankConnectionsLimit",
-}
+_ACCOUNT_COLUMNS = ACCOUNT_PATCH_COLUMNS
 
 
 def row_key(key: str) -> str:

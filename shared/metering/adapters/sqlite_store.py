@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,14 @@ from ..errors import (
     StoreError,
 )
 from ..ledger import LedgerEntry, LedgerStatus
-from ..ports import AccountPatch, AccountQuery, ClaimOutcome, LedgerPatch, Page
+from ..ports import (
+    ACCOUNT_PATCH_COLUMNS,
+    AccountPatch,
+    AccountQuery,
+    ClaimOutcome,
+    LedgerPatch,
+    Page,
+)
 from ..timeutil import format_timestamp, parse_timestamp
 from ..tokens import TokenUsage
 
@@ -95,20 +102,7 @@ CREATE TABLE IF NOT EXISTS stripe_events (
 );
 """
 
-# Account field -> column, for the plain fields an AccountPatch may set.
-_ACCOUNT_COLUMNS: Mapping[str, str] = {
-    "plan": "plan",
-    "status": "status",
-    "max_tokens_per_month": "maxTokensPerMonth",
-    "addon_tokens": "addonTokens",
-    "stripe_customer_id": "stripeCustomerId",
-    "stripe_subscription_id": "stripeSubscriptionId",
-    "stripe_updated_at": "stripeUpdatedAt",
-    "period_start": "periodStart",
-    "period_end": "periodEnd",
-    "storage_bytes_limit": "storageBytesLimit",
-    "bank_connections_limit": "bankConnectionsLimit",
-}
+_ACCOUNT_COLUMNS = ACCOUNT_PATCH_COLUMNS
 
 _PENDING = "pending"
 _DONE = "done"
