@@ -92,12 +92,11 @@ class LatencyModel:
     def complete(self, request: ModelRequest) -> ModelReply:
         with self._lock:
             delay = self._random.uniform(*self.latency_ms) / 1000
-            share = self._random.uniform(0.3, 0.6)
             wanted = self._random.randint(*self.output_tokens)
         time.sleep(delay)
         output = min(wanted, request.max_tokens)
         usage = TokenUsage(
-            input_tokens=max(1, int(request_input_bound(request) * share)),
+            input_tokens=self.count_tokens(request),
             output_tokens=output,
             steps=1,
         )
@@ -105,6 +104,7 @@ class LatencyModel:
         return ModelReply(blocks=(TextBlock("ok"),), stop_reason=stop, usage=usage, model=MODEL)
 
     def count_tokens(self, request: ModelRequest) -> int:
+        # The provider bills exactly what its counting endpoint says, well under the local bound.
         return max(1, request_input_bound(request) // 2)
 
 
