@@ -5,6 +5,7 @@ Pure: reads both API shapes (2025-03-31+ and older), no I/O; product metadata is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,8 @@ ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 RESETTABLE_STATUSES = frozenset({"active", "trialing"})
 RESET_BILLING_REASONS = frozenset({"subscription_cycle", "subscription_create"})
 PLAN_KEYS = ("tokens_per_month", "plan", "addon_tokens")
+# Appwrite's user id rule: a checkout naming anything else can never belong to a user.
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,35}")
 
 
 class AccountNotLinked(InternalError):
@@ -326,7 +329,10 @@ def _line_is_subscription(line: Json) -> bool:
     parent = _mapping(line.get("parent"))
     if parent:
         return parent.get("type") == "subscription_item_details"
-    return line.get("type") == "subscription" or line.get("subscription") is not None
+    # Older shape: one-off invoice items of the subscription (type "invoiceitem") also name it.
+    if "type" in line:
+        return line.get("type") == "subscription"
+    return line.get("subscription") is not None
 
 
 def _line_is_proration(line: Json) -> bool:
@@ -396,6 +402,8 @@ def _checkout(session: Json, kind: str) -> Command:
     user_id = session.get("client_reference_id")
     if not isinstance(user_id, str) or not user_id:
         return Ignore(kind, "checkout without client_reference_id")
+    if not USER_ID.fullmatch(user_id):
+        return Ignore(kind, "client_reference_id is not a user id")
     customer_id = _id_of(session.get("customer"))
     topup = _metadata(session.get("metadata")).get("topup_tokens")
     paid = session.get("payment_status") in ("paid", "no_payment_required")

@@ -296,6 +296,21 @@ def test_unknown_event_type_is_acknowledged_and_changes_nothing(webhook: Webhook
     assert '"outcome":"ignored"' in result.logs[-1]
 
 
+@pytest.mark.parametrize("kind", ["subscription", "topup"])
+def test_checkout_naming_no_possible_user_is_acknowledged_and_creates_no_account(
+    webhook: Webhook, kind: str
+) -> None:
+    event = retarget(load_event(f"checkout.session.completed.{kind}"), customer_id=CUSTOMER)
+    event["data"]["object"]["client_reference_id"] = "order-" + "9" * 40  # not a user id
+
+    first, retry = webhook.deliver(event), webhook.deliver(event)
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert '"outcome":"ignored"' in first.logs[-1]
+    assert '"outcome":"duplicate"' in retry.logs[-1]
+    assert row_counts(webhook.db_path)["subscriptions"] == 0
+
+
 def test_each_outcome_is_one_log_line_with_event_id_and_type(webhook: Webhook) -> None:
     event = checkout()
 

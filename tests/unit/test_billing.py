@@ -90,6 +90,20 @@ def test_checkout_without_client_reference_id_is_ignored() -> None:
     assert isinstance(parse_command(event_header(event), PLANS), Ignore)
 
 
+@pytest.mark.parametrize(
+    "reference",
+    ["u" * 37, "user ada", "user/ada", "_ada", "ada\n", "usér"],
+)
+def test_checkout_whose_client_reference_id_cannot_be_a_user_id_is_ignored(reference: str) -> None:
+    for name in ("checkout.session.completed.subscription", "checkout.session.completed.topup"):
+        event = load_event(name)
+        event["data"]["object"]["client_reference_id"] = reference
+
+        command = parse_command(event_header(event), PLANS)
+
+        assert command == Ignore(event["type"], "client_reference_id is not a user id")
+
+
 @pytest.mark.parametrize("kind", ["created", "updated"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_subscription_event_sets_plan_addons_status_and_period(shape: str, kind: str) -> None:
@@ -208,6 +222,25 @@ def test_service_period_skips_proration_lines() -> None:
         },
     }
     invoice["lines"]["data"].append(proration)
+
+    assert service_period(invoice) == (at(2025, 9, 1), at(2025, 10, 1))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_service_period_of_a_legacy_invoice_ignores_one_off_items_of_the_subscription(
+    first: bool,
+) -> None:
+    invoice = load_event("invoice.paid.legacy")["data"]["object"]
+    line = invoice["lines"]["data"][0]
+    start = line["period"]["start"]
+    # A setup fee billed with the subscription: its own line, one instant as its period.
+    fee = {
+        **line,
+        "type": "invoiceitem",
+        "invoice_item": "ii_setup_fee",
+        "period": {"start": start, "end": start},
+    }
+    invoice["lines"]["data"] = [fee, line] if first else [line, fee]
 
     assert service_period(invoice) == (at(2025, 9, 1), at(2025, 10, 1))
 
