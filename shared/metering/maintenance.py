@@ -109,9 +109,10 @@ class Maintenance:
             summary.stripe_lookups = "skipped: STRIPE_SECRET_KEY is not set"
         try:
             self._demo_rollovers(now, summary)
+            # Store-only steps first: slow Stripe look-ups must not starve the reclaim.
+            self._reclaim_reservations(now, summary)
             if self.billing is not None:
                 self._missed_renewals(now, self.billing, summary)
-            self._reclaim_reservations(now, summary)
             self._reconcile(summary)
         except _OutOfTime:
             summary.complete = False

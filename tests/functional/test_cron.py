@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -212,6 +213,29 @@ def test_stops_before_its_time_budget_and_the_next_run_resumes(cron: Cron) -> No
     assert 0 < first["demoResets"] < 12
     assert sum(run["demoResets"] for run in runs) == 12
     assert all(cron.account(f"u{i:02d}").lifetime_tokens_used == 1 for i in range(12))
+
+
+@responses.activate
+def test_slow_stripe_lookups_do_not_starve_the_reclaim_of_crashed_reservations(
+    cron: Cron,
+) -> None:
+    for index in range(10):
+        subscribed(cron, f"s{index}", used=1)
+    responses.get(
+        re.compile(rf"{STRIPE_API}/v1/subscriptions/sub_s\d"),
+        json=stripe_subscription("s0", SUB_PERIOD),
+    )
+    demo(cron, "u1", at(2025, 2, 1))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+    hold(cron.store, "u1", "crashed", 400, cron.clock.now - timedelta(minutes=20))
+    cron.clock = TickingClock(cron.clock.now, step=timedelta(seconds=1))
+
+    summary = cron.run(CRON_TIME_BUDGET_SECONDS="5", **STRIPE).json()
+
+    assert summary["complete"] is False
+    assert summary["subscriptions"]["checked"] < 10
+    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 400}
+    assert cron.account("u1").current_tokens_used == 0
 
 
 class TickingClock(FakeClock):
