@@ -167,10 +167,13 @@ class ChatService:
             raise RequestInProgress("a request with this requestId is still running")
         try:
             self._loop(run, first, budget, now)
+            # Inside: a reply that cannot be recorded is abandoned like a failed step, so the
+            # completed steps stay charged instead of waiting for the cron to give them back.
+            message = self._record(run, now)
         except BaseException:
             self._abandon(run, now)
             raise
-        return self._finish(run, now)
+        return self._answer(run, message)
 
     # -- idempotency ---------------------------------------------------------------------------
 
@@ -334,7 +337,8 @@ class ChatService:
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _finish(self, run: _Run, now: datetime) -> ChatResult:
+    def _record(self, run: _Run, now: datetime) -> Json:
+        """Settle the ledger entry with the reply, which a retry with the same id replays."""
         usage = run.usage
         message: Json = {
             "role": "assistant",
@@ -364,9 +368,12 @@ class ChatService:
                 "updated_at": now,
             },
         )
+        return message
+
+    def _answer(self, run: _Run, message: Json) -> ChatResult:
         account = self._account(run.user_id)
         body = {"message": message, "usage": usage_stats(account)}
-        return ChatResult(body, run.request_id, usage, run.truncated)
+        return ChatResult(body, run.request_id, run.usage, run.truncated)
 
     def _abandon(self, run: _Run, now: datetime) -> None:
         """After a failure: give back what is held and keep only completed steps charged.
