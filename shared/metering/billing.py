@@ -454,6 +454,12 @@ def decide_subscription(account: Account, command: SetSubscription) -> AccountPa
     """Set state from the subscription object; an update older than the one applied loses."""
     if command.created < account.stripe_updated_at:
         return {}
+    # A second subscription that grants nothing (e.g. its first payment failed) must not take
+    # the account away from the one it follows: its later expiry would then end the paid plan.
+    if command.status not in GRANTING_STATUSES and not _may_follow(
+        account, command.subscription_id
+    ):
+        return {}
     patch: AccountPatch = {
         "status": command.status,
         "stripe_subscription_id": command.subscription_id,

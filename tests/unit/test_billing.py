@@ -364,6 +364,23 @@ def test_incomplete_subscription_is_recorded_without_granting_the_plan() -> None
     assert "max_tokens_per_month" not in patch
 
 
+def test_an_unpaid_second_subscription_does_not_take_the_account_from_the_paid_one() -> None:
+    paid = account(stripe_updated_at=100)
+    second = SetSubscription("sub_new", CUS, "pro", 200_000, 0, "incomplete", None, None, 101)
+
+    assert decide_subscription(paid, second) == {}
+    # Its expiry later is then not the account's subscription ending either.
+    assert decide_cancel(paid, CancelSubscription("sub_new", CUS, 102), PLANS) == {}
+
+
+def test_a_paid_second_subscription_takes_the_account_over() -> None:
+    second = SetSubscription("sub_new", CUS, "pro", 200_000, 0, "active", None, None, 101)
+
+    patch = decide_subscription(account(stripe_updated_at=100), second)
+
+    assert (patch["stripe_subscription_id"], patch["plan"]) == ("sub_new", "pro")
+
+
 def test_cancel_returns_to_the_default_plan_and_clears_the_subscription() -> None:
     patch = decide_cancel(account(addon_tokens=9), CancelSubscription(SUB, CUS, 10), PLANS)
 
