@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,19 @@ SUBS = "subscriptions"
 def emulator() -> Iterator[AppwriteEmulator]:
     with emulated_appwrite() as running:
         yield running
+
+
+class Clock:
+    """A clock that moves only when told, a second at a time."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self) -> None:
+        self.now += timedelta(seconds=1)
 
 
 def tables(emulator: AppwriteEmulator, key: str | None = None) -> TablesDB:
@@ -103,11 +117,29 @@ def test_decrement_min_is_inclusive(emulator: AppwriteEmulator) -> None:
 
 
 def test_a_null_counter_is_never_incremented(emulator: AppwriteEmulator) -> None:
-    """A row that predates its column reads NULL, and NULL + n stays NULL in storage."""
+    """A row that predates its column reads NULL, and NULL + n stays NULL in storage, although
+    the answer (computed from the value read) says 0 + n."""
     emulator.insert_row(SUBS, {"userId": "old"}, row_id="old")
     db = tables(emulator)
-    db.increment_row_column(DB, SUBS, "old", "topupTokens", value=5)
+    answered = db.increment_row_column(DB, SUBS, "old", "topupTokens", value=5)
+    assert answered.data["topupTokens"] == 5
     assert db.get_row(DB, SUBS, "old").data["topupTokens"] is None
+
+
+def test_an_increment_of_a_missing_row_is_reported_as_a_missing_column(
+    emulator: AppwriteEmulator,
+) -> None:
+    """The database layer's "not found" covers rows and columns, and the server answers it
+    as 404 column_not_found; a zero or negative step is a 400 general_argument_invalid."""
+    db = tables(emulator)
+    error = error_of(lambda: db.increment_row_column(DB, SUBS, "missing", "topupTokens", value=1))
+    assert (error.code, error.type) == (404, "column_not_found")
+    new_subscription(db, "u1")
+    for step in (0, -3):
+        error = error_of(
+            lambda step=step: db.decrement_row_column(DB, SUBS, "u1", "topupTokens", value=step)
+        )
+        assert (error.code, error.type) == (400, "general_argument_invalid")
 
 
 def test_concurrent_bounded_increments_never_pass_the_max(emulator: AppwriteEmulator) -> None:
@@ -258,8 +290,45 @@ def test_a_transaction_commits_all_or_nothing(emulator: AppwriteEmulator) -> Non
         DB, SUBS, "u1", "currentTokensUsed", value=1, min=0, transaction_id=failing
     )
     error = error_of(lambda: db.update_transaction(failing, commit=True))
-    assert error.type == "column_limit_exceeded"
+    # The commit reports a refused bound with the older attribute error type.
+    assert (error.code, error.type) == (400, "attribute_limit_exceeded")
     assert db.get_row(DB, SUBS, "u1").data["plan"] is None
+    assert db.get_transaction(failing).status == "failed"
+    error = error_of(lambda: db.update_transaction(failing, rollback=True))
+    assert error.type == "transaction_not_ready"
+
+
+def test_a_staged_update_of_a_row_changed_since_is_a_transaction_conflict() -> None:
+    """An update staged before the row changed fails the commit with 409 transaction_conflict
+    and applies nothing; a staged increment is not checked; a missing row is a 404
+    document_not_found at commit."""
+    clock = Clock(datetime(2026, 3, 1, tzinfo=UTC))
+    with emulated_appwrite(clock=clock) as emulator:
+        db = tables(emulator)
+        new_subscription(db, "u1")
+        stale = db.create_transaction().id
+        db.update_row(DB, SUBS, "u1", {"plan": "pro"}, transaction_id=stale)
+        db.increment_row_column(DB, SUBS, "u1", "topupTokens", value=2, transaction_id=stale)
+        clock.advance()
+        db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1)
+        error = error_of(lambda: db.update_transaction(stale, commit=True))
+        assert (error.code, error.type) == (409, "transaction_conflict")
+        row = db.get_row(DB, SUBS, "u1").data
+        assert (row["plan"], row["topupTokens"]) == (None, 0)
+
+        counted = db.create_transaction().id
+        db.increment_row_column(DB, SUBS, "u1", "topupTokens", value=2, transaction_id=counted)
+        db.update_row(DB, SUBS, "u1", {"plan": "pro"}, transaction_id=counted)
+        clock.advance()
+        db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1)
+        db.update_transaction(counted, commit=True)
+        row = db.get_row(DB, SUBS, "u1").data
+        assert (row["plan"], row["topupTokens"], row["currentTokensUsed"]) == ("pro", 2, 2)
+
+        gone = db.create_transaction().id
+        db.increment_row_column(DB, SUBS, "nobody", "topupTokens", value=1, transaction_id=gone)
+        error = error_of(lambda: db.update_transaction(gone, commit=True))
+        assert (error.code, error.type) == (404, "document_not_found")
 
 
 def test_new_columns_are_processing_until_polled_and_block_indexes() -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from metering.account import new_account, plan_reset
 from metering.adapters.appwrite_store import ROW_ID, AppwriteStore, row_key
-from metering.errors import StoreError
+from metering.errors import NotFound, StoreError
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome
@@ -185,6 +185,71 @@ def test_a_failed_reset_commit_releases_its_claim_so_the_retry_applies_once(
     assert applied is not None
     assert (applied.current_tokens_used, applied.lifetime_tokens_used) == (0, 700)
     assert store.apply_reset(reset, account.period_start) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(400, "attribute_limit_exceeded"), (409, "transaction_conflict")]
+)
+def test_a_reset_commit_refused_because_the_counter_moved_is_retried_and_applied_once(
+    emulator: AppwriteEmulator, store: AppwriteStore, status: int, error_type: str
+) -> None:
+    """A commit refused for a bound or a concurrent change is read again and retried, not a
+    failure: the usage moves to lifetime once."""
+    starter(store, "user-1")
+    store.create_ledger(entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", 700, 50_000)
+    account = store.get_account("user-1")
+    assert account is not None
+    reset = plan_reset(account, APRIL, datetime(2026, 5, 1, tzinfo=UTC), NOW)
+    assert reset is not None
+    emulator.fail_next("PATCH", r"^/tablesdb/transactions/", status, error_type)
+    applied = store.apply_reset(reset, account.period_start)
+    assert applied is not None
+    assert (applied.current_tokens_used, applied.lifetime_tokens_used) == (0, 700)
+    assert store.apply_reset(reset, account.period_start) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, "attribute_limit_exceeded"),
+        (409, "transaction_conflict"),
+        (404, "document_not_found"),
+    ],
+)
+def test_a_takeover_whose_commit_loses_the_race_leaves_the_claim_in_progress(
+    emulator: AppwriteEmulator, store: AppwriteStore, status: int, error_type: str
+) -> None:
+    """Another worker took over or released the claim between our read and our commit: the
+    commit's refusal means someone else holds it, never a store failure."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    later = NOW + LEASE + timedelta(seconds=1)
+    emulator.fail_next("PATCH", r"^/tablesdb/transactions/", status, error_type)
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is (
+        ClaimOutcome.IN_PROGRESS
+    )
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is (
+        ClaimOutcome.CLAIMED
+    )
+
+
+def test_an_increment_of_a_vanished_row_is_not_found_and_of_a_missing_column_a_store_error(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """The server reports both as column_not_found: a read tells a deleted row (NotFound)
+    from a schema without the column (StoreError)."""
+    starter(store, "user-1")
+    starter(store, "user-2")
+    store.add_topup("user-1", 1)
+    del emulator.table("subscriptions").rows["user-1"]
+    with pytest.raises(NotFound):
+        store.add_topup("user-1", 5)
+    emulator.fail_next("PATCH", r"/topupTokens/increment$", 404, "column_not_found")
+    with pytest.raises(StoreError):
+        store.add_topup("user-2", 5)
+    account = store.get_account("user-2")
+    assert account is not None
+    assert account.topup_tokens == 0
 
 
 def test_an_empty_subscription_id_is_stored_as_null(store: AppwriteStore) -> None:

@@ -3,7 +3,8 @@
 Built on ``responses`` callbacks, so the unchanged Appwrite SDK runs against it: paths, JSON
 queries, row and error documents, and the server semantics the metering relies on (bounded atomic
 increments with an inclusive max, 404/409 error types, column defaults, unique indexes, columns
-that are ``processing`` before ``available``, transactions that commit all or nothing).
+that are ``processing`` before ``available``, transactions that commit all or nothing and report
+failures with the commit's own error types).
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ class Database:
 class Transaction:
     id: str
     created_at: str
-    operations: list[Callable[[StagedRows], None]] = field(default_factory=list)
+    operations: list[Callable[[StagedRows, set[tuple[str, str, str]]], None]] = field(
+        default_factory=list
+    )
     touched: set[tuple[str, str, str]] = field(default_factory=set)
     status: str = "pending"
 
@@ -788,21 +791,37 @@ class AppwriteEmulator:
         self, table: Table, row_id: str, column_key: str, direction: str, params: Mapping[str, Any]
     ) -> dict[str, Any]:
         with self._lock(table, row_id):
-            row = self._get_row(table, row_id)
-            self._apply_change(table, row, column_key, direction, params)
-            return self._public(table, row)
+            row = table.rows.get(row_id)
+            if row is None:
+                # The database layer's "not found" covers rows and columns alike, and the
+                # server reports it as a missing column.
+                raise ApiError(404, "column_not_found", "Column with the requested ID not found.")
+            answered = self._apply_change(table, row, column_key, direction, params)
+            return {**self._public(table, row), column_key: answered}
 
     def _apply_change(
-        self, table: Table, row: Row, column_key: str, direction: str, params: Mapping[str, Any]
-    ) -> None:
+        self,
+        table: Table,
+        row: Row,
+        column_key: str,
+        direction: str,
+        params: Mapping[str, Any],
+        *,
+        limit_type: str = "column_limit_exceeded",
+    ) -> Any:
+        """Apply the change to ``row``; returns the value the server answers for the column."""
         column = table.columns.get(column_key)
         if column is None:
             raise ApiError(404, "column_not_found", "Column with the requested ID not found.")
-        if column.spec.type not in NUMERIC_TYPES:
+        if column.spec.type not in NUMERIC_TYPES or column.spec.array:
             raise ApiError(400, "column_type_invalid", "Column must be numeric")
         value = params.get("value", 1)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ApiError(400, "general_argument_invalid", "Invalid `value` param")
+        if value <= 0:
+            raise ApiError(
+                400, "general_argument_invalid", "Value must be numeric and greater than 0"
+            )
         current = row.get(column_key)
         # The server checks the bound against NULL as 0, but SQL leaves `NULL + n` NULL.
         base = current if current is not None else 0
@@ -812,8 +831,8 @@ class AppwriteEmulator:
             if bound is not None and new > bound:
                 raise ApiError(
                     400,
-                    "column_limit_exceeded",
-                    f"Column '{column_key}' would exceed the maximum of {bound}.",
+                    limit_type,
+                    f'Column "{column_key}" has reached the maximum value of {bound}',
                 )
         else:
             new = base - value
@@ -821,12 +840,14 @@ class AppwriteEmulator:
             if bound is not None and new < bound:
                 raise ApiError(
                     400,
-                    "column_limit_exceeded",
-                    f"Column '{column_key}' would fall below the minimum of {bound}.",
+                    limit_type,
+                    f'Column "{column_key}" has reached the minimum value of {bound}',
                 )
         if current is not None:
             row[column_key] = new
         row["$updatedAt"] = self._now()
+        # The answer is computed from the value read, so a NULL column answers `0 + n`.
+        return new
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -940,10 +961,18 @@ class AppwriteEmulator:
             if method == "PATCH" and params.get("commit"):
                 self._commit(transaction)
                 return 200, transaction.document()
-            if method in ("PATCH", "DELETE"):
-                transaction.status = "rolledBack"
+            if method == "PATCH" and params.get("rollback"):
+                if transaction.status != "pending":
+                    raise ApiError(400, "transaction_not_ready", "Transaction is not ready.")
+                transaction.status = "failed"
                 transaction.operations.clear()
-                return (204, None) if method == "DELETE" else (200, transaction.document())
+                return 200, transaction.document()
+            if method == "PATCH":
+                raise ApiError(400, "general_bad_request", "Either commit or rollback must be true")
+            if method == "DELETE":
+                transaction.status = "failed"
+                transaction.operations.clear()
+                return 204, None
         raise ApiError(404, "general_route_not_found", "The requested route was not found.")
 
     def _stage(
@@ -958,29 +987,41 @@ class AppwriteEmulator:
     ) -> dict[str, Any]:
         transaction = self.transactions.get(transaction_id)
         if transaction is None or transaction.status != "pending":
-            raise ApiError(404, "transaction_not_found", "Transaction not found")
+            raise ApiError(400, "general_bad_request", "Invalid or non-pending transaction")
         if action == "create":
             row_id = str(params.get("rowId"))
+        # Kept at the server's millisecond precision.
+        staged_at = parse_timestamp(self._now())
 
-        def operation(rows: StagedRows) -> None:
+        def operation(rows: StagedRows, written: set[tuple[str, str, str]]) -> None:
+            # Failures are reported with the commit's own types, not the row API's.
             key = (table.database_id, table.id, row_id)
             row = rows.get(key)
             if action == "create":
                 if row is not None:
-                    raise ApiError(409, "row_already_exists", "Row already exists.")
+                    raise ApiError(409, "transaction_conflict", "Transaction conflict.")
                 rows[key] = self._prepare_create(table, params)
+                written.add(key)
                 return
             if row is None:
-                raise ApiError(
-                    404, "row_not_found", "Row with the requested ID could not be found."
-                )
+                raise ApiError(404, "document_not_found", "Document not found.")
+            # Updates and deletes of a row this commit has not written yet must find it
+            # unchanged since they were staged; increments are not checked.
+            changed = parse_timestamp(row["$updatedAt"]) > staged_at
+            if action in ("DELETE", "PATCH") and key not in written and changed:
+                raise ApiError(409, "transaction_conflict", "Transaction conflict.")
             if action == "DELETE":
                 rows[key] = None
-            elif action == "PATCH":
+                written.discard(key)
+                return
+            if action == "PATCH":
                 row.update(self._validate(table, params.get("data") or {}, creating=False))
                 row["$updatedAt"] = self._now()
             else:
-                self._apply_change(table, row, column, action, params)
+                self._apply_change(
+                    table, row, column, action, params, limit_type="attribute_limit_exceeded"
+                )
+            written.add(key)
 
         transaction.operations.append(operation)
         transaction.touched.add((table.database_id, table.id, row_id))
@@ -1003,12 +1044,16 @@ class AppwriteEmulator:
                 for database_id, table_id, row_id in keys:
                     existing = self.databases[database_id].tables[table_id].rows.get(row_id)
                     rows[(database_id, table_id, row_id)] = dict(existing) if existing else None
+                written: set[tuple[str, str, str]] = set()
                 try:
                     for operation in transaction.operations:
-                        operation(rows)
-                except ApiError:
+                        operation(rows, written)
+                except ApiError as error:
                     transaction.status = "failed"
-                    raise
+                    status, error_type = COMMIT_ERRORS.get(
+                        error.error_type, (error.status, error.error_type)
+                    )
+                    raise ApiError(status, error_type, error.message) from error
                 for (database_id, table_id, row_id), row in rows.items():
                     table = self.databases[database_id].tables[table_id]
                     if row is None:
@@ -1019,6 +1064,13 @@ class AppwriteEmulator:
         finally:
             for lock in reversed(locks):
                 lock.release()
+
+
+# How a commit reports what the row API would have answered with its own types.
+COMMIT_ERRORS = {
+    "row_already_exists": (409, "transaction_conflict"),
+    "row_invalid_structure": (400, "document_invalid_structure"),
+}
 
 
 def _less(value: Any, wanted: list[Any]) -> bool:

@@ -51,7 +51,16 @@ from ..tokens import TokenUsage
 T = TypeVar("T")
 
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
-LIMIT_EXCEEDED = "column_limit_exceeded"
+# A bounded increment or decrement refused: `column_limit_exceeded` when called directly;
+# a transaction's commit reports the same refusal under the older `attribute_limit_exceeded`.
+LIMIT_EXCEEDED = frozenset({"column_limit_exceeded", "attribute_limit_exceeded"})
+# A commit names a row that is gone `document_not_found`, whatever API staged the operation.
+ROW_GONE = frozenset({"row_not_found", "document_not_found"})
+# A commit whose row changed after an update was staged is refused as a whole.
+CONFLICT = "transaction_conflict"
+# An increment of a missing row fails inside the database layer as "not found", which the
+# server reports as a missing column: only a read tells the two apart.
+COLUMN_MISSING = frozenset({"column_not_found", "attribute_not_found"})
 PAGE_SIZE = 100
 MAX_PAGE = 1000
 # A reset claim whose worker died is taken over after this long.
@@ -328,14 +337,8 @@ class AppwriteStore:
             if row is None:
                 raise NotFound(f"no account for user {user_id}")
             return self._account(row)
-        updated = self._try(
-            "crediting a top-up",
-            lambda: self._db.increment_row_column(
-                self._database, self._subscriptions, row_id, "topupTokens", value=tokens
-            ),
-            row_not_found=NotFound,
-        )
-        return self._account(_document(updated))
+        updated = self._increment(self._subscriptions, row_id, "topupTokens", tokens)
+        return self._account(updated)
 
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         filters: list[str] = []
@@ -357,15 +360,27 @@ class AppwriteStore:
     def _increment(
         self, table: str, row_id: str, column: str, tokens: int, limit: int | None = None
     ) -> dict[str, Any]:
-        row = self._try(
-            f"incrementing {table}.{column}",
-            lambda: self._db.increment_row_column(
+        try:
+            row = self._db.increment_row_column(
                 self._database, table, row_id, column, value=tokens, max=limit
-            ),
-            column_limit_exceeded=LimitReached,
-            row_not_found=NotFound,
-        )
+            )
+        except AppwriteException as exc:
+            if exc.type in LIMIT_EXCEEDED:
+                raise LimitReached(f"incrementing {table}.{column}: {exc.type}") from exc
+            raise self._counter_failure(
+                f"incrementing {table}.{column}", table, row_id, exc
+            ) from exc
         return _document(row)
+
+    def _counter_failure(
+        self, what: str, table: str, row_id: str, exc: AppwriteException
+    ) -> StoreError | NotFound:
+        """``NotFound`` when the row of a failed increment or decrement does not exist."""
+        if exc.type == "row_not_found" or (
+            exc.type in COLUMN_MISSING and self._get(table, row_id) is None
+        ):
+            return NotFound(f"no row {row_id} in {table}")
+        return _failure(what, exc)
 
     def _decrement_floored(self, table: str, row_id: str, column: str, tokens: int) -> None:
         """Subtract ``tokens`` but never go below zero, even when the counter went down
@@ -379,10 +394,9 @@ class AppwriteStore:
                     self._database, table, row_id, column, value=amount, min=0
                 )
             except AppwriteException as exc:
-                if exc.type == "row_not_found":
-                    raise NotFound(f"no row {row_id} in {table}") from exc
-                if exc.type != LIMIT_EXCEEDED:
-                    raise _failure(f"decrementing {table}.{column}", exc) from exc
+                if exc.type not in LIMIT_EXCEEDED:
+                    what = f"decrementing {table}.{column}"
+                    raise self._counter_failure(what, table, row_id, exc) from exc
                 row = self._get(table, row_id)
                 if row is None:
                     raise NotFound(f"no row {row_id} in {table}") from exc
@@ -513,7 +527,8 @@ class AppwriteStore:
             self._db.update_transaction(tx, commit=True)
         except AppwriteException as exc:
             self._rollback(tx)
-            if exc.type == LIMIT_EXCEEDED:
+            # The counter moved under the snapshot: read it again and retry.
+            if exc.type in LIMIT_EXCEEDED or exc.type == CONFLICT:
                 return False
             raise _failure("committing a reset", exc) from exc
         return True
@@ -657,7 +672,8 @@ class AppwriteStore:
             self._db.update_transaction(tx, commit=True)
         except AppwriteException as exc:
             self._rollback(tx)
-            if exc.type in (LIMIT_EXCEEDED, "row_not_found"):
+            # Another worker took over (or released) first: its claim stands.
+            if exc.type in LIMIT_EXCEEDED | ROW_GONE | {CONFLICT}:
                 return ClaimOutcome.IN_PROGRESS
             raise _failure("taking over a claim", exc) from exc
         return ClaimOutcome.CLAIMED
