@@ -57,6 +57,8 @@ class SubscriptionSnapshot:
     period_start: datetime | None
     period_end: datetime | None
     items: tuple[SubscriptionItem, ...]
+    # When an ended subscription ended (Stripe's ``ended_at``); None while it runs.
+    ended_at: datetime | None = None
 
 
 class BillingProvider(Protocol):
@@ -255,6 +257,7 @@ def parse_subscription(obj: Json) -> SubscriptionSnapshot:
         period_start=period[0],
         period_end=period[1],
         items=tuple(items),
+        ended_at=_time(obj.get("ended_at")),
     )
 
 
@@ -519,3 +522,17 @@ def decide_recovered_reset(
     if not _may_follow(account, snapshot.id):
         return None
     return plan_reset(account, snapshot.period_start, snapshot.period_end, now)
+
+
+def decide_recovered_cancel(
+    account: Account, snapshot: SubscriptionSnapshot, plans: PlanCatalog
+) -> AccountPatch:
+    """The safety net: the cancellation a missed ``customer.subscription.deleted`` would have
+    applied, dated when the subscription ended (as that event is), under the same ordering."""
+    if snapshot.status not in ENDED_STATUSES:
+        return {}
+    ended = snapshot.ended_at
+    # Without an end date it claims nothing newer than what the account already applied.
+    created = int(ended.timestamp()) if ended is not None else account.stripe_updated_at
+    command = CancelSubscription(snapshot.id, snapshot.customer_id, created)
+    return decide_cancel(account, command, plans)

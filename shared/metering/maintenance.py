@@ -1,5 +1,5 @@
-"""The scheduled safety net over the ports: Demo month rollovers, renewals a webhook missed,
-reservations of crashed chats, and counter-vs-ledger reconciliation, page by page in a budget."""
+"""The scheduled safety net over the ports: Demo month rollovers, renewals and cancellations a
+webhook missed, reservations of crashed chats, and counter-vs-ledger reconciliation, in a budget."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .account import Account, demo_period_due, plan_reset
-from .billing import BillingProvider, decide_recovered_reset
+from .billing import (
+    ENDED_STATUSES,
+    BillingProvider,
+    SubscriptionSnapshot,
+    decide_recovered_cancel,
+    decide_recovered_reset,
+)
 from .config import EnvReader
 from .errors import MeteringError
 from .ledger import LedgerEntry, LedgerStatus
+from .plans import PlanCatalog, load_default_plans
 from .ports import AccountQuery, Page, UsageStore
 from .timeutil import month_start
 
@@ -43,6 +50,7 @@ class Summary:
     demo_resets: int = 0
     subscriptions_checked: int = 0
     subscription_resets: int = 0
+    subscriptions_canceled: int = 0
     subscriptions_not_active: int = 0
     subscriptions_unchanged: int = 0
     stripe_errors: int = 0
@@ -61,6 +69,7 @@ class Summary:
             "subscriptions": {
                 "checked": self.subscriptions_checked,
                 "reset": self.subscription_resets,
+                "canceled": self.subscriptions_canceled,
                 "notActive": self.subscriptions_not_active,
                 "unchanged": self.subscriptions_unchanged,
                 "errors": self.stripe_errors,
@@ -84,7 +93,8 @@ class _OutOfTime(Exception):
 
 class Maintenance:
     """One run of the safety net. Every reset goes through the store's forward-only
-    ``apply_reset``, so a period the webhook already reset is never reset again."""
+    ``apply_reset``, so a period the webhook already reset is never reset again; a cancellation
+    is the webhook's own decision, so a late deletion event finds nothing left to change."""
 
     def __init__(
         self,
@@ -92,11 +102,13 @@ class Maintenance:
         billing: BillingProvider | None,
         settings: MaintenanceSettings,
         clock: Callable[[], datetime],
+        plans: PlanCatalog | None = None,
     ) -> None:
         self.store = store
         self.billing = billing
         self.settings = settings
         self.clock = clock
+        self.plans = plans if plans is not None else load_default_plans()
         self._deadline = datetime.max.replace(tzinfo=UTC)
         # Users whose counter this run changed, in order: reconciled at the end.
         self._touched: dict[str, None] = {}
@@ -157,6 +169,12 @@ class Maintenance:
                 # One unreachable subscription must not stop the others; the next run retries.
                 summary.stripe_errors += 1
                 continue
+            if snapshot.status in ENDED_STATUSES:
+                if self._cancel(account.user_id, snapshot):
+                    summary.subscriptions_canceled += 1
+                else:
+                    summary.subscriptions_unchanged += 1
+                continue
             reset = decide_recovered_reset(account, snapshot, now)
             if reset is None:
                 if snapshot.status not in ("active", "trialing"):
@@ -169,6 +187,15 @@ class Maintenance:
                 self._touched[account.user_id] = None
             else:
                 summary.subscriptions_unchanged += 1
+
+    def _cancel(self, user_id: str, snapshot: SubscriptionSnapshot) -> bool:
+        # Decided on the row as it is now, not as listed: a webhook may have moved the account
+        # to another subscription during the look-up, and that one must not be cancelled.
+        account = self.store.get_account(user_id)
+        patch = decide_recovered_cancel(account, snapshot, self.plans) if account else {}
+        if patch:
+            self.store.update_account(user_id, patch)
+        return bool(patch)
 
     def _reclaim_reservations(self, now: datetime, summary: Summary) -> None:
         stale_before = now - self.settings.reservation_ttl

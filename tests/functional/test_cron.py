@@ -269,7 +269,7 @@ def test_missed_renewal_webhook_is_recovered_from_stripe(cron: Cron, shape: str)
     assert api.calls[0].request.headers["Authorization"] == "Bearer sk_test_cron"
 
 
-@pytest.mark.parametrize("status", ["past_due", "canceled", "unpaid", "incomplete"])
+@pytest.mark.parametrize("status", ["past_due", "unpaid", "incomplete"])
 @responses.activate
 def test_no_reset_unless_the_moved_subscription_is_active(cron: Cron, status: str) -> None:
     subscribed(cron, "u1", used=4_000)
@@ -279,7 +279,13 @@ def test_no_reset_unless_the_moved_subscription_is_active(cron: Cron, status: st
     summary = cron.run(**STRIPE).json()
 
     assert (summary["subscriptions"]["reset"], summary["subscriptions"]["notActive"]) == (0, 1)
-    assert cron.account("u1").current_tokens_used == 4_000
+    assert summary["subscriptions"]["canceled"] == 0
+    account = cron.account("u1")
+    assert (account.current_tokens_used, account.plan, account.stripe_subscription_id) == (
+        4_000,
+        "starter",
+        "sub_u1",
+    )
 
 
 @responses.activate
@@ -401,6 +407,143 @@ def test_renewal_webhook_after_the_cron_recovered_the_period_does_nothing(
     assert '"outcome":"reset_not_forward"' in result.logs[-1]
     account = cron.account("u1")
     assert (account.current_tokens_used, account.lifetime_tokens_used) == (20, 300)
+
+
+# -- the webhook and the cron cancel a subscription once -------------------------------------
+
+ENDED_AT = SUB_PERIOD[1] + timedelta(minutes=3)
+
+
+def ended_subscription(user_id: str, status: str = "canceled", shape: str = "") -> dict[str, Any]:
+    """What GET /v1/subscriptions/{id} answers once the subscription has ended."""
+    subscription = stripe_subscription(user_id, SUB_PERIOD, status=status, shape=shape)
+    subscription.update(ended_at=int(ENDED_AT.timestamp()), canceled_at=int(ENDED_AT.timestamp()))
+    return subscription
+
+
+def deletion_event(user_id: str) -> dict[str, Any]:
+    """The ``customer.subscription.deleted`` Stripe sends, dated when the subscription ended."""
+    event = retarget(
+        load_event("customer.subscription.deleted"),
+        created=int(ENDED_AT.timestamp()),
+        customer_id=f"cus_{user_id}",
+        subscription_id=f"sub_{user_id}",
+        period=SUB_PERIOD,
+    )
+    event["data"]["object"].update(ended_at=event["created"], canceled_at=event["created"])
+    return event
+
+
+def paid_with_addon_and_topup(cron: Cron, user_id: str) -> None:
+    subscribed(cron, user_id, used=4_000)
+    cron.store.update_account(user_id, {"addon_tokens": 10_000})
+    cron.store.add_topup(user_id, 500)
+
+
+@pytest.mark.parametrize(
+    ("status", "shape"),
+    [("canceled", ""), ("canceled", ".legacy"), ("incomplete_expired", "")],
+)
+@responses.activate
+def test_missed_deletion_webhook_is_applied_from_stripe(
+    cron: Cron, status: str, shape: str
+) -> None:
+    paid_with_addon_and_topup(cron, "u1")
+    mock_subscription("u1", ended_subscription("u1", status, shape))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    subscriptions = cron.run(**STRIPE).json()["subscriptions"]
+
+    assert (subscriptions["canceled"], subscriptions["notActive"]) == (1, 0)
+    account = cron.account("u1")
+    default = PLANS.default
+    assert (account.plan, account.max_tokens_per_month, account.addon_tokens) == (
+        default.id,
+        default.tokens_per_month,
+        0,
+    )
+    assert (account.status, account.stripe_subscription_id) == ("canceled", None)
+    assert (account.topup_tokens, account.stripe_customer_id) == (500, "cus_u1")
+    assert account.stripe_updated_at == int(ENDED_AT.timestamp())
+    # As after the webhook's cancellation, the period waits for the calendar-month rollover.
+    assert (account.period_start, account.current_tokens_used) == (SUB_PERIOD[0], 4_000)
+
+
+@responses.activate
+def test_second_run_after_the_cancellation_asks_stripe_nothing_and_cancels_nothing(
+    cron: Cron,
+) -> None:
+    paid_with_addon_and_topup(cron, "u1")
+    api = mock_subscription("u1", ended_subscription("u1"))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    cron.run(**STRIPE)
+    cron.clock.advance(timedelta(hours=1))
+    second = cron.run(**STRIPE).json()["subscriptions"]
+
+    assert (second["checked"], second["canceled"], api.call_count) == (0, 0, 1)
+    account = cron.account("u1")
+    assert (account.plan, account.status, account.stripe_subscription_id) == (
+        "demo",
+        "canceled",
+        None,
+    )
+
+
+@responses.activate
+def test_ended_subscription_the_account_no_longer_follows_is_not_cancelled(
+    cron: Cron, webhook: Callable[[dict[str, Any]], RuntimeResult]
+) -> None:
+    subscribed(cron, "u1", used=4_000)
+    created = retarget(
+        load_event("customer.subscription.created"),
+        created=int(SUB_PERIOD[1].timestamp()) + 60,
+        customer_id="cus_u1",
+        subscription_id="sub_u1_new",
+        period=NEXT_PERIOD,
+        items=[("pro", 1)],
+    )
+
+    def replaced_during_the_lookup(request: Any) -> tuple[int, dict[str, str], str]:
+        # The new subscription's webhook lands after the cron listed the row, before it decides.
+        assert webhook(created).status_code == 200
+        return 200, {}, json.dumps(ended_subscription("u1"))
+
+    responses.add_callback(
+        responses.GET, f"{STRIPE_API}/v1/subscriptions/sub_u1", replaced_during_the_lookup
+    )
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    subscriptions = cron.run(**STRIPE).json()["subscriptions"]
+
+    assert (subscriptions["checked"], subscriptions["canceled"]) == (1, 0)
+    account = cron.account("u1")
+    assert (account.plan, account.stripe_subscription_id, account.status) == (
+        "pro",
+        "sub_u1_new",
+        "active",
+    )
+
+
+@responses.activate
+def test_deletion_webhook_after_the_cron_cancelled_changes_nothing(
+    cron: Cron, webhook: Callable[[dict[str, Any]], RuntimeResult]
+) -> None:
+    paid_with_addon_and_topup(cron, "u1")
+    mock_subscription("u1", ended_subscription("u1"))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+    cron.run(**STRIPE)
+    repaired = cron.account("u1")
+
+    result = webhook(deletion_event("u1"))
+
+    assert result.status_code == 200
+    assert cron.account("u1") == repaired
+    assert (repaired.plan, repaired.stripe_subscription_id, repaired.topup_tokens) == (
+        "demo",
+        None,
+        500,
+    )
 
 
 # -- stale reservations and reconciliation ---------------------------------------------------

@@ -13,6 +13,7 @@ from .metering.billing import BillingProvider
 from .metering.coldstart import ColdStart, utc_now
 from .metering.config import EnvReader, StoreSettings
 from .metering.maintenance import MaintenanceSettings
+from .metering.plans import PlanCatalog, load_default_plans
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class CronApp:
     # None without STRIPE_SECRET_KEY: missed renewals are then not looked up (the summary says so).
     billing: BillingProvider | None
     clock: Callable[[], datetime]
+    # The default plan a subscription Stripe reports ended returns to.
+    plans: PlanCatalog
 
 
 def build(
@@ -41,7 +44,13 @@ def build(
         from .metering.adapters.stripe_billing import StripeBilling
 
         billing = StripeBilling(api_key.value, api_base)
-    return CronApp(store=store, maintenance=maintenance, billing=billing, clock=clock)
+    return CronApp(
+        store=store,
+        maintenance=maintenance,
+        billing=billing,
+        clock=clock,
+        plans=load_default_plans(),
+    )
 
 
 _cold_start: ColdStart[CronApp] = ColdStart(functools.partial(build, os.environ))

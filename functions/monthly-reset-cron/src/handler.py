@@ -19,7 +19,8 @@ def handle_cron(context: Any, app: CronApp) -> tuple[int, Json]:
         _log(context, {"event": "cron.rejected", "trigger": trigger})
         raise Forbidden("this function runs on its schedule only")
     store = open_store(app.store, request.headers.get("x-appwrite-key"))
-    summary = Maintenance(store, app.billing, app.maintenance, app.clock).run().as_json()
+    maintenance = Maintenance(store, app.billing, app.maintenance, app.clock, app.plans)
+    summary = maintenance.run().as_json()
     for drift in summary["reconciliation"]["drift"]:
         _log(context, {"event": "cron.drift", **drift})
     _log(context, {"event": "cron.summary", **summary})
