@@ -338,7 +338,10 @@ def scenario_events(
             )
         ]
     if scenario == "cancel":
-        return [retarget(load_event("customer.subscription.deleted"), created=stamp, **ids)]
+        deleted = retarget(load_event("customer.subscription.deleted"), created=stamp, **ids)
+        # Stripe sends the deletion as the subscription ends.
+        deleted["data"]["object"].update(ended_at=stamp, canceled_at=stamp)
+        return [deleted]
     raise ValueError(f"unknown scenario {scenario!r}")
 
 

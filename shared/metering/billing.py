@@ -15,7 +15,7 @@ from .account import Account, ResetPlan, plan_reset
 from .errors import InternalError, InvalidRequest, PlanError
 from .plans import PlanCatalog
 from .ports import AccountPatch
-from .timeutil import parse_timestamp
+from .timeutil import next_month_start, parse_timestamp
 
 Json = Mapping[str, Any]
 
@@ -106,6 +106,8 @@ class CancelSubscription:
     subscription_id: str
     customer_id: str | None
     created: int
+    # When the subscription ended, which closes its paid period; None when unknown.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +377,7 @@ def parse_command(
     if kind in ("customer.subscription.created", "customer.subscription.updated"):
         snapshot = parse_subscription(obj)
         if snapshot.status in ENDED_STATUSES:
-            return CancelSubscription(snapshot.id, snapshot.customer_id, header.created)
+            return _cancel(snapshot, header)
         granted = entitlement(snapshot, plans, products or {})
         return SetSubscription(
             subscription_id=snapshot.id,
@@ -389,8 +391,7 @@ def parse_command(
             created=header.created,
         )
     if kind == "customer.subscription.deleted":
-        snapshot = parse_subscription(obj)
-        return CancelSubscription(snapshot.id, snapshot.customer_id, header.created)
+        return _cancel(parse_subscription(obj), header)
     if kind in ("invoice.paid", "invoice.payment_succeeded"):
         return _paid_invoice(obj, kind)
     if kind == "invoice.payment_failed":
@@ -399,6 +400,14 @@ def parse_command(
             return Ignore(kind, "invoice without subscription")
         return RecordPaymentFailed(subscription_id, _id_of(obj.get("customer")), header.created)
     return Ignore(kind)
+
+
+def _cancel(snapshot: SubscriptionSnapshot, header: EventHeader) -> CancelSubscription:
+    # The end is the subscription's `ended_at`, as the cron reads it, so that every cancellation
+    # of one subscription (deleted, updated to an ended status, the cron's) closes the same
+    # period; the event's `created`, sent as it ends, when the object has none.
+    ended = snapshot.ended_at or _time(header.created)
+    return CancelSubscription(snapshot.id, snapshot.customer_id, header.created, ended)
 
 
 def _checkout(session: Json, kind: str) -> Command:
@@ -480,8 +489,10 @@ def decide_subscription(account: Account, command: SetSubscription) -> AccountPa
 def decide_cancel(
     account: Account, command: CancelSubscription, plans: PlanCatalog
 ) -> AccountPatch:
-    """Back to the default plan; top-ups bought stay. The period stays until the calendar-month
-    rollover (a paid period reset arriving late still applies: deliveries converge)."""
+    """Back to the default plan: add-ons cleared, the remaining top-up kept. Applied after
+    ``close_paid_period``, which ends the paid period (its usage moves to lifetime; top-up is
+    consumed only for usage beyond the paid allowance) and starts a Demo period at the
+    cancellation."""
     if command.created < account.stripe_updated_at or not _may_follow(
         account, command.subscription_id
     ):
@@ -495,6 +506,18 @@ def decide_cancel(
         "stripe_subscription_id": None,
         "stripe_updated_at": command.created,
     }
+
+
+def close_paid_period(
+    account: Account, command: CancelSubscription, now: datetime
+) -> ResetPlan | None:
+    """The reset a cancellation starts with, computed with the paid allowance still on the
+    account: a Demo period from the end to the next calendar month, then the usual Demo rollover.
+    None when the end is unknown or not after the period start (forward only, so every
+    cancellation of one subscription, dated by the same end, closes its period once)."""
+    if command.at is None:
+        return None
+    return plan_reset(account, command.at, next_month_start(command.at), now)
 
 
 def decide_payment_failed(account: Account, command: RecordPaymentFailed) -> AccountPatch:
@@ -524,15 +547,13 @@ def decide_recovered_reset(
     return plan_reset(account, snapshot.period_start, snapshot.period_end, now)
 
 
-def decide_recovered_cancel(
-    account: Account, snapshot: SubscriptionSnapshot, plans: PlanCatalog
-) -> AccountPatch:
+def recovered_cancel(account: Account, snapshot: SubscriptionSnapshot) -> CancelSubscription | None:
     """The safety net: the cancellation a missed ``customer.subscription.deleted`` would have
-    applied, dated when the subscription ended (as that event is), under the same ordering."""
+    asked for, dated when the subscription ended (as that event is); None while it runs."""
     if snapshot.status not in ENDED_STATUSES:
-        return {}
+        return None
     ended = snapshot.ended_at
-    # Without an end date it claims nothing newer than what the account already applied.
+    # Without an end date it claims nothing newer than what the account already applied, and
+    # leaves the period to the calendar-month rollover.
     created = int(ended.timestamp()) if ended is not None else account.stripe_updated_at
-    command = CancelSubscription(snapshot.id, snapshot.customer_id, created)
-    return decide_cancel(account, command, plans)
+    return CancelSubscription(snapshot.id, snapshot.customer_id, created, ended)

@@ -20,6 +20,7 @@ from .billing import (
     RecordPaymentFailed,
     ResetPeriod,
     SetSubscription,
+    close_paid_period,
     decide_cancel,
     decide_link,
     decide_payment_failed,
@@ -44,6 +45,31 @@ TOPUP_LEASE = timedelta(days=36500)
 def topup_claim_id(session_id: str) -> str:
     """A store-safe key (36 characters of [a-z0-9_]) for the top-up of one checkout session."""
     return "topup_" + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:30]
+
+
+def cancel_subscription(
+    store: UsageStore,
+    plans: PlanCatalog,
+    account: Account,
+    command: CancelSubscription,
+    now: datetime,
+) -> bool:
+    """Apply a cancellation (the webhook's and the cron's): close the paid period, then return
+    the account to the default plan; False when the cancellation changes nothing.
+
+    The reset comes first because it must count usage against the paid allowance. If the patch
+    then fails, the retry decides again on a row whose period already moved: its reset is no
+    longer forward (a no-op) and the patch still applies, so both paths converge.
+    """
+    patch = decide_cancel(account, command, plans)
+    if not patch:
+        return False
+    reset = close_paid_period(account, command, now)
+    if reset is not None:
+        # Forward-only in the store: a concurrent cancellation of the same end resets once.
+        store.apply_reset(reset, account.period_start)
+    store.update_account(account.user_id, patch)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +127,9 @@ class BillingService:
                 return self._patch(account, decide_subscription(account, command), "plan_set")
             case CancelSubscription():
                 account = self._find(command.subscription_id, command.customer_id)
-                patch = decide_cancel(account, command, self.plans)
-                return self._patch(account, patch, "canceled")
+                if cancel_subscription(self.store, self.plans, account, command, now):
+                    return "canceled"
+                return "unchanged"
             case RecordPaymentFailed():
                 account = self._find(command.subscription_id, command.customer_id)
                 patch = decide_payment_failed(account, command)

@@ -13,9 +13,10 @@ from .billing import (
     ENDED_STATUSES,
     BillingProvider,
     SubscriptionSnapshot,
-    decide_recovered_cancel,
     decide_recovered_reset,
+    recovered_cancel,
 )
+from .billing_service import cancel_subscription
 from .config import EnvReader
 from .errors import MeteringError
 from .ledger import LedgerEntry, LedgerStatus
@@ -170,7 +171,7 @@ class Maintenance:
                 summary.stripe_errors += 1
                 continue
             if snapshot.status in ENDED_STATUSES:
-                if self._cancel(account.user_id, snapshot):
+                if self._cancel(account.user_id, snapshot, now):
                     summary.subscriptions_canceled += 1
                 else:
                     summary.subscriptions_unchanged += 1
@@ -188,14 +189,17 @@ class Maintenance:
             else:
                 summary.subscriptions_unchanged += 1
 
-    def _cancel(self, user_id: str, snapshot: SubscriptionSnapshot) -> bool:
+    def _cancel(self, user_id: str, snapshot: SubscriptionSnapshot, now: datetime) -> bool:
         # Decided on the row as it is now, not as listed: a webhook may have moved the account
         # to another subscription during the look-up, and that one must not be cancelled.
         account = self.store.get_account(user_id)
-        patch = decide_recovered_cancel(account, snapshot, self.plans) if account else {}
-        if patch:
-            self.store.update_account(user_id, patch)
-        return bool(patch)
+        command = recovered_cancel(account, snapshot) if account else None
+        if account is None or command is None:
+            return False
+        if not cancel_subscription(self.store, self.plans, account, command, now):
+            return False
+        self._touched[user_id] = None
+        return True
 
     def _reclaim_reservations(self, now: datetime, summary: Summary) -> None:
         stale_before = now - self.settings.reservation_ttl

@@ -465,8 +465,26 @@ def test_missed_deletion_webhook_is_applied_from_stripe(
     assert (account.status, account.stripe_subscription_id) == ("canceled", None)
     assert (account.topup_tokens, account.stripe_customer_id) == (500, "cus_u1")
     assert account.stripe_updated_at == int(ENDED_AT.timestamp())
-    # As after the webhook's cancellation, the period waits for the calendar-month rollover.
-    assert (account.period_start, account.current_tokens_used) == (SUB_PERIOD[0], 4_000)
+    # As the webhook's cancellation: the paid period is closed, a Demo period starts at its end.
+    assert (account.period_start, account.period_end) == (ENDED_AT, at(2025, 3, 1))
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 4_000)
+
+
+@responses.activate
+def test_cancelled_paid_period_keeps_the_topup_through_the_next_demo_rollover(cron: Cron) -> None:
+    paid_with_addon_and_topup(cron, "u1")  # 4,000 used of Starter's 50,000, a 500 top-up
+    mock_subscription("u1", ended_subscription("u1"))
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+    cron.run(**STRIPE)
+    spend(cron.store, "u1", "demo-req", 10, cron.clock.now)
+
+    cron.clock.now = at(2025, 3, 1, 1)
+    summary = cron.run(**STRIPE).json()
+
+    assert summary["demoResets"] == 1
+    account = cron.account("u1")
+    assert (account.period_start, account.topup_tokens) == (at(2025, 3, 1), 500)
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 4_010)
 
 
 @responses.activate
@@ -533,6 +551,7 @@ def test_deletion_webhook_after_the_cron_cancelled_changes_nothing(
     mock_subscription("u1", ended_subscription("u1"))
     cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
     cron.run(**STRIPE)
+    spend(cron.store, "u1", "demo-req", 20, cron.clock.now)  # a second reset would take it off
     repaired = cron.account("u1")
 
     result = webhook(deletion_event("u1"))
@@ -544,6 +563,31 @@ def test_deletion_webhook_after_the_cron_cancelled_changes_nothing(
         None,
         500,
     )
+    assert (repaired.current_tokens_used, repaired.lifetime_tokens_used) == (20, 4_000)
+
+
+@responses.activate
+def test_deletion_webhook_during_the_crons_lookup_closes_the_period_once(
+    cron: Cron, webhook: Callable[[dict[str, Any]], RuntimeResult]
+) -> None:
+    paid_with_addon_and_topup(cron, "u1")
+
+    def deleted_during_the_lookup(request: Any) -> tuple[int, dict[str, str], str]:
+        # The webhook cancels after the cron listed the row, before it decides.
+        assert webhook(deletion_event("u1")).status_code == 200
+        spend(cron.store, "u1", "demo-req", 20, ENDED_AT)
+        return 200, {}, json.dumps(ended_subscription("u1"))
+
+    responses.add_callback(
+        responses.GET, f"{STRIPE_API}/v1/subscriptions/sub_u1", deleted_during_the_lookup
+    )
+    cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
+
+    cron.run(**STRIPE)
+
+    account = cron.account("u1")
+    assert (account.plan, account.period_start, account.topup_tokens) == ("demo", ENDED_AT, 500)
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (20, 4_000)
 
 
 # -- stale reservations and reconciliation ---------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import responses
-from metering.account import Account
+from metering.account import Account, demo_period_due, plan_reset
 from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import StoreError
 
@@ -43,6 +43,7 @@ SHAPES = [pytest.param("", id="api-2025"), pytest.param(".legacy", id="api-legac
 USER, CUSTOMER, SUBSCRIPTION = "user_ada", "cus_ada", "sub_ada"
 IDS = {"customer_id": CUSTOMER, "subscription_id": SUBSCRIPTION}
 JAN, FEB, MAR = at(2025, 1, 10), at(2025, 2, 10), at(2025, 3, 10)
+FEB_1 = at(2025, 2, 1)
 STRIPE_API = "https://stripe.test"
 
 
@@ -111,6 +112,13 @@ def subscription_event(
         **IDS,
         **kw,
     )
+
+
+def ended(kind: str, shape: str, when: datetime) -> Event:
+    """A subscription event sent as the subscription ended at ``when``."""
+    event = subscription_event(kind, shape, when, status="canceled")
+    event["data"]["object"].update(ended_at=event["created"], canceled_at=event["created"])
+    return event
 
 
 def invoice_event(
@@ -277,12 +285,84 @@ def test_subscription_deleted_returns_to_demo_keeping_topups(webhook: Webhook, s
     subscribe(webhook, shape, plan="business")
     webhook.deliver(topup_event("cs_test_topup_1", 5_000, JAN + timedelta(days=1)))
 
-    webhook.deliver(subscription_event("deleted", shape, JAN + timedelta(days=9)))
+    webhook.deliver(ended("deleted", shape, JAN + timedelta(days=9)))
 
     account = webhook.account()
     assert (account.plan, account.max_tokens_per_month, account.addon_tokens) == ("demo", 30, 0)
     assert (account.topup_tokens, account.stripe_subscription_id) == (5_000, None)
     assert account.status == "canceled"
+    # The paid period is closed; a Demo period runs from the cancellation to the month's end.
+    assert (account.period_start, account.period_end) == (JAN + timedelta(days=9), FEB_1)
+
+
+ENDED = JAN + timedelta(days=9)
+
+
+def demo_rollover(webhook: Webhook, now: datetime) -> Account:
+    """The cron's Demo month rollover, applied to the account as it is."""
+    account = webhook.account()
+    due = demo_period_due(account, now)
+    assert due is not None
+    reset = plan_reset(account, due[0], due[1], now)
+    assert reset is not None
+    assert webhook.store.apply_reset(reset, account.period_start) is not None
+    return webhook.account()
+
+
+def test_cancellation_keeps_a_topup_the_paid_usage_never_needed_through_the_demo_rollover(
+    webhook: Webhook,
+) -> None:
+    subscribe(webhook)  # Starter: 50,000 a month
+    webhook.deliver(topup_event("cs_test_topup_1", 500, JAN + timedelta(days=1)))
+    hold(webhook.store, USER, "req-1", 4_000, JAN)
+
+    webhook.deliver(ended("deleted", "", ENDED))
+    canceled = webhook.account()
+    hold(webhook.store, USER, "req-2", 10, ENDED)
+    rolled = demo_rollover(webhook, at(2025, 2, 1, 1))
+
+    assert (canceled.plan, canceled.period_start, canceled.period_end) == ("demo", ENDED, FEB_1)
+    assert (canceled.current_tokens_used, canceled.lifetime_tokens_used) == (0, 4_000)
+    assert canceled.resets_at == FEB_1
+    assert (rolled.period_start, rolled.topup_tokens, rolled.lifetime_tokens_used) == (
+        FEB_1,
+        500,
+        4_010,
+    )
+
+
+def test_cancellation_consumes_exactly_the_top_up_used_beyond_the_paid_allowance(
+    webhook: Webhook,
+) -> None:
+    subscribe(webhook)
+    webhook.deliver(topup_event("cs_test_topup_1", 5_000, JAN + timedelta(days=1)))
+    hold(webhook.store, USER, "req-1", 52_000, JAN)
+
+    webhook.deliver(ended("deleted", "", ENDED))
+
+    account = webhook.account()
+    assert (account.topup_tokens, account.current_tokens_used) == (3_000, 0)
+    assert account.lifetime_tokens_used == 52_000
+
+
+def test_two_events_ending_one_subscription_close_its_period_once(webhook: Webhook) -> None:
+    subscribe(webhook)
+    hold(webhook.store, USER, "req-1", 4_000, JAN)
+    updated = ended("updated", "", ENDED)
+    deleted = ended("deleted", "", ENDED)
+    deleted["created"] += 60  # sent a minute later, about the same end
+
+    webhook.deliver(updated)
+    hold(webhook.store, USER, "req-2", 20, ENDED)
+    result = webhook.deliver(deleted)
+
+    assert result.status_code == 200
+    account = webhook.account()
+    assert (account.period_start, account.current_tokens_used) == (ENDED, 20)
+    assert (account.lifetime_tokens_used, account.stripe_updated_at) == (
+        4_000,
+        deleted["created"],
+    )
 
 
 def test_unknown_event_type_is_acknowledged_and_changes_nothing(webhook: Webhook) -> None:
@@ -364,7 +444,7 @@ def test_event_for_an_unlinked_customer_fails_so_that_stripe_retries(webhook: We
 
 def test_checkout_after_the_deletion_does_not_relink_the_subscription(webhook: Webhook) -> None:
     subscribe(webhook)
-    webhook.deliver(subscription_event("deleted", "", FEB))
+    webhook.deliver(ended("deleted", "", FEB))
 
     webhook.deliver(checkout(created=int(JAN.timestamp()) - 5))
 
@@ -462,9 +542,7 @@ def _duplicate_cases() -> list[Any]:
                 lambda s=shape: subscription_event("updated", s, FEB, [("pro", 1), ("addon", 2)]),
                 id=f"updated{shape}",
             ),
-            pytest.param(
-                lambda s=shape: subscription_event("deleted", s, FEB), id=f"deleted{shape}"
-            ),
+            pytest.param(lambda s=shape: ended("deleted", s, FEB), id=f"deleted{shape}"),
             pytest.param(lambda s=shape: invoice_event("paid", s, (FEB, MAR)), id=f"paid{shape}"),
             pytest.param(
                 lambda s=shape: invoice_event("payment_succeeded", s, (FEB, MAR)),
@@ -537,6 +615,10 @@ class FlakyStore(SQLiteStore):
         self._maybe_fail("apply_reset")
         return super().apply_reset(reset, previous_period_start)
 
+    def update_account(self, user_id: str, patch: Any) -> Account:
+        self._maybe_fail("update_account")
+        return super().update_account(user_id, patch)
+
     def complete_event(self, event_id: str, outcome: str, now: datetime) -> None:
         self._maybe_fail("complete_event")
         super().complete_event(event_id, outcome, now)
@@ -581,6 +663,36 @@ def test_failed_reset_answers_500_and_the_retry_resets_once(
     account = webhook.account()
     assert (account.period_start, account.lifetime_tokens_used) == (FEB, 900)
     assert '"outcome":"duplicate"' in again.logs[-1]
+
+
+def test_cancellation_failing_after_its_reset_converges_on_the_retry(webhook: Webhook) -> None:
+    subscribe(webhook)
+    webhook.deliver(topup_event("cs_test_topup_1", 500, JAN + timedelta(days=1)))
+    hold(webhook.store, USER, "req-1", 4_000, JAN)
+    install_store(webhook, FlakyStore(webhook.db_path, "update_account"))
+    event = ended("deleted", "", ENDED)
+
+    failed = webhook.deliver(event)
+    between = webhook.account()
+    hold(webhook.store, USER, "req-2", 20, ENDED)
+    retried = webhook.deliver(event)
+
+    assert (failed.status_code, retried.status_code) == (500, 200)
+    # The period closed before the failed patch; the retry patches without resetting again.
+    assert (between.plan, between.period_start, between.lifetime_tokens_used) == (
+        "starter",
+        ENDED,
+        4_000,
+    )
+    assert '"outcome":"canceled"' in retried.logs[-1]
+    account = webhook.account()
+    assert (account.plan, account.max_tokens_per_month, account.stripe_subscription_id) == (
+        "demo",
+        30,
+        None,
+    )
+    assert (account.period_start, account.current_tokens_used) == (ENDED, 20)
+    assert (account.lifetime_tokens_used, account.topup_tokens) == (4_000, 500)
 
 
 # -- product metadata through the Stripe API -----------------------------------------------------
@@ -717,7 +829,7 @@ def year_of_events(shape: str = "") -> list[Event]:
             )
         if month == 5:
             events.append(topup_event("cs_test_year_topup", 100_000, period[0] + timedelta(days=4)))
-    events.append(subscription_event("deleted", shape, at(2026, 1, 20)))
+    events.append(ended("deleted", shape, at(2026, 1, 20)))
     return events
 
 
@@ -757,7 +869,8 @@ YEAR_END = (
     100_000,
     0,
     0,
-    at(2026, 1, 1),
+    # The cancellation on 20 January closed the paid period: Demo from then to the month's end.
+    at(2026, 1, 20),
     at(2026, 2, 1),
     CUSTOMER,
     None,
@@ -803,8 +916,8 @@ def test_a_year_in_order_with_usage_accounts_every_token(webhook: Webhook) -> No
             used += 1_000
 
     account = webhook.account()
-    assert account.lifetime_tokens_used + account.current_tokens_used == used
-    assert account.current_tokens_used == 1_000  # January 2026's usage, not yet reset
+    # The cancellation closed January 2026's paid period: its usage is lifetime now.
+    assert (account.lifetime_tokens_used, account.current_tokens_used) == (used, 0)
 
 
 # -- the sample-event command ------------------------------------------------------------------
@@ -872,6 +985,7 @@ def test_dev_command_scenarios_sign_and_post_events_the_webhook_applies(
     )
     assert (changed.plan, changed.topup_tokens) == ("pro", 5_000)
     assert (webhook.account().plan, webhook.account().topup_tokens) == ("demo", 5_000)
+    assert webhook.account().period_start == at(2025, 2, 20, 9)  # the cancellation's Demo period
     printed = capsys.readouterr().out
     assert printed.count(": 200 ") == 8
     assert "invoice.payment_succeeded" in printed

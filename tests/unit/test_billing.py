@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from metering.billing import (
     RecordPaymentFailed,
     ResetPeriod,
     SetSubscription,
+    SubscriptionSnapshot,
+    close_paid_period,
     decide_cancel,
     decide_link,
     decide_payment_failed,
@@ -30,6 +33,7 @@ from metering.billing import (
     parse_command,
     parse_subscription,
     products_to_fetch,
+    recovered_cancel,
     service_period,
 )
 from metering.billing_service import topup_claim_id
@@ -128,6 +132,21 @@ def test_subscription_deleted_cancels(shape: str) -> None:
 
     assert isinstance(command, CancelSubscription)
     assert (command.subscription_id, command.customer_id) == (SUB, CUS)
+
+
+def test_cancellation_is_dated_by_the_subscription_end_else_by_the_event() -> None:
+    event = load_event("customer.subscription.deleted")
+    ended_at = event["data"]["object"]["ended_at"]
+    without_end = retarget(event, created=ended_at + 90)
+    without_end["data"]["object"]["ended_at"] = None
+
+    dated = parse_command(event_header(retarget(event, created=ended_at + 5)), PLANS)
+    undated = parse_command(event_header(without_end), PLANS)
+
+    assert isinstance(dated, CancelSubscription)
+    assert isinstance(undated, CancelSubscription)
+    assert (dated.created, dated.at) == (ended_at + 5, datetime.fromtimestamp(ended_at, UTC))
+    assert undated.at == datetime.fromtimestamp(ended_at + 90, UTC)
 
 
 @pytest.mark.parametrize("status", ["canceled", "incomplete_expired"])
@@ -392,6 +411,48 @@ def test_cancel_returns_to_the_default_plan_and_clears_the_subscription() -> Non
         "stripe_subscription_id": None,
         "stripe_updated_at": 10,
     }
+
+
+def test_cancellation_closes_the_paid_period_against_the_paid_allowance() -> None:
+    paid = account(current_tokens_used=4_000, topup_tokens=500)  # Starter: 50,000
+    ended = at(2025, 8, 20, 6)
+
+    reset = close_paid_period(paid, CancelSubscription(SUB, CUS, 10, ended), NOW)
+
+    assert reset is not None
+    assert (reset.used, reset.topup_consumed) == (4_000, 0)
+    assert (reset.period_start, reset.period_end, reset.reset_at) == (ended, at(2025, 9, 1), NOW)
+
+
+def test_cancellation_consumes_top_up_only_for_usage_beyond_the_paid_allowance() -> None:
+    paid = account(current_tokens_used=62_000, addon_tokens=10_000, topup_tokens=5_000)
+
+    reset = close_paid_period(paid, CancelSubscription(SUB, CUS, 10, at(2025, 8, 20)), NOW)
+
+    assert reset is not None
+    assert (reset.used, reset.topup_consumed) == (62_000, 2_000)
+
+
+@pytest.mark.parametrize(
+    "ended", [None, at(2025, 8, 1), at(2025, 7, 20)], ids=["unknown", "at-start", "before"]
+)
+def test_cancellation_without_an_end_after_the_period_start_closes_nothing(
+    ended: datetime | None,
+) -> None:
+    paid = account(current_tokens_used=4_000)
+
+    assert close_paid_period(paid, CancelSubscription(SUB, CUS, 10, ended), NOW) is None
+
+
+def test_recovered_cancellation_is_dated_by_ended_at_and_none_while_running() -> None:
+    ended = at(2025, 8, 20, 6)
+    snapshot = SubscriptionSnapshot(SUB, CUS, "canceled", None, None, (), ended)
+
+    command = recovered_cancel(account(stripe_updated_at=7), snapshot)
+    running = recovered_cancel(account(), replace(snapshot, status="active", ended_at=None))
+
+    assert command == CancelSubscription(SUB, CUS, int(ended.timestamp()), ended)
+    assert running is None
 
 
 def test_cancel_of_another_subscription_changes_nothing() -> None:
