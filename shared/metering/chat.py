@@ -38,13 +38,12 @@ from .model import (
 )
 from .plans import PlanCatalog
 from .ports import UsageStore
-from .pricing import PriceTable
+from .pricing import PriceTable, pico_to_micro_usd
 from .reservation import CallBudget, budget_call, settle
 from .service import get_or_create_account
 from .tokens import TokenUsage
 
 Json = dict[str, Any]
-_PICO_PER_MICRO = 1_000_000
 # Attempts to reserve a call when concurrent requests keep taking the room it was planned from.
 RESERVE_ATTEMPTS = 3
 
@@ -353,7 +352,7 @@ class ChatService:
                 "outputTokens": usage.output_tokens,
                 "totalTokens": usage.total_tokens,
                 "steps": usage.steps,
-                "costUsd": _micro_usd(run.pico_usd) / 1e6,
+                "costUsd": pico_to_micro_usd(run.pico_usd) / 1e6,
             },
         }
         self.store.update_ledger(
@@ -362,7 +361,7 @@ class ChatService:
                 "status": LedgerStatus.SETTLED,
                 "model": message["model"],
                 "usage": usage,
-                "cost_micro_usd": _micro_usd(run.pico_usd),
+                "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
                 "price_version": run.price_version,
                 "reply": json.dumps(message, separators=(",", ":")),
                 "updated_at": now,
@@ -394,7 +393,7 @@ class ChatService:
                     "status": LedgerStatus.FAILED,
                     "model": run.model or self.settings.model,
                     "usage": run.usage,
-                    "cost_micro_usd": _micro_usd(run.pico_usd),
+                    "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
                     "price_version": run.price_version,
                     "updated_at": now,
                 },
@@ -405,10 +404,6 @@ class ChatService:
         if account is None:
             raise MeteringError(f"account of {user_id} vanished")
         return account
-
-
-def _micro_usd(pico_usd: int) -> int:
-    return (pico_usd + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO
 
 
 def _truncated(body: Json) -> bool:

@@ -22,6 +22,11 @@ DEFAULT_PRICES_FILE = "prices.json"
 _PICO_PER_MICRO = 1_000_000
 
 
+def pico_to_micro_usd(pico_usd: int) -> int:
+    """Whole micro-USD, rounded half up: the one rounding every cost goes through."""
+    return (pico_usd + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """Prices of one model in pico-USD per token (USD per MTok x 1e6)."""
@@ -52,7 +57,7 @@ class Cost:
     @property
     def micro_usd(self) -> int:
         """Rounded half up to whole micro-USD."""
-        return (self.pico_usd + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO
+        return pico_to_micro_usd(self.pico_usd)
 
 
 @dataclass(frozen=True)
