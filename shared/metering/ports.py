@@ -6,7 +6,7 @@ another ``MeteringError``) for failures the caller cannot fix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -40,22 +40,6 @@ class AccountPatch(TypedDict, total=False):
     period_end: datetime | None
     storage_bytes_limit: int
     bank_connections_limit: int
-
-
-# The column of the `subscriptions` table behind each AccountPatch field (schema: appwrite.json).
-ACCOUNT_PATCH_COLUMNS: Mapping[str, str] = {
-    "plan": "plan",
-    "status": "status",
-    "max_tokens_per_month": "maxTokensPerMonth",
-    "addon_tokens": "addonTokens",
-    "stripe_customer_id": "stripeCustomerId",
-    "stripe_subscription_id": "stripeSubscriptionId",
-    "stripe_updated_at": "stripeUpdatedAt",
-    "period_start": "periodStart",
-    "period_end": "periodEnd",
-    "storage_bytes_limit": "storageBytesLimit",
-    "bank_connections_limit": "bankConnectionsLimit",
-}
 
 
 class LedgerPatch(TypedDict, total=False):

@@ -22,12 +22,12 @@ from appwrite.query import Query
 from appwrite.services.tables_db import TablesDB
 
 from ..account import Account, ResetPlan
+from ..columns import ACCOUNT_PATCH_COLUMNS, usage_columns
 from ..config import StoreSettings
 from ..errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
 from ..ledger import LedgerEntry, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
 from ..ports import (
-    ACCOUNT_PATCH_COLUMNS,
     AccountPatch,
     AccountQuery,
     ClaimOutcome,
@@ -70,8 +70,6 @@ RESET_ATTEMPTS = 5
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PENDING = "pending"
 DONE = "done"
-
-_ACCOUNT_COLUMNS = ACCOUNT_PATCH_COLUMNS
 
 
 def row_key(key: str) -> str:
@@ -310,7 +308,7 @@ class AppwriteStore:
     def update_account(self, user_id: str, patch: AccountPatch) -> Account:
         data: dict[str, Any] = {}
         for field, given in patch.items():
-            column = _ACCOUNT_COLUMNS.get(field)
+            column = ACCOUNT_PATCH_COLUMNS.get(field)
             if column is None:
                 raise InvalidRequest(f"{field} cannot be patched")
             value: Any = given
@@ -553,7 +551,7 @@ class AppwriteStore:
             "costMicroUsd": entry.cost_micro_usd,
             "priceVersion": entry.price_version,
             "reply": entry.reply,
-            **_usage_columns(entry.usage),
+            **usage_columns(entry.usage),
         }
         self._try(
             "creating a ledger entry",
@@ -581,7 +579,7 @@ class AppwriteStore:
         if "model" in patch:
             data["model"] = patch["model"]
         if "usage" in patch:
-            data.update(_usage_columns(patch["usage"]))
+            data.update(usage_columns(patch["usage"]))
         if "cost_micro_usd" in patch:
             data["costMicroUsd"] = patch["cost_micro_usd"]
         if "price_version" in patch:
@@ -723,18 +721,6 @@ def _document(row: Any) -> dict[str, Any]:
     data["$createdAt"] = row.createdat
     data["$updatedAt"] = row.updatedat
     return data
-
-
-def _usage_columns(usage: TokenUsage) -> dict[str, int]:
-    return {
-        "inputTokens": usage.input_tokens,
-        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
-        "cacheCreation1hTokens": usage.cache_creation_1h_tokens,
-        "cacheReadInputTokens": usage.cache_read_input_tokens,
-        "outputTokens": usage.output_tokens,
-        "totalTokens": usage.total_tokens,
-        "steps": usage.steps,
-    }
 
 
 def _ledger_entry(row: Mapping[str, Any], request_id: str | None = None) -> LedgerEntry:

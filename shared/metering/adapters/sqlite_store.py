@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..account import Account, ResetPlan
+from ..columns import ACCOUNT_PATCH_COLUMNS, usage_columns
 from ..errors import (
     AlreadyExists,
     InvalidRequest,
@@ -26,7 +27,6 @@ from ..errors import (
 )
 from ..ledger import LedgerEntry, LedgerStatus
 from ..ports import (
-    ACCOUNT_PATCH_COLUMNS,
     AccountPatch,
     AccountQuery,
     ClaimOutcome,
@@ -102,7 +102,6 @@ CREATE TABLE IF NOT EXISTS stripe_events (
 );
 """
 
-_ACCOUNT_COLUMNS = ACCOUNT_PATCH_COLUMNS
 
 _PENDING = "pending"
 _DONE = "done"
@@ -166,18 +165,6 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         price_version=row["priceVersion"],
         reply=row["reply"],
     )
-
-
-def _usage_columns(usage: TokenUsage) -> dict[str, object]:
-    return {
-        "inputTokens": usage.input_tokens,
-        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
-        "cacheCreation1hTokens": usage.cache_creation_1h_tokens,
-        "cacheReadInputTokens": usage.cache_read_input_tokens,
-        "outputTokens": usage.output_tokens,
-        "totalTokens": usage.total_tokens,
-        "steps": usage.steps,
-    }
 
 
 def _page(rows: Sequence[sqlite3.Row], limit: int, convert: Callable[[sqlite3.Row], T]) -> Page[T]:
@@ -335,10 +322,10 @@ class SQLiteStore:
 
     def update_account(self, user_id: str, patch: AccountPatch) -> Account:
         values: dict[str, Any] = dict(patch)
-        unknown = set(values) - set(_ACCOUNT_COLUMNS)
+        unknown = set(values) - set(ACCOUNT_PATCH_COLUMNS)
         if unknown:
             raise StoreError(f"not patchable account fields: {sorted(unknown)}")
-        assignments = [f"{_ACCOUNT_COLUMNS[name]} = ?" for name in values]
+        assignments = [f"{ACCOUNT_PATCH_COLUMNS[name]} = ?" for name in values]
         params = [_column_value(value) for value in values.values()]
         with self._write() as connection:
             if assignments:
@@ -450,7 +437,7 @@ class SQLiteStore:
             "userId": entry.user_id,
             "model": entry.model,
             "status": entry.status.value,
-            **_usage_columns(entry.usage),
+            **usage_columns(entry.usage),
             "reservedTokens": entry.reserved_tokens,
             "costMicroUsd": entry.cost_micro_usd,
             "priceVersion": entry.price_version,
@@ -483,7 +470,7 @@ class SQLiteStore:
         for name, value in patch.items():
             if name == "usage":
                 assert isinstance(value, TokenUsage)
-                columns.update(_usage_columns(value))
+                columns.update(usage_columns(value))
             elif name == "status":
                 columns["status"] = LedgerStatus(str(value)).value
             elif name == "model":
