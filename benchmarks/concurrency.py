@@ -76,6 +76,55 @@ class _Round:
     errors: int = 0
 
 
+@dataclass
+class _Tally:
+    """The figures of a flow, summed over its rounds."""
+
+    requests: int
+    served: int = 0
+    refused: int = 0
+    errors: int = 0
+    limit: int = 0
+    overshoot: int = 0
+    worst_overshoot: int = 0
+    counter_past_limit: int = 0
+    lost_updates: int = 0
+    ledger_drift: int | None = None
+
+    def add(
+        self, outcome: _Round, *, start: int, final: int, limit: int, drift: int | None = None
+    ) -> None:
+        """One round: ``start``/``final`` are the user's counter before and after it."""
+        self.served += outcome.served
+        self.refused += outcome.refused
+        self.errors += outcome.errors
+        self.limit = limit
+        past = max(0, start + outcome.charged - limit)
+        self.overshoot += past
+        self.worst_overshoot = max(self.worst_overshoot, past)
+        self.counter_past_limit += max(0, final - limit)
+        self.lost_updates += outcome.charged - (final - start)
+        if drift is not None:
+            self.ledger_drift = (self.ledger_drift or 0) + drift
+
+    def outcome(self, flow: str, backend: str, started: float) -> Outcome:
+        return Outcome(
+            flow=flow,
+            backend=backend,
+            requests=self.requests,
+            served=self.served,
+            refused=self.refused,
+            errors=self.errors,
+            limit=self.limit,
+            overshoot=self.overshoot,
+            worst_overshoot=self.worst_overshoot,
+            counter_past_limit=self.counter_past_limit,
+            lost_updates=self.lost_updates,
+            ledger_drift=self.ledger_drift,
+            seconds=time.perf_counter() - started,
+        )
+
+
 def _in_threads(threads: int, request: Callable[[], int | None]) -> _Round:
     """Run ``request`` once in each of ``threads`` threads released together; it returns the
     tokens it believes it charged, or None when refused with 429."""
@@ -124,9 +173,7 @@ def _ours(
     backend: str,
 ) -> Outcome:
     model = LatencyModel(seed)
-    totals = _Round()
-    overshoot = worst_overshoot = counter_past = lost = drift = 0
-    limit = 0
+    tally = _Tally(requests=threads * rounds)
     started = time.perf_counter()
     for number in range(rounds):
         user_id = f"ours-{number}-{uuid.uuid4().hex[:8]}"
@@ -153,29 +200,10 @@ def _ours(
         account = store.get_account(user_id)
         assert account is not None
         final = account.current_tokens_used
-        past = max(0, start + outcome.charged - limit)
-        overshoot += past
-        worst_overshoot = max(worst_overshoot, past)
-        counter_past += max(0, final - limit)
-        lost += outcome.charged - (final - start)
         # The starting counter predates the ledger; everything since must be in it.
-        drift += final - start - store.ledger_total(user_id, account.period_start)
-        _add(totals, outcome)
-    return Outcome(
-        flow="ours (reserve, settle)",
-        backend=backend,
-        requests=threads * rounds,
-        served=totals.served,
-        refused=totals.refused,
-        errors=totals.errors,
-        limit=limit,
-        overshoot=overshoot,
-        worst_overshoot=worst_overshoot,
-        counter_past_limit=counter_past,
-        lost_updates=lost,
-        ledger_drift=drift,
-        seconds=time.perf_counter() - started,
-    )
+        drift = final - start - store.ledger_total(user_id, account.period_start)
+        tally.add(outcome, start=start, final=final, limit=limit, drift=drift)
+    return tally.outcome("ours (reserve, settle)", backend, started)
 
 
 def _seed(
@@ -189,9 +217,7 @@ def _seed(
     backend: str,
 ) -> Outcome:
     model = LatencyModel(seed)
-    totals = _Round()
-    overshoot = worst_overshoot = counter_past = lost = 0
-    limit = 0
+    tally = _Tally(requests=threads * rounds)
     started = time.perf_counter()
     for number in range(rounds):
         user_id = f"seed-{number}-{uuid.uuid4().hex[:8]}"
@@ -203,33 +229,8 @@ def _seed(
 
         outcome = _in_threads(threads, request)
         final = seed_store().read_usage(user_id).used
-        past = max(0, start + outcome.charged - limit)
-        overshoot += past
-        worst_overshoot = max(worst_overshoot, past)
-        counter_past += max(0, final - limit)
-        lost += outcome.charged - (final - start)
-        _add(totals, outcome)
-    return Outcome(
-        flow="seed (read-then-write)",
-        backend=backend,
-        requests=threads * rounds,
-        served=totals.served,
-        refused=totals.refused,
-        errors=totals.errors,
-        limit=limit,
-        overshoot=overshoot,
-        worst_overshoot=worst_overshoot,
-        counter_past_limit=counter_past,
-        lost_updates=lost,
-        ledger_drift=None,
-        seconds=time.perf_counter() - started,
-    )
-
-
-def _add(totals: _Round, outcome: _Round) -> None:
-    totals.served += outcome.served
-    totals.refused += outcome.refused
-    totals.errors += outcome.errors
+        tally.add(outcome, start=start, final=final, limit=limit)
+    return tally.outcome("seed (read-then-write)", backend, started)
 
 
 Stores = tuple[Callable[[], UsageStore], Callable[[], SeedStore]]

@@ -848,28 +848,13 @@ class AppwriteSchemaAdmin:
     def _create_column(self, table: TableSpec, column: ColumnSpec) -> None:
         database_id, table_id, key = table.database_id, table.id, column.key
         common: dict[str, Any] = {"required": column.required, "array": column.array or None}
-        if column.type == "integer":
-            self._db.create_integer_column(
-                database_id,
-                table_id,
-                key,
-                min=column.min,
-                max=column.max,
-                default=column.default,
-                **common,
-            )
-        elif column.type == "bigint":
-            self._db.create_big_int_column(
-                database_id,
-                table_id,
-                key,
-                min=column.min,
-                max=column.max,
-                default=column.default,
-                **common,
-            )
-        elif column.type == "double":
-            self._db.create_float_column(
+        numeric = {
+            "integer": self._db.create_integer_column,
+            "bigint": self._db.create_big_int_column,
+            "double": self._db.create_float_column,
+        }
+        if column.type in numeric:
+            numeric[column.type](
                 database_id,
                 table_id,
                 key,
