@@ -3,21 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-FUNCTIONS := chat usage stripe-webhook monthly-reset-cron
+# The functions are the ones appwrite.json declares (their folders).
+FUNCTIONS = $(shell $(PYTHON) -c "import json; print(' '.join(f['path'] for f in json.load(open('appwrite.json'))['functions']))")
 
 .PHONY: dev test install vendor lint format typecheck unit bench chromium web clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/dev.txt
+$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/dev.txt shared/pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/dev.txt
+	# The domain package, editable: tools, tests and the local runtime import this one copy.
+	$(BIN)/pip install --quiet --no-build-isolation --editable ./shared
 	touch $@
 
 install: $(VENV)/.installed
 
-# shared/metering is the only copy anyone edits; each function gets a generated copy.
+# shared/metering is the only copy anyone edits; each function installs the wheel built from it.
 vendor: install
 	$(BIN)/python tools/vendor.py
 
@@ -37,8 +40,8 @@ format: install
 
 typecheck: vendor
 	$(BIN)/mypy shared/metering localruntime tools
-	@for fn in $(FUNCTIONS); do \
-		(cd functions/$$fn && ../../$(BIN)/mypy --config-file ../../pyproject.toml src/main.py) || exit 1; \
+	@for folder in $(FUNCTIONS); do \
+		(cd $$folder && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml src/main.py) || exit 1; \
 	done
 
 # pytest exits 5 when it collects nothing: that is not a failure of the code.

@@ -1,70 +1,115 @@
-"""Copy shared/metering into each function's src/ (the copy the Appwrite CLI packs).
+"""Build ``shared/`` into the ``metering`` wheel each function installs from its own folder.
 
-``--check`` exits 1 when any vendored copy differs from the source instead of writing.
+Each function's ``requirements.txt`` lists ``./wheels/<wheel>``, so the folder the Appwrite CLI
+packs deploys alone, and every process (function, local runtime, tests) imports one ``metering``.
+``--check`` exits 1, changing nothing, when a function's wheel is missing, stale or not listed.
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
-import os
+import hashlib
+import json
 import shutil
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "shared" / "metering"
-FUNCTIONS = ROOT / "functions"
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+PACKAGE = ROOT / "shared"
+SOURCE = PACKAGE / "metering"
+WHEEL = "metering-1.0.0-py3-none-any.whl"
+REQUIREMENT = f"./wheels/{WHEEL}"
 
 
-def vendored_copies() -> list[Path]:
-    return sorted(path / "src" / "metering" for path in FUNCTIONS.iterdir() if path.is_dir())
+def function_folders(root: Path = ROOT) -> list[Path]:
+    """The folder of every function ``appwrite.json`` declares: the one list of functions."""
+    document = json.loads((root / "appwrite.json").read_text(encoding="utf-8"))
+    return [root / entry["path"] for entry in document["functions"]]
 
 
-def differs(left: Path, right: Path) -> bool:
-    if not right.is_dir():
-        return True
-    comparison = filecmp.dircmp(left, right, ignore=["__pycache__"])
-    return _differs(comparison)
+def source_digests(source: Path = SOURCE) -> dict[str, str]:
+    """What the wheel must hold: every file of the package, by its path inside the wheel."""
+    return {
+        f"metering/{path.relative_to(source).as_posix()}": _digest(path.read_bytes())
+        for path in sorted(source.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
 
 
-def _differs(comparison: filecmp.dircmp[str]) -> bool:
-    if comparison.left_only or comparison.right_only or comparison.funny_files:
-        return True
-    _, mismatch, errors = filecmp.cmpfiles(
-        comparison.left, comparison.right, comparison.common_files, shallow=False
+def wheel_digests(wheel: Path) -> dict[str, str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return {
+            name: _digest(archive.read(name))
+            for name in archive.namelist()
+            if name.startswith("metering/")
+        }
+
+
+def problems(folder: Path, expected: dict[str, str]) -> list[str]:
+    """Why ``folder`` would not deploy the current package (empty when it would)."""
+    found: list[str] = []
+    wheel = folder / "wheels" / WHEEL
+    requirements = (folder / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    if REQUIREMENT not in (line.strip() for line in requirements):
+        found.append(f"{folder.name}/requirements.txt does not list {REQUIREMENT}")
+    if not wheel.is_file():
+        found.append(f"{folder.name} has no {WHEEL}")
+    elif wheel_digests(wheel) != expected:
+        found.append(f"{folder.name}/wheels/{WHEEL} is stale")
+    return found
+
+
+def build_wheel(destination: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(destination),
+            str(PACKAGE),
+        ],
+        check=True,
     )
-    if mismatch or errors:
-        return True
-    return any(_differs(sub) for sub in comparison.subdirs.values())
+    return destination / WHEEL
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="report drift, change nothing")
+    parser.add_argument("--check", action="store_true", help="report stale wheels, change nothing")
     args = parser.parse_args(argv)
-    stale = [copy for copy in vendored_copies() if differs(SOURCE, copy)]
+    expected = source_digests()
+    folders = function_folders()
+    stale = {folder: problems(folder, expected) for folder in folders}
+    stale = {folder: found for folder, found in stale.items() if found}
     if args.check:
-        for copy in stale:
-            print(f"stale vendored copy: {copy.relative_to(ROOT)}", file=sys.stderr)
+        for found in stale.values():
+            for problem in found:
+                print(problem, file=sys.stderr)
         return 1 if stale else 0
-    for copy in stale:
-        replace_tree(copy)
-        print(f"vendored shared/metering -> {copy.relative_to(ROOT)}")
+    if not stale:
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = build_wheel(Path(scratch))
+        for folder in stale:
+            (folder / "wheels").mkdir(exist_ok=True)
+            # Copied under a temporary name and renamed: a reader never sees half a wheel.
+            partial = folder / "wheels" / f".{WHEEL}.partial"
+            shutil.copyfile(wheel, partial)
+            partial.replace(folder / "wheels" / WHEEL)
+            print(f"vendored shared/ -> {(folder / 'wheels' / WHEEL).relative_to(ROOT)}")
     return 0
 
 
-def replace_tree(copy: Path) -> None:
-    """Swap in a fresh copy with renames, so a reader never sees a half-written package."""
-    fresh = copy.with_name(f".metering-new-{os.getpid()}")
-    retired = copy.with_name(f".metering-old-{os.getpid()}")
-    shutil.rmtree(fresh, ignore_errors=True)
-    shutil.copytree(SOURCE, fresh, ignore=IGNORED)
-    if copy.exists():
-        copy.rename(retired)
-    fresh.rename(copy)
-    shutil.rmtree(retired, ignore_errors=True)
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 if __name__ == "__main__":

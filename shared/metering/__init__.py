@@ -1,5 +1,5 @@
 """Token metering for a Claude chat: the pure domain, its ports and its adapters.
 
-Everything under this package imports its siblings relatively, so the same code runs as the
-top-level package ``metering`` and vendored inside a function as ``function.src.metering``.
+One import identity everywhere: the repository installs this package editable, and each function
+lists the wheel ``make vendor`` builds from it in its ``requirements.txt``.
 """

@@ -59,23 +59,16 @@ ENVIRONMENT = {
 }
 
 
-@pytest.fixture(scope="module")
-def vendored() -> None:
-    vendor.main([])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("function_id", list(CASES), ids=list(CASES))
-def test_function_deploys_from_its_folder_alone(
-    function_id: str, vendored: None, tmp_path: Path
-) -> None:
+def test_function_deploys_from_its_folder_alone(function_id: str, tmp_path: Path) -> None:
     """The packed folder installs and runs with nothing from the repository beside it."""
     config = function_config(function_id)
     assert config["runtime"] == "python-3.12"
     names = unpack(pack(function_id), tmp_path / "function")
     assert "src/main.py" in names
     assert "requirements.txt" in names
-    assert any(name.startswith("src/metering/") for name in names), "domain not vendored"
+    assert f"wheels/{vendor.WHEEL}" in names, "domain not vendored: run make vendor"
     assert not any("__pycache__" in name for name in names)
 
     for module in RUNTIME_MODULES:
@@ -86,8 +79,9 @@ def test_function_deploys_from_its_folder_alone(
     venv = tmp_path / "venv"
     subprocess.run([INTERPRETER, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "-r", "function/requirements.txt"],
-        cwd=tmp_path,
+        # Appwrite's build runs `pip install -r requirements.txt` in the function's folder.
+        [str(venv / "bin" / "pip"), "install", "--quiet", "-r", "requirements.txt"],
+        cwd=tmp_path / "function",
         check=True,
     )
     request, expected_status = CASES[function_id]
@@ -107,6 +101,23 @@ def test_function_deploys_from_its_folder_alone(
         assert not any(name.startswith("anthropic") for name in outcome["modules"])
 
 
-def test_vendored_copies_match_the_source(vendored: None) -> None:
-    """No function ships a domain that drifted from shared/metering."""
+def test_vendored_wheels_match_the_source() -> None:
+    """No function ships a domain that drifted from shared/metering (make vendor builds them)."""
     assert vendor.main(["--check"]) == 0
+
+
+def test_a_stale_or_unlisted_wheel_is_reported(tmp_path: Path) -> None:
+    """The check compares the wheel's files with the source: one changed byte is drift."""
+    folder = tmp_path / "usage"
+    shutil.copytree(ROOT / "functions" / "usage", folder)
+    expected = vendor.source_digests()
+    assert vendor.problems(folder, expected) == []
+    drifted = dict(expected)
+    drifted["metering/plans.py"] = "0" * 64
+    assert vendor.problems(folder, drifted) == [
+        "usage/wheels/metering-1.0.0-py3-none-any.whl is stale"
+    ]
+    (folder / "requirements.txt").write_text("appwrite==27.0.0\n")
+    assert vendor.problems(folder, expected) == [
+        f"usage/requirements.txt does not list {vendor.REQUIREMENT}"
+    ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metering.errors import StoreError
 from metering.ledger import LedgerStatus
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
@@ -136,9 +137,8 @@ def chat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Chat]:
     with running("chat", tmp_path / "metering.sqlite3") as harness:
         handler = function_module("chat", "handler")
         bootstrap = function_module("chat", "bootstrap")
-        errors = function_module("chat", "metering.errors")
         inner = handler.open_store(bootstrap.current().config.store, None)
-        faulty = FaultyStore(inner, errors.StoreError)
+        faulty = FaultyStore(inner, StoreError)
         monkeypatch.setattr(handler, "open_store", lambda settings, key: faulty)
         harness.seed(USER)
         harness.model.then(text_reply("Earlier.", *EARLIER))

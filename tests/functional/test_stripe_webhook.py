@@ -27,7 +27,6 @@ from tests.support.stripe_events import (
     FakeClock,
     at,
     encode,
-    function_module,
     hold,
     load_app,
     load_event,
@@ -626,7 +625,8 @@ class FlakyStore(SQLiteStore):
 
 def install_store(webhook: Webhook, store: SQLiteStore) -> None:
     """Make the function's store factory hand out ``store`` for this database file."""
-    factory = function_module(FUNCTION, "metering.adapters.store_factory")
+    from metering.adapters import store_factory as factory
+
     factory._sqlite_stores[webhook.db_path] = store
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from metering.errors import ConfigurationError
 
 from localruntime.loader import load_function
 
-# The function's own copy of the domain, as deployed: its errors are its own classes.
+# Functions are loaded as open-runtimes loads them: `src` inside the function's own package.
 load_function("chat")
 from fn_chat.src.bootstrap import ChatConfig, build  # noqa: E402 -- after the package exists
-from fn_chat.src.metering.errors import ConfigurationError  # noqa: E402
 
 BASE = {
     "METERING_STORE": "sqlite",

@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .metering.adapters.anthropic_model import AnthropicModel
-from .metering.adapters.appwrite_account import AppwriteAccountVerifier
-from .metering.chat import ChatSettings
-from .metering.coldstart import ColdStart, utc_now
-from .metering.config import EnvReader, Secret, StoreSettings
-from .metering.errors import ConfigurationError
-from .metering.identity import CachedVerifier
-from .metering.model import ModelClient
-from .metering.plans import PlanCatalog, load_default_plans
-from .metering.ports import IdentityVerifier
-from .metering.pricing import PriceTable, load_default_prices
+from metering.adapters.anthropic_model import AnthropicModel
+from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.chat import ChatSettings
+from metering.coldstart import ColdStart, utc_now
+from metering.config import EnvReader, Secret, StoreSettings
+from metering.errors import ConfigurationError
+from metering.identity import CachedVerifier
+from metering.model import ModelClient
+from metering.plans import PlanCatalog, load_default_plans
+from metering.ports import IdentityVerifier
+from metering.pricing import PriceTable, load_default_prices
+
 from .schema import BodyLimits
 
 DEFAULT_MODEL = "claude-sonnet-5-5"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.adapters.store_factory import open_store
+from metering.chat import ChatResult, ChatService
+from metering.errors import InvalidRequest, MeteringError
+from metering.http import Context, Json
+from metering.identity import caller_id
+
 from .bootstrap import ChatApp
-from .metering.adapters.store_factory import open_store
-from .metering.chat import ChatResult, ChatService
-from .metering.errors import InvalidRequest, MeteringError
-from .metering.http import Context, Json
-from .metering.identity import caller_id
 from .schema import parse_chat_body
 
 

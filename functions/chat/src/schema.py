@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from metering.chat import ChatRequest
+from metering.errors import InvalidRequest, PayloadTooLarge
+from metering.model import Message
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-
-from .metering.chat import ChatRequest
-from .metering.errors import InvalidRequest, PayloadTooLarge
-from .metering.model import Message
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,36}$"
 

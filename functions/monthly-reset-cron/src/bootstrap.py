@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .metering.billing import BillingProvider
-from .metering.coldstart import ColdStart, utc_now
-from .metering.config import EnvReader, StoreSettings
-from .metering.maintenance import MaintenanceSettings
-from .metering.plans import PlanCatalog, load_default_plans
+from metering.billing import BillingProvider
+from metering.coldstart import ColdStart, utc_now
+from metering.config import EnvReader, StoreSettings
+from metering.maintenance import MaintenanceSettings
+from metering.plans import PlanCatalog, load_default_plans
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def build(
     env.finish()
     if billing is None and api_key:
         # Imported here: without a key the cron never loads the Stripe SDK.
-        from .metering.adapters.stripe_billing import StripeBilling
+        from metering.adapters.stripe_billing import StripeBilling
 
         billing = StripeBilling(api_key.value, api_base)
     return CronApp(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.adapters.store_factory import open_store
+from metering.errors import Forbidden
+from metering.http import Json
+from metering.maintenance import Maintenance
+
 from .bootstrap import CronApp
-from .metering.adapters.store_factory import open_store
-from .metering.errors import Forbidden
-from .metering.http import Json
-from .metering.maintenance import Maintenance
 
 
 def handle_cron(context: Any, app: CronApp) -> tuple[int, Json]:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
-from .metering.billing import BillingProvider
-from .metering.coldstart import ColdStart, utc_now
-from .metering.config import EnvReader, StoreSettings
-from .metering.plans import PlanCatalog, load_default_plans
+from metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
+from metering.billing import BillingProvider
+from metering.coldstart import ColdStart, utc_now
+from metering.config import EnvReader, StoreSettings
+from metering.plans import PlanCatalog, load_default_plans
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.adapters.store_factory import open_store
+from metering.billing_service import BillingService
+from metering.errors import InvalidRequest, MeteringError
+from metering.http import Json
+
 from .bootstrap import WebhookApp
-from .metering.adapters.store_factory import open_store
-from .metering.billing_service import BillingService
-from .metering.errors import InvalidRequest, MeteringError
-from .metering.http import Json
 
 
 def handle_webhook(context: Any, app: WebhookApp) -> tuple[int, Json]:

@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .metering.adapters.appwrite_account import AppwriteAccountVerifier
-from .metering.coldstart import ColdStart, utc_now
-from .metering.config import EnvReader, StoreSettings
-from .metering.identity import CachedVerifier
-from .metering.plans import PlanCatalog, load_default_plans
-from .metering.ports import IdentityVerifier
+from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.coldstart import ColdStart, utc_now
+from metering.config import EnvReader, StoreSettings
+from metering.identity import CachedVerifier
+from metering.plans import PlanCatalog, load_default_plans
+from metering.ports import IdentityVerifier
 
 
 @dataclass(frozen=True)

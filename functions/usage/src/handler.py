@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.account import usage_stats
+from metering.adapters.store_factory import open_store
+from metering.errors import InvalidRequest, MeteringError
+from metering.http import Json
+from metering.identity import caller_id
+from metering.service import get_or_create_account
+
 from .bootstrap import UsageApp
-from .metering.account import usage_stats
-from .metering.adapters.store_factory import open_store
-from .metering.errors import InvalidRequest, MeteringError
-from .metering.http import Json
-from .metering.identity import caller_id
-from .metering.service import get_or_create_account
 
 
 def handle_usage(context: Any, app: UsageApp) -> tuple[int, Json]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from metering.http import run_handler
+
 from . import bootstrap
 from .handler import handle_usage
-from .metering.http import run_handler
 
 
 def main(context: Any) -> Any:
