@@ -41,7 +41,7 @@ format: install
 typecheck: vendor
 	$(BIN)/mypy shared/metering localruntime tools
 	@for folder in $(FUNCTIONS); do \
-		(cd $$folder && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml src/main.py) || exit 1; \
+		(cd $$folder && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache src/main.py) || exit 1; \
 	done
 
 # pytest exits 5 when it collects nothing: that is not a failure of the code.

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"localruntime: {error.message}", file=sys.stderr)
         return 2
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, environ=environ)
     try:
         runtime.start()
     except OSError as error:

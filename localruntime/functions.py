@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from metering.ports import UsageStore
+
 from . import loader
 from .context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from .wire import Headers, timestamp
@@ -122,8 +124,12 @@ class FunctionRunner:
         host: str,
         port: int,
         timeout: float,
+        environ: Mapping[str, str] | None = None,
+        store: UsageStore | None = None,
     ) -> None:
         self.specs = specs
+        self._environ = dict(environ or {})
+        self._store = store
         self._host = host
         self._port = port
         self._timeout = timeout
@@ -145,7 +151,11 @@ class FunctionRunner:
         with lock:
             main = self._mains.get(spec.id)
             if main is None:
-                main = loader.load_function(spec.id, spec.folder.parent).main
+                module = loader.load_function(spec.id, spec.folder.parent)
+                if (spec.folder / "src" / "bootstrap.py").is_file():
+                    overrides = {} if self._store is None else {"store": self._store}
+                    loader.bootstrap_of(spec.id).configure(self._environ, **overrides)
+                main = module.main
                 self._mains[spec.id] = main
             return main
 

@@ -1,7 +1,7 @@
 """Import a function the way open-runtimes does: its folder is a package, ``src.main`` inside it.
 
-Each function gets its own package name so that all four load side by side in one process,
-each with its own vendored ``metering`` copy, exactly as deployed.
+Each function gets its own package name so that all of them load side by side in one process;
+they share the one installed ``metering`` package.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = ROOT / "functions"
-FUNCTION_IDS = ("chat", "usage", "stripe-webhook", "monthly-reset-cron")
 
 
 def package_name(function_id: str) -> str:
@@ -32,8 +31,10 @@ def load_function(function_id: str, functions_dir: Path = FUNCTIONS_DIR) -> type
     return importlib.import_module(f"{name}.src.main")
 
 
-def main_of(function_id: str) -> Any:
-    return load_function(function_id).main
+def bootstrap_of(function_id: str) -> Any:
+    """The loaded function's wiring module; its ``configure(environ, **overrides)`` sets up the
+    next cold start."""
+    return importlib.import_module(f"{package_name(function_id)}.src.bootstrap")
 
 
 def unload_function(function_id: str) -> None:

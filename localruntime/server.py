@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from metering.adapters.store_factory import open_store
-from metering.config import EnvReader, StoreSettings
+from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import ConfigurationError
 from metering.plans import load_default_plans
 
@@ -52,8 +50,11 @@ class Runtime:
         root: Path = ROOT,
         functions: Mapping[str, FunctionSpec] | None = None,
         web_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # What the functions read their own settings from (CHAT_MODEL, ...), as when deployed.
+        self.environ: Mapping[str, str] = dict(environ or {})
         self.root = root
         self.specs = dict(
             functions if functions is not None else discover(root, root / "functions")
@@ -67,8 +68,6 @@ class Runtime:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._scheduler: Scheduler | None = None
-        self._saved_environ: dict[str, str | None] = {}
-        self._env_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -96,11 +95,14 @@ class Runtime:
         self.port = server.server_address[1]
         try:
             self.auth = AuthStore(self.data_dir / "auth.sqlite3")
+            self.store = SQLiteStore(str(self.metering_path))
             self.runner = FunctionRunner(
                 self.specs,
                 host=self.public_host,
                 port=self.port,
                 timeout=self.settings.sync_timeout_seconds,
+                environ=self.function_environment(),
+                store=self.store,
             )
             self.api = AppwriteSurface(
                 auth=self.auth,
@@ -109,11 +111,8 @@ class Runtime:
                 executions=self.executions,
                 clock=utc_now,
             )
-            self._apply_environment(self.function_environment())
             # A new runtime is a new container: every function starts cold with this environment.
             self.runner.cold_reset()
-            store_settings = StoreSettings.read(EnvReader(_store_env(self.metering_path)))
-            self.store = open_store(store_settings, None)
             self.demo_accounts = seed(
                 self.auth,
                 self.store,
@@ -162,7 +161,6 @@ class Runtime:
             self._thread.join(timeout=5)
         if self._server is not None:
             self._server.server_close()
-        self._restore_environment()
         # A start that failed half-way may not have got as far as these.
         runner: FunctionRunner | None = getattr(self, "runner", None)
         if runner is not None:
@@ -185,16 +183,16 @@ class Runtime:
             return None
         return self.settings.cron_schedule or spec.schedule
 
-    def function_environment(self) -> dict[str, str | None]:
-        """What every function finds in its environment (None: unset).
+    def function_environment(self) -> dict[str, str]:
+        """What every function is configured with: the runtime's environment and Appwrite's
+        variables (its store is passed beside it).
 
         The functions share this process, so per-function variables such as
         ``APPWRITE_FUNCTION_ID`` cannot differ between them and are not set.
         """
         settings = self.settings
         env: dict[str, str | None] = {
-            "METERING_STORE": "sqlite",
-            "METERING_SQLITE_PATH": str(self.metering_path),
+            **self.environ,
             "APPWRITE_FUNCTION_API_ENDPOINT": f"{self.base_url}/v1",
             "APPWRITE_FUNCTION_PROJECT_ID": PROJECT_ID,
             "APPWRITE_FUNCTION_DEPLOYMENT": "local",
@@ -210,19 +208,7 @@ class Runtime:
         else:
             env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.value
             env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
-        return env
-
-    def _apply_environment(self, values: Mapping[str, str | None]) -> None:
-        with self._env_lock:
-            for key, value in values.items():
-                self._saved_environ.setdefault(key, os.environ.get(key))
-                _set_env(key, value)
-
-    def _restore_environment(self) -> None:
-        with self._env_lock:
-            for key, value in self._saved_environ.items():
-                _set_env(key, value)
-            self._saved_environ.clear()
+        return {key: value for key, value in env.items() if value is not None}
 
     # -- the cron ------------------------------------------------------------------------------
 
@@ -335,17 +321,6 @@ def _model_call(request: Request, path: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ModelApiError(400, "invalid_request_error", "the body must be a JSON object")
     return document
-
-
-def _store_env(path: Path) -> dict[str, str]:
-    return {"METERING_STORE": "sqlite", "METERING_SQLITE_PATH": str(path)}
-
-
-def _set_env(key: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = value
 
 
 class _Server(ThreadingHTTPServer):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 from metering.config import EnvReader, Secret
 
 from .cron import CronExpression
@@ -79,11 +79,8 @@ class RuntimeSettings:
         return settings
 
 
-def load_environment(env_file: Path = Path(".env")) -> Mapping[str, str]:
-    """The process environment, completed with the values of ``env_file`` when it exists.
-
-    The values go into the process environment because the functions, which share this process,
-    read their own settings (``CHAT_MODEL``, ...) from it at cold start, as when deployed.
-    """
-    load_dotenv(env_file, override=False)
-    return os.environ
+def load_environment(env_file: Path = Path(".env")) -> dict[str, str]:
+    """The process environment, completed with the values of ``env_file`` when it exists (the
+    process environment wins). Nothing is written back: the functions get this mapping."""
+    from_file = {key: value for key, value in dotenv_values(env_file).items() if value is not None}
+    return {**from_file, **os.environ}

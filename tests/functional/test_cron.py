@@ -404,7 +404,7 @@ def test_renewal_webhook_after_the_cron_recovered_the_period_does_nothing(
     result = webhook(renewal_event("u1"))
 
     assert result.status_code == 200
-    assert '"outcome":"reset_not_forward"' in result.logs[-1]
+    assert '"event":"stripe.webhook.reset_not_forward"' in result.logs[-1]
     account = cron.account("u1")
     assert (account.current_tokens_used, account.lifetime_tokens_used) == (20, 300)
 

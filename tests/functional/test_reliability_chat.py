@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import StoreError
 from metering.ledger import LedgerStatus
 
@@ -24,8 +25,8 @@ from tests.support.anthropic_fake import (
     timeout,
     tool_use_reply,
 )
-from tests.support.function_harness import NOW, Harness, running
-from tests.support.stripe_events import function_module, load_app, unload_app
+from tests.support.function_harness import NOW, Harness, base_environment, running
+from tests.support.stripe_events import load_app, unload_app
 
 USER = "alice"
 STARTER = 50_000
@@ -106,11 +107,9 @@ class Chat:
 
     def cron(self, at: datetime) -> dict[str, Any]:
         """One scheduled run of ``monthly-reset-cron`` with its clock at ``at``."""
-        environ = {
-            "METERING_STORE": "sqlite",
-            "METERING_SQLITE_PATH": str(self.harness.sqlite_path),
-        }
-        main = load_app("monthly-reset-cron", environ, clock=lambda: at)
+        store = SQLiteStore(str(self.harness.sqlite_path))
+        environ = base_environment(self.harness.sqlite_path)
+        main = load_app("monthly-reset-cron", environ, clock=lambda: at, store=store)
         headers = {"x-appwrite-trigger": "schedule"}
         try:
             result = execute(main, RuntimeContext(RuntimeRequest(method="POST", headers=headers)))
@@ -134,12 +133,9 @@ class Chat:
 
 @pytest.fixture
 def chat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Chat]:
-    with running("chat", tmp_path / "metering.sqlite3") as harness:
-        handler = function_module("chat", "handler")
-        bootstrap = function_module("chat", "bootstrap")
-        inner = handler.open_store(bootstrap.current().config.store, None)
-        faulty = FaultyStore(inner, StoreError)
-        monkeypatch.setattr(handler, "open_store", lambda settings, key: faulty)
+    path = tmp_path / "metering.sqlite3"
+    faulty = FaultyStore(SQLiteStore(str(path)), StoreError)
+    with running("chat", path, store=faulty) as harness:
         harness.seed(USER)
         harness.model.then(text_reply("Earlier.", *EARLIER))
         assert harness.call({"messages": [{"role": "user", "content": "Hi"}]}, user=USER).json()

@@ -79,8 +79,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def webhook(tmp_path: Path, clock: FakeClock) -> Iterator[Webhook]:
     db_path = str(tmp_path / "metering.sqlite3")
-    main = load_app(FUNCTION, environ(db_path), clock=clock)
-    yield Webhook(main, SQLiteStore(db_path), db_path, clock)
+    store = SQLiteStore(db_path)
+    main = load_app(FUNCTION, environ(db_path), clock=clock, store=store)
+    yield Webhook(main, store, db_path, clock)
     unload_app(FUNCTION)
 
 
@@ -372,7 +373,7 @@ def test_unknown_event_type_is_acknowledged_and_changes_nothing(webhook: Webhook
 
     assert (result.status_code, result.json()) == (200, {"received": True})
     assert webhook.account() == before
-    assert '"outcome":"ignored"' in result.logs[-1]
+    assert '"event":"stripe.webhook.ignored"' in result.logs[-1]
 
 
 @pytest.mark.parametrize("kind", ["subscription", "topup"])
@@ -385,8 +386,8 @@ def test_checkout_naming_no_possible_user_is_acknowledged_and_creates_no_account
     first, retry = webhook.deliver(event), webhook.deliver(event)
 
     assert (first.status_code, retry.status_code) == (200, 200)
-    assert '"outcome":"ignored"' in first.logs[-1]
-    assert '"outcome":"duplicate"' in retry.logs[-1]
+    assert '"event":"stripe.webhook.ignored"' in first.logs[-1]
+    assert '"event":"stripe.webhook.duplicate"' in retry.logs[-1]
     assert row_counts(webhook.db_path)["subscriptions"] == 0
 
 
@@ -396,8 +397,8 @@ def test_each_outcome_is_one_log_line_with_event_id_and_type(webhook: Webhook) -
     result = webhook.deliver(event)
 
     assert result.logs == [
-        '{"event":"stripe.webhook","eventId":"' + event["id"] + '",'
-        '"type":"checkout.session.completed","outcome":"linked"}'
+        '{"event":"stripe.webhook.linked","eventId":"' + event["id"] + '",'
+        '"type":"checkout.session.completed"}'
     ]
 
 
@@ -577,7 +578,7 @@ def test_ten_deliveries_of_one_event_change_state_once(
         after_one.lifetime_tokens_used,
         after_one.plan,
     )
-    assert all('"outcome":"duplicate"' in r.logs[-1] for r in results)
+    assert all('"event":"stripe.webhook.duplicate"' in r.logs[-1] for r in results)
 
 
 def test_two_events_for_one_checkout_session_credit_the_topup_once(webhook: Webhook) -> None:
@@ -624,10 +625,8 @@ class FlakyStore(SQLiteStore):
 
 
 def install_store(webhook: Webhook, store: SQLiteStore) -> None:
-    """Make the function's store factory hand out ``store`` for this database file."""
-    from metering.adapters import store_factory as factory
-
-    factory._sqlite_stores[webhook.db_path] = store
+    """Start the function cold again over ``store``."""
+    webhook.main = load_app(FUNCTION, environ(webhook.db_path), clock=webhook.clock, store=store)
 
 
 @pytest.mark.parametrize("operation", ["add_topup", "complete_event"])
@@ -662,7 +661,7 @@ def test_failed_reset_answers_500_and_the_retry_resets_once(
     assert [failed.status_code, retried.status_code, again.status_code] == [500, 200, 200]
     account = webhook.account()
     assert (account.period_start, account.lifetime_tokens_used) == (FEB, 900)
-    assert '"outcome":"duplicate"' in again.logs[-1]
+    assert '"event":"stripe.webhook.duplicate"' in again.logs[-1]
 
 
 def test_cancellation_failing_after_its_reset_converges_on_the_retry(webhook: Webhook) -> None:
@@ -684,7 +683,7 @@ def test_cancellation_failing_after_its_reset_converges_on_the_retry(webhook: We
         ENDED,
         4_000,
     )
-    assert '"outcome":"canceled"' in retried.logs[-1]
+    assert '"event":"stripe.webhook.canceled"' in retried.logs[-1]
     account = webhook.account()
     assert (account.plan, account.max_tokens_per_month, account.stripe_subscription_id) == (
         "demo",

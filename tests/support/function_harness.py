@@ -3,7 +3,6 @@ for chat, a fake Anthropic transport; inspect the store before and after."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -17,9 +16,10 @@ import responses
 from metering.account import Account, new_account
 from metering.adapters.sqlite_store import SQLiteStore
 from metering.plans import load_default_plans
+from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
-from localruntime.loader import load_function, package_name
+from localruntime.loader import bootstrap_of, load_function
 from tests.support.anthropic_fake import FakeAnthropic
 from tests.support.identity import ENDPOINT, PROJECT_ID, FakeAccounts
 
@@ -114,20 +114,22 @@ def running(
     sqlite_path: Path,
     environment: dict[str, str] | None = None,
     model: FakeAnthropic | None = None,
+    store: UsageStore | None = None,
 ) -> Iterator[Harness]:
-    """Install a freshly built app for ``function_id`` and answer the Account API meanwhile."""
+    """Configure a cold start of ``function_id`` (over ``store``, by default the SQLite file) and
+    answer the Account API meanwhile."""
     load_function(function_id)
-    bootstrap = importlib.import_module(f"{package_name(function_id)}.src.bootstrap")
+    bootstrap = bootstrap_of(function_id)
     harness = Harness(function_id, sqlite_path, FakeAccounts(), model or FakeAnthropic())
-    harness.store()  # the schema exists before the first snapshot
     env = {**base_environment(sqlite_path), **(environment or {})}
-    extra: dict[str, Any] = {"clock": lambda: NOW}
+    # The schema exists before the first snapshot.
+    extra: dict[str, Any] = {"clock": lambda: NOW, "store": store or harness.store()}
     if function_id == "chat":
         extra["anthropic_http_client"] = harness.model.client()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         harness.accounts.register(mock)
-        bootstrap.install(bootstrap.build(env, **extra))
+        bootstrap.configure(env, **extra)
         try:
             yield harness
         finally:
-            bootstrap.install(None)
+            bootstrap.configure()

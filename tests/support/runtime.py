@@ -25,13 +25,27 @@ PASSWORD = "correct horse battery"
 
 # Reports the request it got and, when it carries a JWT, the user the Account API verifies it
 # belongs to (through the real Appwrite SDK, as the functions do).
+# The probe's wiring: like every function, it is configured with the runtime's mapping.
+PROBE_BOOTSTRAP = """
+ENVIRON = {}
+OVERRIDES = {}
+
+
+def configure(environ=None, **overrides):
+    ENVIRON.clear()
+    ENVIRON.update(environ or {})
+    OVERRIDES.clear()
+    OVERRIDES.update(overrides)
+"""
+
 ECHO_SOURCE = """
-import os
 import time
 
 from appwrite.client import Client
 from appwrite.exception import AppwriteException
 from appwrite.services.account import Account
+
+from .bootstrap import ENVIRON, OVERRIDES
 
 
 def main(context):
@@ -44,21 +58,21 @@ def main(context):
     jwt = req.headers.get("x-appwrite-user-jwt", "")
     if jwt:
         client = Client()
-        client.set_endpoint(os.environ["APPWRITE_FUNCTION_API_ENDPOINT"])
-        client.set_project(os.environ["APPWRITE_FUNCTION_PROJECT_ID"])
+        client.set_endpoint(ENVIRON["APPWRITE_FUNCTION_API_ENDPOINT"])
+        client.set_project(ENVIRON["APPWRITE_FUNCTION_PROJECT_ID"])
         client.set_jwt(jwt)
         try:
             verified = Account(client).get().id
         except AppwriteException as error:
             verified = "error:" + str(error.type)
     env = {
-        key: os.environ.get(key)
+        key: ENVIRON.get(key)
         for key in (
-            "METERING_STORE", "METERING_SQLITE_PATH", "APPWRITE_FUNCTION_API_ENDPOINT",
-            "APPWRITE_FUNCTION_PROJECT_ID", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
-            "STRIPE_WEBHOOK_SECRET",
+            "APPWRITE_FUNCTION_API_ENDPOINT", "APPWRITE_FUNCTION_PROJECT_ID",
+            "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "STRIPE_WEBHOOK_SECRET",
         )
     }
+    env["store"] = type(OVERRIDES.get("store")).__name__
     return context.res.json(
         {
             "method": req.method,
@@ -80,6 +94,7 @@ def write_function(folder: Path, function_id: str, source: str) -> Path:
     target = folder / function_id / "src"
     target.mkdir(parents=True, exist_ok=True)
     (target / "main.py").write_text(source, encoding="utf-8")
+    (target / "bootstrap.py").write_text(PROBE_BOOTSTRAP, encoding="utf-8")
     return folder / function_id
 
 

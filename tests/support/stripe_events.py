@@ -14,7 +14,7 @@ from metering.ledger import LedgerEntry, LedgerStatus
 from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest
-from localruntime.loader import load_function, package_name
+from localruntime.loader import bootstrap_of, load_function, package_name
 from tools.stripe_events import FIXTURES_DIR, Event, encode, load_event, retarget
 
 __all__ = [
@@ -108,15 +108,14 @@ def hold(store: UsageStore, user_id: str, request_id: str, tokens: int, now: dat
 def load_app(function_id: str, environ: dict[str, str], **overrides: Any) -> Callable[..., Any]:
     """Load a function and give it a cold start with ``environ``; returns its ``main``."""
     module = load_function(function_id)
-    bootstrap = importlib.import_module(f"{package_name(function_id)}.src.bootstrap")
-    bootstrap.configure(environ, **overrides)
+    bootstrap_of(function_id).configure(environ, **overrides)
     main: Callable[..., Any] = module.main
     return main
 
 
 def unload_app(function_id: str) -> None:
     """Back to a cold start from the process environment."""
-    importlib.import_module(f"{package_name(function_id)}.src.bootstrap").configure(None)
+    bootstrap_of(function_id).configure()
 
 
 def function_module(function_id: str, name: str) -> ModuleType:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.chat import ChatSettings
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, Secret, StoreSettings
@@ -18,7 +18,7 @@ from metering.errors import ConfigurationError
 from metering.identity import CachedVerifier
 from metering.model import ModelClient
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import IdentityVerifier
+from metering.ports import IdentityVerifier, UsageStore
 from metering.pricing import PriceTable, load_default_prices
 
 from .schema import BodyLimits
@@ -83,6 +83,7 @@ class ChatConfig:
 @dataclass(frozen=True)
 class ChatApp:
     config: ChatConfig
+    stores: StoreOpener
     model: ModelClient
     verifier: IdentityVerifier
     plans: PlanCatalog
@@ -101,6 +102,7 @@ def build(
     clock: Callable[[], datetime] = utc_now,
     verifier: IdentityVerifier | None = None,
     anthropic_http_client: Any = None,
+    store: UsageStore | None = None,
 ) -> ChatApp:
     """Everything an execution needs; ``anthropic_http_client`` carries a test transport."""
     config = ChatConfig.read(environ)
@@ -119,6 +121,7 @@ def build(
     )
     return ChatApp(
         config=config,
+        stores=store_opener(config.store, store),
         model=model,
         verifier=CachedVerifier(identity),
         plans=load_default_plans(),
@@ -128,8 +131,8 @@ def build(
     )
 
 
-_cold_start: ColdStart[ChatApp] = ColdStart(lambda: build(os.environ))
-# The app of this cold start, built from the process environment on first use.
+_cold_start: ColdStart[ChatApp] = ColdStart(build)
+# The app of this cold start, built on first use from the process environment, or from what the
+# local runtime or a test passes to `configure(environ, **overrides)`.
 current = _cold_start.current
-# Tests build an app from a dict and fake transports, and install it.
-install = _cold_start.install
+configure = _cold_start.configure

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from metering.http import run_handler
+from metering.edge import Context, serve
 
 from . import bootstrap
 from .handler import handle_chat
 
 
-def main(context: Any) -> Any:
-    return run_handler(context, "chat", lambda: handle_chat(context, bootstrap.current()))
+def main(context: Context) -> Any:
+    return serve(
+        context, "chat", ("POST",), lambda r, log: handle_chat(r, log, bootstrap.current())
+    )

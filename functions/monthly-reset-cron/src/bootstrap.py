@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.billing import BillingProvider
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, StoreSettings
 from metering.maintenance import MaintenanceSettings
 from metering.plans import PlanCatalog, load_default_plans
+from metering.ports import UsageStore
 
 
 @dataclass(frozen=True)
 class CronApp:
-    store: StoreSettings
+    stores: StoreOpener
     maintenance: MaintenanceSettings
     # None without STRIPE_SECRET_KEY: missed renewals are then not looked up (the summary says so).
     billing: BillingProvider | None
@@ -32,12 +31,13 @@ def build(
     *,
     clock: Callable[[], datetime] = utc_now,
     billing: BillingProvider | None = None,
+    store: UsageStore | None = None,
 ) -> CronApp:
     env = EnvReader(environ)
     api_key = env.secret("STRIPE_SECRET_KEY")
     api_base = env.optional("STRIPE_API_BASE")
     maintenance = MaintenanceSettings.read(env)
-    store = StoreSettings.read(env)
+    settings = StoreSettings.read(env)
     env.finish()
     if billing is None and api_key:
         # Imported here: without a key the cron never loads the Stripe SDK.
@@ -45,7 +45,7 @@ def build(
 
         billing = StripeBilling(api_key.value, api_base)
     return CronApp(
-        store=store,
+        stores=store_opener(settings, store),
         maintenance=maintenance,
         billing=billing,
         clock=clock,
@@ -53,12 +53,8 @@ def build(
     )
 
 
-_cold_start: ColdStart[CronApp] = ColdStart(functools.partial(build, os.environ))
-# The app of this cold start, built from the process environment on first use.
+_cold_start: ColdStart[CronApp] = ColdStart(build)
+# The app of this cold start, built on first use from the process environment, or from what the
+# local runtime or a test passes to `configure(environ, **overrides)`.
 current = _cold_start.current
-
-
-def configure(environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
-    """Start cold again, building from ``environ`` (tests pass a dict; None: the process's)."""
-    source = os.environ if environ is None else environ
-    _cold_start.rebuild_with(functools.partial(build, source, **overrides))
+configure = _cold_start.configure

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from metering.http import run_handler
+from metering.edge import Context, serve
 
 from . import bootstrap
 from .handler import handle_cron
 
 
-def main(context: Any) -> Any:
-    return run_handler(
-        context, "monthly-reset-cron", lambda: handle_cron(context, bootstrap.current())
-    )
+def main(context: Context) -> Any:
+    # Any method: the trigger header, not the method, says whether the scheduler is calling.
+    return serve(context, "cron", None, lambda r, log: handle_cron(r, log, bootstrap.current()))

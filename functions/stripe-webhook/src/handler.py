@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from metering.adapters.store_factory import open_store
 from metering.billing_service import BillingService
-from metering.errors import InvalidRequest, MeteringError
-from metering.http import Json
+from metering.edge import Answer, LogLine, Request
 
 from .bootstrap import WebhookApp
 
 
-def handle_webhook(context: Any, app: WebhookApp) -> tuple[int, Json]:
-    request = context.req
-    event_id = event_type = None
-    try:
-        if request.method != "POST":
-            raise InvalidRequest("the Stripe webhook accepts POST requests only")
-        event = app.verifier.verify(request.body_binary, request.headers.get("stripe-signature"))
-        event_id, event_type = event.get("id"), event.get("type")
-        store = open_store(app.store, request.headers.get("x-appwrite-key"))
-        service = BillingService(store, app.plans, app.billing)
-        handled = service.handle(event, app.clock())
-    except MeteringError as error:
-        outcome = "rejected" if error.status < 500 else "failed"
-        _log(context, outcome, event_id, event_type, code=error.code, reason=error.message)
-        raise
-    _log(context, handled.outcome, handled.event_id, handled.type)
-    return 200, {"received": True}
-
-
-def _log(context: Any, outcome: str, event_id: Any, event_type: Any, **fields: Any) -> None:
-    line = {"event": "stripe.webhook", "eventId": event_id, "type": event_type, "outcome": outcome}
-    context.log(json.dumps({**line, **fields}, separators=(",", ":")))
+def handle_webhook(request: Request, log: LogLine, app: WebhookApp) -> Answer:
+    event = app.verifier.verify(request.body_binary, request.headers.get("stripe-signature"))
+    log.add(eventId=event.get("id"), type=event.get("type"))
+    store = app.stores(request.headers.get("x-appwrite-key"))
+    handled = BillingService(store, app.plans, app.billing).handle(event, app.clock())
+    return Answer({"received": True}, outcome=handled.outcome)

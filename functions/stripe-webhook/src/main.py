@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from metering.http import run_handler
+from metering.edge import Context, serve
 
 from . import bootstrap
 from .handler import handle_webhook
 
 
-def main(context: Any) -> Any:
-    return run_handler(
-        context, "stripe-webhook", lambda: handle_webhook(context, bootstrap.current())
-    )
+def main(context: Context) -> Any:
+    app = bootstrap.current
+    return serve(context, "stripe.webhook", ("POST",), lambda r, log: handle_webhook(r, log, app()))

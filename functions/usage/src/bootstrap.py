@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, StoreSettings
 from metering.identity import CachedVerifier
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import IdentityVerifier
+from metering.ports import IdentityVerifier, UsageStore
 
 
 @dataclass(frozen=True)
 class UsageApp:
-    store: StoreSettings
+    stores: StoreOpener
     verifier: IdentityVerifier
     plans: PlanCatalog
     clock: Callable[[], datetime]
@@ -28,20 +28,24 @@ def build(
     *,
     clock: Callable[[], datetime] = utc_now,
     verifier: IdentityVerifier | None = None,
+    store: UsageStore | None = None,
 ) -> UsageApp:
     env = EnvReader(environ)
-    store = StoreSettings.read(env)
+    settings = StoreSettings.read(env)
     env.finish()
     identity = verifier or AppwriteAccountVerifier(
-        store.appwrite_endpoint, store.appwrite_project_id
+        settings.appwrite_endpoint, settings.appwrite_project_id
     )
     return UsageApp(
-        store=store, verifier=CachedVerifier(identity), plans=load_default_plans(), clock=clock
+        stores=store_opener(settings, store),
+        verifier=CachedVerifier(identity),
+        plans=load_default_plans(),
+        clock=clock,
     )
 
 
-_cold_start: ColdStart[UsageApp] = ColdStart(lambda: build(os.environ))
-# The app of this cold start, built from the process environment on first use.
+_cold_start: ColdStart[UsageApp] = ColdStart(build)
+# The app of this cold start, built on first use from the process environment, or from what the
+# local runtime or a test passes to `configure(environ, **overrides)`.
 current = _cold_start.current
-# Tests build an app from a dict, and install it.
-install = _cold_start.install
+configure = _cold_start.configure

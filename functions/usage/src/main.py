@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from metering.http import run_handler
+from metering.edge import Context, serve
 
 from . import bootstrap
 from .handler import handle_usage
 
 
-def main(context: Any) -> Any:
-    return run_handler(context, "usage", lambda: handle_usage(context, bootstrap.current()))
+def main(context: Context) -> Any:
+    return serve(
+        context, "usage", ("GET",), lambda r, log: handle_usage(r, log, bootstrap.current())
+    )

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ..config import StoreSettings
 from ..errors import ConfigurationError
 from ..ports import UsageStore
 
+# The store of one execution, from the execution's own `x-appwrite-key` (None without one).
+StoreOpener = Callable[[str | None], UsageStore]
+
 _sqlite_stores: dict[str, UsageStore] = {}
 _lock = threading.Lock()
+
+
+def store_opener(settings: StoreSettings, store: UsageStore | None = None) -> StoreOpener:
+    """How a function opens its store: ``store`` when one is given (the local runtime's embedded
+    store, a test's fake), else the configured backend."""
+    if store is not None:
+        return lambda _execution_key: store
+    return lambda execution_key: open_store(settings, execution_key)
 
 
 def open_store(settings: StoreSettings, execution_key: str | None) -> UsageStore:

@@ -1,10 +1,14 @@
-"""Errors become JSON bodies in one place: codes by class, no exception text in 5xx bodies."""
+"""The one edge of every function: codes by class, no exception text in 5xx bodies, the method
+check and one log line per outcome."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from metering.edge import GENERIC_SERVER_MESSAGE, Answer, LogLine, Request, error_body, serve
 from metering.errors import (
     ConfigurationError,
     Forbidden,
@@ -18,7 +22,6 @@ from metering.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from metering.http import GENERIC_SERVER_MESSAGE, error_body, run_handler
 
 
 @pytest.mark.parametrize(
@@ -74,33 +77,79 @@ class FakeResponse:
 
 
 class FakeContext:
-    def __init__(self) -> None:
+    def __init__(self, method: str = "POST") -> None:
+        self.req = SimpleNamespace(method=method, path="/", headers={}, body_binary=b"")
         self.res = FakeResponse()
+        self.logs: list[str] = []
         self.errors: list[str] = []
 
     def log(self, message: Any) -> None:
-        pass
+        self.logs.append(str(message))
 
     def error(self, message: Any) -> None:
         self.errors.append(str(message))
 
 
-def test_run_handler_answers_a_crash_with_a_json_500_and_logs_it() -> None:
+def test_serve_answers_a_crash_with_a_json_500_and_logs_it() -> None:
     """An unexpected exception is logged and becomes a bare JSON 500, never an empty body."""
     context = FakeContext()
 
-    def crash() -> tuple[int, dict[str, Any]]:
+    def crash(request: Request, log: LogLine) -> Answer:
         raise KeyError("api_key=sk-123")
 
-    result = run_handler(context, "chat", crash)
+    result = serve(context, "chat", ("POST",), crash)
 
     assert result["statusCode"] == 500
     assert result["body"] == {"error": {"code": "internal", "message": GENERIC_SERVER_MESSAGE}}
     assert len(context.errors) == 1
+    assert "sk-123" not in context.logs[-1]
 
 
-def test_run_handler_passes_a_success_through() -> None:
+def test_serve_passes_a_success_through() -> None:
     """A handler's own status and body are answered as they are."""
-    result = run_handler(FakeContext(), "usage", lambda: (200, {"ok": True}))
+    result = serve(FakeContext(), "usage", ("POST",), lambda r, log: Answer({"ok": True}))
 
     assert (result["statusCode"], result["body"]) == (200, {"ok": True})
+
+
+def test_serve_refuses_another_method_before_the_handler_runs() -> None:
+    """A method the function does not accept is a 400 and the handler never runs."""
+    ran: list[bool] = []
+
+    def handler(request: Request, log: LogLine) -> Answer:
+        ran.append(True)
+        return Answer({})
+
+    result = serve(FakeContext("GET"), "chat", ("POST",), handler)
+
+    assert result["statusCode"] == 400
+    assert result["body"]["error"]["code"] == "invalid_request"
+    assert ran == []
+
+
+def test_serve_writes_one_line_with_what_the_handler_learnt_before_failing() -> None:
+    """A refusal is logged once, with the ids the handler had by then, its code and status."""
+    context = FakeContext()
+
+    def handler(request: Request, log: LogLine) -> Answer:
+        log.add(userId="u1")
+        raise InvalidRequest("bad body")
+
+    serve(context, "chat", ("POST",), handler)
+
+    assert [json.loads(line) for line in context.logs] == [
+        {"event": "chat.rejected", "userId": "u1", "code": "invalid_request", "status": 400}
+    ]
+
+
+def test_notes_come_before_the_outcome_line() -> None:
+    """Findings an operator greps for are lines of their own, the outcome line last."""
+    context = FakeContext()
+
+    def handler(request: Request, log: LogLine) -> Answer:
+        log.note("cron.drift", userId="u1", drift=5)
+        return Answer({"ok": True}, outcome="summary")
+
+    serve(context, "cron", ("POST",), handler)
+
+    assert [json.loads(line)["event"] for line in context.logs] == ["cron.drift", "cron.summary"]
