@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .account import Account, ResetPlan, plan_reset
-from .errors import InternalError, InvalidRequest, PlanError
+from .errors import InvalidRequest, PlanError
 from .plans import PlanCatalog
 from .ports import AccountPatch
 from .timeutil import next_month_start, parse_timestamp
@@ -28,11 +28,6 @@ RESET_BILLING_REASONS = frozenset({"subscription_cycle", "subscription_create"})
 PLAN_KEYS = ("tokens_per_month", "plan", "addon_tokens")
 # Appwrite's user id rule: a checkout naming anything else can never belong to a user.
 USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,35}")
-
-
-class AccountNotLinked(InternalError):
-    """A Stripe object names a customer no account is linked to yet (its checkout event has not
-    been applied): failing makes Stripe deliver the event again later."""
 
 
 # -- what Stripe tells us ----------------------------------------------------------------------

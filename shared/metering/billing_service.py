@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 from .account import Account
 from .billing import (
-    AccountNotLinked,
     BillingProvider,
     CancelSubscription,
     Command,
@@ -30,7 +29,7 @@ from .billing import (
     parse_command,
     subscription_products,
 )
-from .errors import ConfigurationError, RequestInProgress
+from .errors import AccountNotLinked, ConfigurationError, RequestInProgress
 from .plans import PlanCatalog
 from .ports import AccountPatch, ClaimOutcome, UsageStore
 from .service import get_or_create_account

@@ -93,20 +93,27 @@ class StoreError(InternalError):
     """The store failed in a way the caller cannot fix."""
 
 
-class LimitReached(MeteringError):
+class AccountNotLinked(InternalError):
+    """A Stripe object names a customer no account is linked to yet (its checkout event has not
+    been applied): failing makes Stripe deliver the event again later."""
+
+
+# Signals a store gives its caller about one operation. The caller decides what each means; one
+# that escapes is a bug and answers a bare 500, never a public 404, 409 or 429 (Stripe would
+# read a 409 as "handled" and stop retrying).
+
+
+class StoreSignal(InternalError):
+    """Base of the signals a ``UsageStore`` raises; never mapped to its own status."""
+
+
+class LimitReached(StoreSignal):
     """A bounded increment would pass the limit; the store changed nothing."""
 
-    code = "token_limit_exceeded"
-    status = 429
 
-
-class AlreadyExists(MeteringError):
+class AlreadyExists(StoreSignal):
     """A row keyed by an idempotency key already exists."""
 
-    code = "already_exists"
-    status = 409
 
-
-class NotFound(MeteringError):
-    code = "not_found"
-    status = 404
+class NotFound(StoreSignal):
+    """The row an operation names does not exist."""

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from metering.edge import GENERIC_SERVER_MESSAGE, Answer, LogLine, Request, error_body, serve
 from metering.errors import (
+    AlreadyExists,
     ConfigurationError,
     Forbidden,
     InvalidRequest,
+    LimitReached,
     MeteringError,
+    NotFound,
     PayloadTooLarge,
     RequestInProgress,
     StoreError,
@@ -37,6 +40,10 @@ from metering.errors import (
         pytest.param(UpstreamUnavailable("secret detail"), 503, "upstream_unavailable", id="503"),
         pytest.param(StoreError("secret detail"), 500, "internal", id="store-500"),
         pytest.param(ConfigurationError("secret detail"), 500, "internal", id="config-500"),
+        # A store signal that escapes its caller is a bug: never a public 404, 409 or 429.
+        pytest.param(LimitReached("limit"), 500, "internal", id="limit-signal-500"),
+        pytest.param(AlreadyExists("exists"), 500, "internal", id="exists-signal-500"),
+        pytest.param(NotFound("missing"), 500, "internal", id="missing-signal-500"),
     ],
 )
 def test_error_body_maps_each_error_class(error: MeteringError, status: int, code: str) -> None:
