@@ -20,7 +20,6 @@ from pathlib import Path
 
 from metering.account import new_account
 from metering.adapters.appwrite_store import AppwriteStore
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.chat import ChatRequest, ChatService, ChatSettings
 from metering.errors import TokenLimitExceeded
 from metering.model import Message
@@ -30,6 +29,7 @@ from metering.pricing import load_default_prices
 
 from benchmarks.common import MODEL, LatencyModel, Table, ratio
 from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.appwrite_emulator import emulated_appwrite
 
 SETTINGS = ChatSettings(

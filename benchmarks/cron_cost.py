@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import cast
 
 from metering.account import Account, demo_period_due
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.billing import BillingProvider, SubscriptionSnapshot
 from metering.maintenance import Maintenance, MaintenanceSettings, Summary
 from metering.ports import AccountQuery, UsageStore
 from metering.timeutil import format_timestamp, month_start, next_month_start
 
 from benchmarks.common import CallCounter, CountingProxy, Table, ratio
+from localruntime.sqlite_store import SQLiteStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SETTINGS = MaintenanceSettings()

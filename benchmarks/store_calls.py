@@ -19,7 +19,6 @@ from typing import cast
 from metering.account import new_account
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.adapters.appwrite_store import AppwriteStore
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.chat import ChatRequest, ChatService, ChatSettings, usage_tool
 from metering.errors import TokenLimitExceeded
 from metering.model import Message
@@ -29,6 +28,7 @@ from metering.pricing import load_default_prices
 
 from benchmarks.common import MODEL, CallCounter, CountingProxy, Table, ratio
 from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic, Outcome, text_reply, tool_use_reply
 from tests.support.appwrite_emulator import emulated_appwrite
 

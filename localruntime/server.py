@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import ConfigurationError
 from metering.plans import load_default_plans
+
+from localruntime.sqlite_store import SQLiteStore
 
 from .api import AppwriteSurface
 from .auth import AuthStore, utc_now

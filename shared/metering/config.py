@@ -112,10 +112,8 @@ class EnvReader:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Where usage lives: Appwrite TablesDB (deployed) or an embedded SQLite file (local)."""
+    """Where usage lives: Appwrite TablesDB. (The local runtime and tests pass their own store.)"""
 
-    backend: str
-    sqlite_path: str
     appwrite_endpoint: str
     appwrite_project_id: str
     # Optional: without it the per-execution `x-appwrite-key` header is used.
@@ -123,24 +121,16 @@ class StoreSettings:
     database_id: str
     subscriptions_table: str
     usage_events_table: str
-    stripe_events_table: str
+    claims_table: str
 
     @classmethod
     def read(cls, env: EnvReader) -> StoreSettings:
-        backend = env.choice("METERING_STORE", "appwrite", ("appwrite", "sqlite"))
-        appwrite = backend == "appwrite"
         return cls(
-            backend=backend,
-            sqlite_path=env.text("METERING_SQLITE_PATH", "data/metering.sqlite3"),
-            appwrite_endpoint=env.text(
-                "APPWRITE_FUNCTION_API_ENDPOINT", None if appwrite else "http://127.0.0.1:8000/v1"
-            ),
-            appwrite_project_id=env.text(
-                "APPWRITE_FUNCTION_PROJECT_ID", None if appwrite else "local"
-            ),
+            appwrite_endpoint=env.text("APPWRITE_FUNCTION_API_ENDPOINT"),
+            appwrite_project_id=env.text("APPWRITE_FUNCTION_PROJECT_ID"),
             appwrite_api_key=env.secret("APPWRITE_API_KEY"),
             database_id=env.text("APPWRITE_DATABASE_ID", "koffers_db"),
             subscriptions_table=env.text("APPWRITE_SUBSCRIPTIONS_TABLE", "subscriptions"),
             usage_events_table=env.text("APPWRITE_USAGE_EVENTS_TABLE", "usage_events"),
-            stripe_events_table=env.text("APPWRITE_STRIPE_EVENTS_TABLE", "stripe_events"),
+            claims_table=env.text("APPWRITE_CLAIMS_TABLE", "stripe_events"),
         )

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.ports import UsageStore
+
+from localruntime.sqlite_store import SQLiteStore
 
 STORES = ["sqlite", "appwrite"]
 

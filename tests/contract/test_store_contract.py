@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
@@ -21,6 +20,7 @@ from metering.ports import AccountQuery, ClaimOutcome, UsageStore
 from metering.service import get_or_create_account
 from metering.tokens import TokenUsage
 
+from localruntime.sqlite_store import SQLiteStore
 from tests.strategies import periods
 
 NOW = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)

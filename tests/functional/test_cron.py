@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import responses
 from metering.account import Account, new_account
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.ledger import LedgerStatus
 from metering.plans import load_default_plans
 from metering.tokens import TokenUsage
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.stripe_events import (
     SECRET,
     FakeClock,
@@ -50,14 +50,18 @@ class Cron:
     clock: FakeClock
 
     def run(self, trigger: str | None = "schedule", **env: str) -> RuntimeResult:
-        main = load_app(FUNCTION, self.environ(**env), clock=self.clock)
+        main = load_app(FUNCTION, self.environ(**env), clock=self.clock, store=self.store)
         try:
             return execute(main, cron_context(trigger))
         finally:
             unload_app(FUNCTION)
 
     def environ(self, **extra: str) -> dict[str, str]:
-        return {"METERING_STORE": "sqlite", "METERING_SQLITE_PATH": self.db_path, **extra}
+        return {
+            "APPWRITE_FUNCTION_API_ENDPOINT": "http://127.0.0.1:9/v1",
+            "APPWRITE_FUNCTION_PROJECT_ID": "cron-test",
+            **extra,
+        }
 
     def account(self, user_id: str) -> Account:
         account = self.store.get_account(user_id)
@@ -360,7 +364,7 @@ def test_without_a_stripe_key_lookups_are_skipped_and_the_summary_says_so(cron: 
 @pytest.fixture
 def webhook(cron: Cron) -> Iterator[Callable[[dict[str, Any]], RuntimeResult]]:
     env = {"STRIPE_WEBHOOK_SECRET": SECRET, **cron.environ()}
-    main = load_app("stripe-webhook", env, clock=cron.clock)
+    main = load_app("stripe-webhook", env, clock=cron.clock, store=cron.store)
     yield lambda event: execute(main, webhook_context(event))
     unload_app("stripe-webhook")
 

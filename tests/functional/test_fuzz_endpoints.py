@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
-from tests.support.function_harness import NOW, Harness, running
+from localruntime.sqlite_store import SQLiteStore
+from tests.support.function_harness import NOW, Harness, base_environment, running
 from tests.support.stripe_events import SECRET, hold, load_app, sign, unload_app
 
 FUZZ = settings(
@@ -100,14 +101,15 @@ class Functions:
         return self.chat.snapshot()
 
     def run(self, function_id: str, environ: dict[str, str], context: RuntimeContext) -> Any:
-        main = load_app(function_id, {**self.environ(), **environ}, clock=lambda: NOW)
+        store = SQLiteStore(str(self.sqlite_path))
+        main = load_app(function_id, {**self.environ(), **environ}, clock=lambda: NOW, store=store)
         try:
             return execute(main, context)
         finally:
             unload_app(function_id)
 
     def environ(self) -> dict[str, str]:
-        return {"METERING_STORE": "sqlite", "METERING_SQLITE_PATH": str(self.sqlite_path)}
+        return base_environment(self.sqlite_path)
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from appwrite.models.session import Session as SessionModel
 from appwrite.models.user import User as UserModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.plans import load_default_plans
 from metering.service import get_or_create_account
 
 from localruntime.server import Runtime
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.runtime import (
     PASSWORD,
     AppwriteHttp,

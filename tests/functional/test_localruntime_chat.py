@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 import pytest
 import requests
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.plans import load_default_plans
 from metering.service import get_or_create_account
 
 from localruntime.server import Runtime
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.runtime import AppwriteHttp, project_functions, running
 
 # Anthropic's error envelopes, by HTTP status.

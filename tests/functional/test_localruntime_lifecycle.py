@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import ConfigurationError
 from metering.ports import AccountQuery
 
@@ -20,6 +19,7 @@ from localruntime.cron import CronExpression, Scheduler
 from localruntime.functions import FunctionSpec
 from localruntime.server import Runtime
 from localruntime.settings import DEV_WEBHOOK_SECRET, RuntimeSettings
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.runtime import ECHO_SOURCE, AppwriteHttp, Execution, running, write_function
 
 # -- settings ----------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import StoreError
 from metering.ledger import LedgerStatus
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import (
     Failure,
     Raise,

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import responses
 from metering.account import Account, demo_period_due, plan_reset
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.errors import StoreError
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from localruntime.settings import DEV_WEBHOOK_SECRET
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.stripe_events import (
     SECRET,
     Event,
@@ -65,8 +65,8 @@ class Webhook:
 def environ(db_path: str, **extra: str) -> dict[str, str]:
     return {
         "STRIPE_WEBHOOK_SECRET": SECRET,
-        "METERING_STORE": "sqlite",
-        "METERING_SQLITE_PATH": db_path,
+        "APPWRITE_FUNCTION_API_ENDPOINT": "http://127.0.0.1:9/v1",
+        "APPWRITE_FUNCTION_PROJECT_ID": "webhook-test",
         **extra,
     }
 
@@ -501,7 +501,8 @@ def test_get_is_refused_with_400(webhook: Webhook) -> None:
 
 def test_signing_secret_surrounding_whitespace_is_ignored(tmp_path: Path) -> None:
     db_path = str(tmp_path / "m.sqlite3")
-    main = load_app(FUNCTION, environ(db_path, STRIPE_WEBHOOK_SECRET=f"  {SECRET}\n"))
+    env = environ(db_path, STRIPE_WEBHOOK_SECRET=f"  {SECRET}\n")
+    main = load_app(FUNCTION, env, store=SQLiteStore(db_path))
     try:
         assert execute(main, webhook_context(checkout())).status_code == 200
     finally:
@@ -734,7 +735,7 @@ def test_plan_only_on_the_product_is_read_through_the_stripe_api(
 ) -> None:
     db_path = str(tmp_path / "m.sqlite3")
     env = environ(db_path, STRIPE_SECRET_KEY="sk_test_123", STRIPE_API_BASE=STRIPE_API)
-    main = load_app(FUNCTION, env, clock=clock)
+    main = load_app(FUNCTION, env, clock=clock, store=SQLiteStore(db_path))
     product = responses.get(
         f"{STRIPE_API}/v1/products/prod_PlainPro",
         json=_product("prod_PlainPro", {"plan": "pro"}),
@@ -760,7 +761,7 @@ def test_stripe_api_outage_answers_503_and_releases_the_claim(
 ) -> None:
     db_path = str(tmp_path / "m.sqlite3")
     env = environ(db_path, STRIPE_SECRET_KEY="sk_test_123", STRIPE_API_BASE=STRIPE_API)
-    main = load_app(FUNCTION, env, clock=clock)
+    main = load_app(FUNCTION, env, clock=clock, store=SQLiteStore(db_path))
     url = f"{STRIPE_API}/v1/products/prod_PlainPro"
     responses.get(url, json={"error": {"type": "api_error", "message": "boom"}}, status=500)
     event = _bare_price_event(JAN)
@@ -893,8 +894,9 @@ def test_a_year_of_events_in_any_order_converges_to_the_same_state(
     tmp_path: Path, clock: FakeClock, seed: int
 ) -> None:
     db_path = str(tmp_path / "m.sqlite3")
-    main = load_app(FUNCTION, environ(db_path), clock=clock)
-    webhook = Webhook(main, SQLiteStore(db_path), db_path, clock)
+    store = SQLiteStore(db_path)
+    main = load_app(FUNCTION, environ(db_path), clock=clock, store=store)
+    webhook = Webhook(main, store, db_path, clock)
     events = year_of_events(".legacy" if seed % 2 else "")
     random.Random(seed).shuffle(events)
     try:
@@ -944,7 +946,7 @@ class _Forward(BaseHTTPRequestHandler):
 def dev_endpoint(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[str, Webhook]]:
     db_path = str(tmp_path / "metering.sqlite3")
     env = environ(db_path, STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET)
-    main = load_app(FUNCTION, env, clock=clock)
+    main = load_app(FUNCTION, env, clock=clock, store=SQLiteStore(db_path))
     handler = type("Forward", (_Forward,), {"main": staticmethod(main)})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

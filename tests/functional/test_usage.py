@@ -113,7 +113,8 @@ def test_usage_never_imports_the_anthropic_sdk() -> None:
         "from localruntime.loader import load_function\n"
         "load_function('usage')\n"
         "import fn_usage.src.bootstrap as b\n"
-        "b.build({'METERING_STORE': 'sqlite', 'METERING_SQLITE_PATH': ':memory:'})\n"
+        "b.build({'APPWRITE_FUNCTION_API_ENDPOINT': 'http://127.0.0.1:9/v1',"
+        " 'APPWRITE_FUNCTION_PROJECT_ID': 'p'})\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     completed = subprocess.run(

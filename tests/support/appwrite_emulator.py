@@ -318,15 +318,13 @@ class AppwriteEmulator:
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
-            backend="appwrite",
-            sqlite_path="",
             appwrite_endpoint=self.endpoint,
             appwrite_project_id=self.project_id,
             appwrite_api_key=Secret(self.api_key),
             database_id="koffers_db",
             subscriptions_table="subscriptions",
             usage_events_table="usage_events",
-            stripe_events_table="stripe_events",
+            claims_table="stripe_events",
         )
 
     @contextmanager

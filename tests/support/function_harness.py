@@ -14,12 +14,12 @@ from typing import Any
 
 import responses
 from metering.account import Account, new_account
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from localruntime.loader import bootstrap_of, load_function
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic
 from tests.support.identity import ENDPOINT, PROJECT_ID, FakeAccounts
 
@@ -29,8 +29,6 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 
 def base_environment(sqlite_path: Path) -> dict[str, str]:
     return {
-        "METERING_STORE": "sqlite",
-        "METERING_SQLITE_PATH": str(sqlite_path),
         "APPWRITE_FUNCTION_API_ENDPOINT": ENDPOINT,
         "APPWRITE_FUNCTION_PROJECT_ID": PROJECT_ID,
         "ANTHROPIC_API_KEY": "sk-ant-functional-test",

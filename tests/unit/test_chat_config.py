@@ -12,7 +12,8 @@ load_function("chat")
 from fn_chat.src.bootstrap import ChatConfig, build  # noqa: E402 -- after the package exists
 
 BASE = {
-    "METERING_STORE": "sqlite",
+    "APPWRITE_FUNCTION_API_ENDPOINT": "http://127.0.0.1:9/v1",
+    "APPWRITE_FUNCTION_PROJECT_ID": "config-test",
     "ANTHROPIC_API_KEY": "sk-ant-config-test",
 }
 
@@ -66,7 +67,12 @@ def test_all_problems_are_reported_at_once() -> None:
     """A missing key, a bad number and a too-long timeout budget arrive in one error."""
     with pytest.raises(ConfigurationError) as raised:
         ChatConfig.read(
-            {"METERING_STORE": "sqlite", "CHAT_MAX_STEPS": "many", "CHAT_TIMEOUT_SECONDS": "20"}
+            {
+                **BASE,
+                "ANTHROPIC_API_KEY": "",
+                "CHAT_MAX_STEPS": "many",
+                "CHAT_TIMEOUT_SECONDS": "20",
+            }
         )
 
     message = str(raised.value)

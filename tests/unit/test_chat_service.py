@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from metering.account import new_account
-from metering.adapters.sqlite_store import SQLiteStore
 from metering.chat import ChatRequest, ChatService, ChatSettings
 from metering.errors import (
     InvalidRequest,
@@ -31,6 +30,7 @@ from metering.plans import load_default_plans
 from metering.pricing import load_default_prices
 from metering.tokens import TokenUsage
 
+from localruntime.sqlite_store import SQLiteStore
 from tests.support.function_harness import NOW
 
 MODEL = "claude-sonnet-5-5"

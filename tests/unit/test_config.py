@@ -104,29 +104,20 @@ def test_appwrite_store_settings_require_the_endpoint_and_project() -> None:
     assert "APPWRITE_FUNCTION_PROJECT_ID" in str(raised.value)
 
 
-def test_sqlite_store_settings_have_local_defaults() -> None:
-    """Locally, SQLite needs nothing set and Appwrite ids keep their schema names."""
-    env = EnvReader({"METERING_STORE": "sqlite"})
+def test_store_settings_default_to_the_schemas_ids() -> None:
+    """Given Appwrite's own variables, the database and table ids are the schema's names."""
+    env = EnvReader(
+        {
+            "APPWRITE_FUNCTION_API_ENDPOINT": "http://appwrite.test/v1",
+            "APPWRITE_FUNCTION_PROJECT_ID": "p",
+        }
+    )
 
     settings = StoreSettings.read(env)
 
     env.finish()
-    assert settings.backend == "sqlite"
-    assert settings.sqlite_path == "data/metering.sqlite3"
     assert (settings.database_id, settings.subscriptions_table) == ("koffers_db", "subscriptions")
-    assert (settings.usage_events_table, settings.stripe_events_table) == (
-        "usage_events",
-        "stripe_events",
-    )
-
-
-def test_unknown_store_backend_is_a_problem() -> None:
-    """METERING_STORE must name a known backend."""
-    env = EnvReader({"METERING_STORE": "postgres"})
-    StoreSettings.read(env)
-
-    with pytest.raises(ConfigurationError, match="METERING_STORE"):
-        env.finish()
+    assert (settings.usage_events_table, settings.claims_table) == ("usage_events", "stripe_events")
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])

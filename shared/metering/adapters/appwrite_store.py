@@ -114,7 +114,7 @@ class AppwriteStore:
         self._database = settings.database_id
         self._subscriptions = settings.subscriptions_table
         self._ledger = settings.usage_events_table
-        self._events = settings.stripe_events_table
+        self._events = settings.claims_table
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}

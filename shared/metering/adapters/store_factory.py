@@ -1,8 +1,7 @@
-"""Open the configured ``UsageStore``, importing only the adapter that is used."""
+"""Open the ``UsageStore`` of one execution, importing the adapter only when it is used."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from ..config import StoreSettings
@@ -12,34 +11,18 @@ from ..ports import UsageStore
 # The store of one execution, from the execution's own `x-appwrite-key` (None without one).
 StoreOpener = Callable[[str | None], UsageStore]
 
-_sqlite_stores: dict[str, UsageStore] = {}
-_lock = threading.Lock()
-
 
 def store_opener(settings: StoreSettings, store: UsageStore | None = None) -> StoreOpener:
     """How a function opens its store: ``store`` when one is given (the local runtime's embedded
-    store, a test's fake), else the configured backend."""
+    store, a test's fake), else Appwrite TablesDB."""
     if store is not None:
         return lambda _execution_key: store
-    return lambda execution_key: open_store(settings, execution_key)
+    return lambda execution_key: open_appwrite_store(settings, execution_key)
 
 
-def open_store(settings: StoreSettings, execution_key: str | None) -> UsageStore:
-    """The store for one execution.
-
-    Appwrite: authenticated with ``APPWRITE_API_KEY`` when configured, else with the per-execution
-    dynamic key Appwrite injects (``x-appwrite-key``). SQLite: one shared instance per file,
-    reused across warm executions.
-    """
-    if settings.backend == "sqlite":
-        with _lock:
-            store = _sqlite_stores.get(settings.sqlite_path)
-            if store is None:
-                from .sqlite_store import SQLiteStore
-
-                store = SQLiteStore(settings.sqlite_path)
-                _sqlite_stores[settings.sqlite_path] = store
-            return store
+def open_appwrite_store(settings: StoreSettings, execution_key: str | None) -> UsageStore:
+    """Authenticated with ``APPWRITE_API_KEY`` when configured, else with the per-execution
+    dynamic key Appwrite injects (``x-appwrite-key``)."""
     from .appwrite_store import AppwriteStore
 
     key = settings.appwrite_api_key.value or execution_key

@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..account import Account, ResetPlan
-from ..columns import ACCOUNT_PATCH_COLUMNS, usage_columns
-from ..errors import (
+from metering.account import Account, ResetPlan
+from metering.columns import ACCOUNT_PATCH_COLUMNS, usage_columns
+from metering.errors import (
     AlreadyExists,
     InvalidRequest,
     LimitReached,
@@ -25,16 +25,16 @@ from ..errors import (
     NotFound,
     StoreError,
 )
-from ..ledger import LedgerEntry, LedgerStatus
-from ..ports import (
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.ports import (
     AccountPatch,
     AccountQuery,
     ClaimOutcome,
     LedgerPatch,
     Page,
 )
-from ..timeutil import format_timestamp, parse_timestamp
-from ..tokens import TokenUsage
+from metering.timeutil import format_timestamp, parse_timestamp
+from metering.tokens import TokenUsage
 
 _BUSY_TIMEOUT_SECONDS = 30.0
 
