@@ -6,7 +6,7 @@ PORT ?= 8000
 # The functions are the ones appwrite.json declares (their folders).
 FUNCTIONS = $(shell $(PYTHON) -c "import json; print(' '.join(f['path'] for f in json.load(open('appwrite.json'))['functions']))")
 
-.PHONY: dev test install vendor lint format typecheck unit bench chromium web clean
+.PHONY: dev test test-fast install vendor lint format typecheck unit bench chromium web clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ typecheck: vendor
 # pytest exits 5 when it collects nothing: that is not a failure of the code.
 test: vendor web chromium lint typecheck
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+# The loop to run while editing: everything but the tests marked slow (other processes, fresh
+# interpreters, virtualenvs) and the browser. `make test`, which CI runs, still runs them all.
+test-fast: vendor lint typecheck
+	$(BIN)/python -m pytest -m "not slow and not browser"; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 unit: vendor
 	$(BIN)/python -m pytest tests/unit

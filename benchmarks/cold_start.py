@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from benchmarks import ROOT
 from benchmarks.common import Table, ratio
+from tools.vendor import function_folders
 
-FUNCTION_IDS = ("chat", "usage", "stripe-webhook", "monthly-reset-cron")
+# Every function appwrite.json declares; the loader imports each from the folder of its name.
+FUNCTION_IDS = tuple(folder.name for folder in function_folders(ROOT))
 # The SDKs a function set could use; the baseline loads all of them before the entry module.
 EAGER_IMPORTS = (
     "anthropic",
@@ -21,8 +23,8 @@ EAGER_IMPORTS = (
     "appwrite.services.tables_db",
     "pydantic",
 )
-# Functions that must never load the Anthropic SDK.
-WITHOUT_ANTHROPIC = ("usage", "stripe-webhook", "monthly-reset-cron")
+# Only the chat calls the model: every other function must never load the Anthropic SDK.
+WITHOUT_ANTHROPIC = tuple(function_id for function_id in FUNCTION_IDS if function_id != "chat")
 
 # Runs in a fresh interpreter: import the entry module as open-runtimes does (through the local
 # loader) and report the time it took and the top-level packages it added.

@@ -6,8 +6,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +42,6 @@ class CallCounter:
     @property
     def total(self) -> int:
         return sum(self.calls.values())
-
-    def reset(self) -> None:
-        with self._lock:
-            self.calls.clear()
-            self.rows_read = 0
 
 
 class CountingProxy:
@@ -106,25 +100,6 @@ class LatencyModel:
     def count_tokens(self, request: ModelRequest) -> int:
         # The provider bills exactly what its counting endpoint says, well under the local bound.
         return max(1, request_input_bound(request) // 2)
-
-
-@dataclass
-class Stopwatch:
-    seconds: float = 0.0
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds += time.perf_counter() - started
-
-
-def timed(action: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
 
 
 def ratio(numerator: float, denominator: float) -> str:

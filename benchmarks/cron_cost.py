@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import cast
 
 from metering.account import Account, demo_period_due
-from metering.billing import BillingProvider, SubscriptionSnapshot
 from metering.maintenance import Maintenance, MaintenanceSettings, Summary
-from metering.ports import AccountQuery, UsageStore
+from metering.ports import AccountQuery, BillingProvider, SubscriptionSnapshot, UsageStore
 from metering.timeutil import format_timestamp, month_start, next_month_start
 
 from benchmarks.common import CallCounter, CountingProxy, Table, ratio

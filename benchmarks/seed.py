@@ -21,12 +21,12 @@ from metering.model import (
     STOP_TOOL_USE,
     Block,
     Message,
-    ModelClient,
     ModelRequest,
     TextBlock,
     ToolResultBlock,
     ToolSpec,
 )
+from metering.ports import ModelClient
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,6 @@ class CronExpression:
             return in_days or in_weekdays
         return in_days and in_weekdays
 
-    def matches(self, at: datetime) -> bool:
-        return (
-            at.minute in self.minutes
-            and at.hour in self.hours
-            and at.month in self.months
-            and self._day_matches(at)
-        )
-
     def next_after(self, after: datetime) -> datetime:
         """The first matching minute strictly after ``after`` (UTC)."""
         at = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)

@@ -20,11 +20,6 @@ from . import loader
 from .context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from .wire import Headers, timestamp
 
-# Appwrite's defaults for the functions when appwrite.json does not say otherwise.
-DEFAULT_EXECUTE: Mapping[str, tuple[str, ...]] = {
-    "stripe-webhook": ("any",),
-    "monthly-reset-cron": (),
-}
 LOG_TAIL = 4000
 
 
@@ -42,26 +37,27 @@ class FunctionSpec:
 
 
 def discover(root: Path, functions_dir: Path) -> dict[str, FunctionSpec]:
-    """Every function folder with a ``src/main.py``, with settings from ``appwrite.json``."""
-    declared: dict[str, dict[str, Any]] = {}
+    """Every function ``appwrite.json`` declares (the one list of the functions) whose folder in
+    ``functions_dir`` has a ``src/main.py``, with its settings from there."""
     manifest = root / "appwrite.json"
-    if manifest.is_file():
-        document = json.loads(manifest.read_text(encoding="utf-8"))
-        for entry in document.get("functions", []):
-            if isinstance(entry, dict) and isinstance(entry.get("$id"), str):
-                declared[entry["$id"]] = entry
+    if not manifest.is_file():
+        return {}
+    document = json.loads(manifest.read_text(encoding="utf-8"))
     specs: dict[str, FunctionSpec] = {}
-    folders = sorted(functions_dir.iterdir()) if functions_dir.is_dir() else []
-    for folder in folders:
+    for entry in document.get("functions", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("$id"), str):
+            continue
+        function_id: str = entry["$id"]
+        # The loader imports a function from the folder named after its id.
+        folder = functions_dir / function_id
         if not (folder / "src" / "main.py").is_file():
             continue
-        entry = declared.get(folder.name, {})
-        execute = entry.get("execute", DEFAULT_EXECUTE.get(folder.name, ("users",)))
+        execute = entry.get("execute", FunctionSpec.execute)
         schedule = entry.get("schedule") or None
-        specs[folder.name] = FunctionSpec(
-            folder.name, folder, tuple(str(role) for role in execute), schedule
+        specs[function_id] = FunctionSpec(
+            function_id, folder, tuple(str(role) for role in execute), schedule
         )
-    return specs
+    return dict(sorted(specs.items()))
 
 
 @dataclass(frozen=True)
@@ -256,11 +252,6 @@ class ExecutionLog:
     def get(self, execution_id: str) -> ExecutionRecord | None:
         with self._lock:
             return self._records.get(execution_id)
-
-    def recent(self) -> list[ExecutionRecord]:
-        """Every kept execution, oldest first."""
-        with self._lock:
-            return list(self._records.values())
 
     def of_user(self, function_id: str, user_id: str) -> list[ExecutionRecord]:
         with self._lock:

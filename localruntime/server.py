@@ -37,6 +37,7 @@ log = logging.getLogger("localruntime")
 
 CRON_FUNCTION = "monthly-reset-cron"
 MAX_REQUEST_BODY = 32 * 1024 * 1024
+SHUTDOWN_POLL_SECONDS = 0.05
 OFFLINE_PREFIX = "/_offline/anthropic"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 -- names of wildcard binds, not a bind
 
@@ -124,7 +125,14 @@ class Runtime:
         except BaseException:
             self.stop()
             raise
-        self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            # How often the loop looks for a stop request: the default half second is what every
+            # stop (Ctrl-C, a restart in the tests) would wait.
+            kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
+            name="http",
+            daemon=True,
+        )
         self._thread.start()
 
     def warm_up(self) -> None:

@@ -1,6 +1,6 @@
 """The local runtime's settings, parsed once from the environment merged with an optional ``.env``.
 
-Every variable, its default and its meaning is listed in ``.env.example``.
+Its own are declared here, with the type of ``metering.settings``, which declares the functions'.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
+from metering import settings as functions
 from metering.config import EnvReader, Secret
+from metering.settings import LOCAL_RUNTIME, Setting, declared_in
 
 from .cron import CronExpression
 
@@ -20,7 +23,61 @@ DEV_WEBHOOK_SECRET = "whsec_dev_local_only_0123456789abcdef"  # noqa: S105 -- pu
 # What the chat function is given as its key when it talks to the built-in offline model.
 OFFLINE_MODEL_KEY = "offline-local-key"
 PROJECT_ID = "local"
-DEFAULT_DEMO_PASSWORD = "local-demo-password"  # noqa: S105 -- printed at start
+
+HOST = Setting.text(
+    "HOST",
+    "127.0.0.1",
+    help="address of the local runtime: the page, the Appwrite API (`/v1`), the function domains",
+    used_by=(LOCAL_RUNTIME,),
+)
+PORT = Setting.integer(
+    "PORT",
+    8000,
+    help="its port (0: any free one)",
+    used_by=(LOCAL_RUNTIME,),
+    minimum=0,
+    maximum=65535,
+)
+DATA_DIR = Setting.text(
+    "DATA_DIR",
+    "data",
+    help="folder of the local SQLite files (users and sessions, usage); delete it to start afresh",
+    used_by=(LOCAL_RUNTIME,),
+)
+CRON_SCHEDULE = Setting.optional(
+    "CRON_SCHEDULE",
+    help="cron expression (5 fields, UTC) of monthly-reset-cron",
+    used_by=(LOCAL_RUNTIME,),
+    shown_default="its schedule in `appwrite.json`",
+)
+RUN_CRON = Setting.flag(
+    "RUN_CRON",
+    True,
+    help="run the cron once at start",
+    used_by=(LOCAL_RUNTIME,),
+)
+EXECUTION_TIMEOUT_SECONDS = Setting.number(
+    "EXECUTION_TIMEOUT_SECONDS",
+    30.0,
+    help="limit of a synchronous execution, as on Appwrite (408 past it)",
+    used_by=(LOCAL_RUNTIME,),
+    minimum=0.1,
+    maximum=900.0,
+)
+DEMO_PASSWORD = Setting.text(
+    "DEMO_PASSWORD",
+    "local-demo-password",
+    help="password of the demo accounts, at least 8 characters, set when they are first created",
+    used_by=(LOCAL_RUNTIME,),
+)
+CORS_ALLOWED_ORIGINS = Setting.optional(
+    "CORS_ALLOWED_ORIGINS",
+    help="comma-separated extra page origins allowed to call the API (loopback ones always are)",
+    used_by=(LOCAL_RUNTIME,),
+    shown_default="loopback only",
+)
+
+DECLARED: tuple[Setting[Any], ...] = declared_in(globals())
 
 
 @dataclass(frozen=True)
@@ -50,23 +107,22 @@ class RuntimeSettings:
     def read(cls, environ: Mapping[str, str]) -> RuntimeSettings:
         """Parse every setting; all problems are raised together as one ConfigurationError."""
         env = EnvReader(environ)
-        webhook_secret = env.secret("STRIPE_WEBHOOK_SECRET")
-        origins = env.optional("CORS_ALLOWED_ORIGINS") or ""
+        # The functions require these deployed; locally their absence has a meaning.
+        webhook_secret = env.read(functions.STRIPE_WEBHOOK_SECRET, required=False)
+        origins = env.read(CORS_ALLOWED_ORIGINS) or ""
         settings = cls(
-            host=env.text("HOST", "127.0.0.1"),
-            port=env.integer("PORT", 8000, minimum=0, maximum=65535),
-            data_dir=Path(env.text("DATA_DIR", "data")),
-            anthropic_api_key=env.secret("ANTHROPIC_API_KEY"),
-            anthropic_base_url=env.optional("ANTHROPIC_BASE_URL"),
+            host=env.read(HOST),
+            port=env.read(PORT),
+            data_dir=Path(env.read(DATA_DIR)),
+            anthropic_api_key=env.read(functions.ANTHROPIC_API_KEY, required=False),
+            anthropic_base_url=env.read(functions.ANTHROPIC_BASE_URL),
             stripe_webhook_secret=webhook_secret or Secret(DEV_WEBHOOK_SECRET),
-            stripe_secret_key=env.secret("STRIPE_SECRET_KEY"),
-            cron_schedule=env.optional("CRON_SCHEDULE"),
-            sync_timeout_seconds=env.number(
-                "EXECUTION_TIMEOUT_SECONDS", 30.0, minimum=0.1, maximum=900.0
-            ),
-            demo_password=Secret(env.text("DEMO_PASSWORD", DEFAULT_DEMO_PASSWORD)),
+            stripe_secret_key=env.read(functions.STRIPE_SECRET_KEY),
+            cron_schedule=env.read(CRON_SCHEDULE),
+            sync_timeout_seconds=env.read(EXECUTION_TIMEOUT_SECONDS),
+            demo_password=Secret(env.read(DEMO_PASSWORD)),
             cors_origins=tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip()),
-            run_cron=env.flag("RUN_CRON", default=True),
+            run_cron=env.read(RUN_CRON),
         )
         if settings.cron_schedule is not None:
             try:

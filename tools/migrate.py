@@ -8,7 +8,6 @@ Reads APPWRITE_ENDPOINT, APPWRITE_PROJECT_ID and APPWRITE_API_KEY from the envir
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,21 +20,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "shared") not in sys.path:
     sys.path.append(str(ROOT / "shared"))
 
-from metering.adapters.appwrite_store import AppwriteSchemaAdmin  # noqa: E402
+from metering.codec import CLAIMS, SUBSCRIPTIONS  # noqa: E402
 from metering.config import EnvReader, Secret  # noqa: E402
-from metering.errors import MeteringError  # noqa: E402
+from metering.errors import MeteringError, NotFound  # noqa: E402
 from metering.plans import PlanCatalog, load_default_plans  # noqa: E402
-from metering.schema import (  # noqa: E402
+
+from tools.schema import APPWRITE_JSON, Schema, load_schema  # noqa: E402
+from tools.schema_admin import (  # noqa: E402
+    LEGACY_CLAIMS,
+    AppwriteSchemaAdmin,
     CreateIndex,
-    Schema,
     Step,
+    backfill_defaults,
+    legacy_claim,
     missing_steps,
-    parse_schema,
-    subscription_defaults,
 )
 
-DEFAULT_SCHEMA = ROOT / "appwrite.json"
-SUBSCRIPTIONS = "subscriptions"
 PAGE_SIZE = 100
 # Columns are built asynchronously; indexes can only be created once theirs are available.
 POLL_SECONDS = 1.0
@@ -119,16 +119,17 @@ class Migration:
         raise MeteringError(f"columns of {table_id} did not become available in time")
 
     def backfill(self, plans: PlanCatalog, *, dry_run: bool) -> tuple[int, int]:
-        """Give rows that predate their columns the values they should have; returns
-        (rows scanned, rows fixed)."""
-        database_id = self.schema.table(SUBSCRIPTIONS).database_id
+        """Give rows that predate their columns the values they should have, then copy the
+        legacy claims; returns (rows scanned, rows fixed) of ``subscriptions``."""
+        table = self.schema.table(SUBSCRIPTIONS)
+        database_id = table.database_id
         scanned = fixed = 0
         cursor: str | None = None
         while True:
             page = self.admin.rows(database_id, SUBSCRIPTIONS, PAGE_SIZE, cursor)
             for row in page.items:
                 scanned += 1
-                patch = subscription_defaults(row, plans)
+                patch = backfill_defaults(table, row, plans)
                 if patch:
                     fixed += 1
                     if not dry_run:
@@ -140,19 +141,41 @@ class Migration:
             if cursor is None:
                 break
         self.out.write("\n")
+        self.copy_legacy_claims(dry_run=dry_run)
         return scanned, fixed
+
+    def copy_legacy_claims(self, *, dry_run: bool) -> tuple[int, int]:
+        """Copy every row of a ``stripe_events`` table (the claims' former name) into ``claims``
+        under its own id, so that events handled before the rename stay handled; a row already
+        copied is left as it is. Returns (rows scanned, rows copied)."""
+        claims = self.schema.table(CLAIMS)
+        scanned = copied = 0
+        cursor: str | None = None
+        while True:
+            try:
+                page = self.admin.rows(claims.database_id, LEGACY_CLAIMS, PAGE_SIZE, cursor)
+            except NotFound:
+                self._say(f"{CLAIMS}: no {LEGACY_CLAIMS} table to copy from")
+                return scanned, copied
+            for row in page.items:
+                scanned += 1
+                data = legacy_claim(row, claims)
+                if dry_run or self.admin.create_row(
+                    claims.database_id, CLAIMS, str(row["$id"]), data
+                ):
+                    copied += 1
+            verb = "to copy" if dry_run else "copied"
+            self.out.write(f"\r{CLAIMS}: {scanned} {LEGACY_CLAIMS} rows scanned, {copied} {verb}")
+            self.out.flush()
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        self.out.write("\n")
+        return scanned, copied
 
     def _say(self, line: str) -> None:
         self.out.write(line + "\n")
         self.out.flush()
-
-
-def load_schema(path: Path) -> Schema:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MeteringError(f"cannot read {path}: {exc}") from exc
-    return parse_schema(document)
 
 
 def main(
@@ -164,7 +187,7 @@ def main(
     parser = argparse.ArgumentParser(prog="python -m tools.migrate", description=__doc__)
     parser.add_argument("command", choices=("migrate", "backfill"))
     parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
-    parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA)
+    parser.add_argument("--schema", type=Path, default=APPWRITE_JSON)
     args = parser.parse_args(argv)
     stream = out or sys.stderr
     try:

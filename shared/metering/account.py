@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TypedDict
 
 from .plans import Plan
-from .timeutil import format_timestamp, month_start, next_month_start
+from .timeutil import month_start, next_month_start
 
 WARNING_PERCENT = 75
 CRITICAL_PERCENT = 90
@@ -66,6 +66,22 @@ class Account:
         return next_month_start(self.period_start)
 
 
+class AccountPatch(TypedDict, total=False):
+    """Plain (non-counter) fields of an ``Account`` a caller may set; counters are never patched."""
+
+    plan: str
+    status: str
+    max_tokens_per_month: int
+    addon_tokens: int
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    stripe_updated_at: int
+    period_start: datetime
+    period_end: datetime | None
+    storage_bytes_limit: int
+    bank_connections_limit: int
+
+
 def new_account(user_id: str, plan: Plan, now: datetime, row_id: str = "") -> Account:
     """A first-touch account: the default plan, a calendar-month period starting this month."""
     return Account(
@@ -98,35 +114,6 @@ def level(used: int, limit: int) -> Level:
     if used * 100 >= limit * WARNING_PERCENT:
         return Level.WARNING
     return Level.OK
-
-
-def usage_stats(account: Account) -> dict[str, Any]:
-    """The UsageStats document of the HTTP contract."""
-    used, limit = account.current_tokens_used, account.limit
-    resets_at = account.resets_at
-    return {
-        "userId": account.user_id,
-        "plan": account.plan,
-        "level": level(used, limit).value,
-        "tokens": {
-            "used": used,
-            "limit": limit,
-            "remaining": account.remaining,
-            "percent": percent(used, limit),
-            "planTokens": account.max_tokens_per_month,
-            "addonTokens": account.addon_tokens,
-            "topupTokens": account.topup_tokens,
-            "lifetimeUsed": account.lifetime_tokens_used,
-            "periodStart": format_timestamp(account.period_start),
-            "resetsAt": format_timestamp(resets_at) if resets_at else None,
-        },
-        "storage": _metric(account.storage_bytes_used, account.storage_bytes_limit),
-        "banks": _metric(account.bank_connections_used, account.bank_connections_limit),
-    }
-
-
-def _metric(used: int, limit: int) -> dict[str, Any]:
-    return {"used": used, "limit": limit, "percent": percent(used, limit) if limit else 0.0}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,14 @@
-"""Apply Stripe events through the ports: each event once, each effect once, in any order."""
+"""Apply billing events through the ports: each event once, each effect once, in any order."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .account import Account
+from .account import Account, AccountPatch
 from .billing import (
-    BillingProvider,
+    BillingEvent,
     CancelSubscription,
     Command,
     CreditTopup,
@@ -25,20 +24,24 @@ from .billing import (
     decide_payment_failed,
     decide_reset,
     decide_subscription,
-    event_header,
-    parse_command,
-    subscription_products,
 )
-from .errors import AccountNotLinked, ConfigurationError, RequestInProgress
+from .claims import Claim, Done, run_once
+from .errors import AccountNotLinked, RequestInProgress
 from .plans import PlanCatalog
-from .ports import AccountPatch, ClaimOutcome, UsageStore
+from .ports import ClaimOutcome, UsageStore
 from .service import get_or_create_account
 
 # Longer than a webhook execution may run: a claim older than this belongs to a dead worker.
 CLAIM_LEASE = timedelta(minutes=2)
 # A top-up claim is never taken over: its holder may have credited before dying, and a second
-# credit is worse than a pending one an operator can see (stripe_events row of type "topup").
-TOPUP_LEASE = timedelta(days=36500)
+# credit is worse than a pending one an operator can see (a claim row of type "topup").
+TOPUP_LEASE = None
+TOPUP_OUTCOMES = {
+    ClaimOutcome.CLAIMED: "topup_credited",
+    ClaimOutcome.DONE: "topup_already_credited",
+    # Credited, or being credited by another delivery for this session: never twice.
+    ClaimOutcome.IN_PROGRESS: "topup_claimed_elsewhere",
+}
 
 
 def topup_claim_id(session_id: str) -> str:
@@ -81,38 +84,33 @@ class Handled:
 class BillingService:
     """Claim the event, apply its command, complete; on failure release so that Stripe retries."""
 
-    def __init__(
-        self, store: UsageStore, plans: PlanCatalog, billing: BillingProvider | None = None
-    ) -> None:
+    def __init__(self, store: UsageStore, plans: PlanCatalog) -> None:
         self.store = store
         self.plans = plans
-        self.billing = billing
 
-    def handle(self, payload: Mapping[str, object], now: datetime) -> Handled:
-        header = event_header(payload)
-        claim = self.store.claim_event(header.id, header.type, header.object_id, now, CLAIM_LEASE)
-        if claim == ClaimOutcome.DONE:
-            return Handled(header.id, header.type, "duplicate")
-        if claim == ClaimOutcome.IN_PROGRESS:
-            raise RequestInProgress(f"event {header.id} is being applied")
+    def handle(self, event: BillingEvent, now: datetime) -> Handled:
+        header = event.header
+        outcome: list[str] = []  # set once the command is applied
+
+        def apply() -> Done[None]:
+            outcome.append(self.apply(event.read_command(), header, now))
+            return Done(None, outcome[0])
+
+        claim = Claim(header.id, header.type, header.object_id, CLAIM_LEASE)
         try:
-            command = parse_command(header, self.plans, self._products(payload))
-            outcome = self.apply(command, header, now)
-            self.store.complete_event(header.id, outcome, now)
+            once = run_once(self.store, claim, now, apply)
         except BaseException:
-            # Effects are idempotent (state set from the source, forward-only resets, top-ups
-            # keyed by session), so a retry after a failed completion changes nothing twice.
-            self.store.release_event(header.id)
+            if outcome:
+                # Its effects are idempotent (state set from the source, forward-only resets,
+                # top-ups claimed by session): a failed completion releases the claim too, so
+                # that Stripe's next retry applies the event instead of waiting for the lease.
+                self.store.release_event(header.id)
             raise
-        return Handled(header.id, header.type, outcome)
-
-    def _products(self, payload: Mapping[str, object]) -> dict[str, Mapping[str, str]]:
-        wanted = subscription_products(payload, self.plans)
-        if not wanted:
-            return {}
-        if self.billing is None:
-            raise ConfigurationError("price metadata is on the product: STRIPE_SECRET_KEY needed")
-        return {product: self.billing.get_product_metadata(product) for product in sorted(wanted)}
+        if once.state is ClaimOutcome.DONE:
+            return Handled(header.id, header.type, "duplicate")
+        if once.state is ClaimOutcome.IN_PROGRESS:
+            raise RequestInProgress(f"event {header.id} is being applied")
+        return Handled(header.id, header.type, outcome[0])
 
     def apply(self, command: Command, header: EventHeader, now: datetime) -> str:
         match command:
@@ -165,18 +163,10 @@ class BillingService:
         account = get_or_create_account(self.store, self.plans, command.user_id, now)
         if command.customer_id and not account.stripe_customer_id:
             self.store.update_account(account.user_id, {"stripe_customer_id": command.customer_id})
-        key = topup_claim_id(command.session_id)
-        claim = self.store.claim_event(key, "topup", command.session_id, now, TOPUP_LEASE)
-        if claim == ClaimOutcome.DONE:
-            return "topup_already_credited"
-        if claim == ClaimOutcome.IN_PROGRESS:
-            # Credited, or being credited by another delivery for this session: never twice.
-            return "topup_claimed_elsewhere"
-        try:
+        claim = Claim(topup_claim_id(command.session_id), "topup", command.session_id, TOPUP_LEASE)
+
+        def credit() -> Done[None]:
             self.store.add_topup(account.user_id, command.tokens)
-        except BaseException:
-            # The credit did not happen: let the retry claim it again.
-            self.store.release_event(key)
-            raise
-        self.store.complete_event(key, f"credited {command.tokens} ({header.id})", now)
-        return "topup_credited"
+            return Done(None, f"credited {command.tokens} ({header.id})")
+
+        return TOPUP_OUTCOMES[run_once(self.store, claim, now, credit).state]

@@ -10,9 +10,8 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
-from .account import Account, usage_stats
+from .account import Account
 from .errors import (
     AlreadyExists,
     InvalidRequest,
@@ -27,7 +26,6 @@ from .model import (
     STOP_TOOL_USE,
     Block,
     Message,
-    ModelClient,
     ModelReply,
     ModelRequest,
     TextBlock,
@@ -37,13 +35,13 @@ from .model import (
     request_input_bound,
 )
 from .plans import PlanCatalog
-from .ports import UsageStore
+from .ports import ModelClient, UsageStore
 from .pricing import PriceTable, pico_to_micro_usd
 from .reservation import CallBudget, budget_call, settle
 from .service import get_or_create_account
 from .tokens import TokenUsage
+from .wire import Json, usage_stats
 
-Json = dict[str, Any]
 # Attempts to reserve a call when concurrent requests keep taking the room it was planned from.
 RESERVE_ATTEMPTS = 3
 
@@ -66,12 +64,56 @@ class ChatRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatResult:
-    body: Json
-    request_id: str
-    usage: TokenUsage
+class ChatReply:
+    """The assistant's answer to one request and what it was charged; a retry replays it."""
+
+    content: str
+    model: str
+    stop_reason: str
     truncated: bool
+    usage: TokenUsage
+    cost_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    request_id: str
+    reply: ChatReply
+    # Read after the request settled: its figures already include the reply.
+    account: Account
     replayed: bool = False
+
+    @property
+    def usage(self) -> TokenUsage:
+        return self.reply.usage
+
+    @property
+    def truncated(self) -> bool:
+        return self.reply.truncated
+
+
+def reply_record(reply: ChatReply) -> str:
+    """What a ledger entry keeps of its reply beyond its own columns (model, usage, cost)."""
+    record = {
+        "content": reply.content,
+        "stop_reason": reply.stop_reason,
+        "truncated": reply.truncated,
+    }
+    return json.dumps(record, separators=(",", ":"))
+
+
+def recorded_reply(entry: LedgerEntry) -> ChatReply:
+    """The reply a settled entry recorded, rebuilt from its record and its columns."""
+    record = json.loads(entry.reply)
+    return ChatReply(
+        content=record["content"],
+        model=entry.model,
+        # Entries settled before the record existed hold the response message, camelCase.
+        stop_reason=record.get("stop_reason", record.get("stopReason")),
+        truncated=record["truncated"],
+        usage=entry.usage,
+        cost_micro_usd=entry.cost_micro_usd,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +129,7 @@ def usage_tool(store: UsageStore) -> Tool:
         account = store.get_account(user_id)
         if account is None:
             return {"error": "no account"}
-        return usage_stats(account)
+        return dict(usage_stats(account))
 
     spec = ToolSpec(
         name="get_my_usage",
@@ -157,8 +199,8 @@ class ChatService:
         # Decided before anything is written: a refused request leaves no trace.
         budget = self._budget(first, run.remaining)
         if budget is None:
-            raise TokenLimitExceeded(usage=usage_stats(account))
-        if not self._open_ledger(run, account, now):
+            raise TokenLimitExceeded(account=account)
+        if not self._claim(run, account, now):
             # A concurrent request with the same id won the race: answer as a retry would be.
             replayed = self._replay(user_id, run.request_id)
             if replayed is not None:
@@ -168,11 +210,11 @@ class ChatService:
             self._loop(run, first, budget, now)
             # Inside: a reply that cannot be recorded is abandoned like a failed step, so the
             # completed steps stay charged instead of waiting for the cron to give them back.
-            message = self._record(run, now)
+            reply = self._record(run, now)
         except BaseException:
             self._abandon(run, now)
             raise
-        return self._answer(run, message)
+        return ChatResult(run.request_id, reply, self._account(run.user_id))
 
     # -- idempotency ---------------------------------------------------------------------------
 
@@ -186,12 +228,14 @@ class ChatService:
             raise RequestInProgress("a request with this requestId is still running")
         if entry.status is not LedgerStatus.SETTLED or not entry.reply:
             raise InvalidRequest("the request with this requestId did not complete; send a new one")
-        account = self._account(user_id)
-        body = {"message": json.loads(entry.reply), "usage": usage_stats(account)}
-        return ChatResult(body, request_id, entry.usage, _truncated(body), replayed=True)
+        return ChatResult(request_id, recorded_reply(entry), self._account(user_id), replayed=True)
 
-    def _open_ledger(self, run: _Run, account: Account, now: datetime) -> bool:
-        """Create the entry that claims the request id; False when it exists already."""
+    def _claim(self, run: _Run, account: Account, now: datetime) -> bool:
+        """Claim the request id by creating its ledger entry; False when it exists already.
+
+        The entry is the claim (not ``claims.run_once``): reservations are recorded on it and a
+        replay reads its reply. Settling completes it, discarding an uncharged one releases it.
+        """
         entry = LedgerEntry(
             request_id=run.request_id,
             user_id=run.user_id,
@@ -287,7 +331,7 @@ class ChatService:
             run.remaining = max(0, run.limit - used)
             return budget
         if first_call:
-            raise TokenLimitExceeded(usage=usage_stats(self._account(run.user_id)))
+            raise TokenLimitExceeded(account=self._account(run.user_id))
         return None
 
     def _settle(self, run: _Run, reply: ModelReply, now: datetime) -> None:
@@ -336,43 +380,29 @@ class ChatService:
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _record(self, run: _Run, now: datetime) -> Json:
+    def _record(self, run: _Run, now: datetime) -> ChatReply:
         """Settle the ledger entry with the reply, which a retry with the same id replays."""
-        usage = run.usage
-        message: Json = {
-            "role": "assistant",
-            "content": "\n\n".join(run.texts),
-            "model": run.model or self.settings.model,
-            "stopReason": run.stop_reason,
-            "truncated": run.truncated,
-            "usage": {
-                "inputTokens": usage.input_tokens,
-                "cacheCreationInputTokens": usage.cache_creation_input_tokens,
-                "cacheReadInputTokens": usage.cache_read_input_tokens,
-                "outputTokens": usage.output_tokens,
-                "totalTokens": usage.total_tokens,
-                "steps": usage.steps,
-                "costUsd": pico_to_micro_usd(run.pico_usd) / 1e6,
-            },
-        }
+        reply = ChatReply(
+            content="\n\n".join(run.texts),
+            model=run.model or self.settings.model,
+            stop_reason=run.stop_reason,
+            truncated=run.truncated,
+            usage=run.usage,
+            cost_micro_usd=pico_to_micro_usd(run.pico_usd),
+        )
         self.store.update_ledger(
             run.request_id,
             {
                 "status": LedgerStatus.SETTLED,
-                "model": message["model"],
-                "usage": usage,
-                "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
+                "model": reply.model,
+                "usage": reply.usage,
+                "cost_micro_usd": reply.cost_micro_usd,
                 "price_version": run.price_version,
-                "reply": json.dumps(message, separators=(",", ":")),
+                "reply": reply_record(reply),
                 "updated_at": now,
             },
         )
-        return message
-
-    def _answer(self, run: _Run, message: Json) -> ChatResult:
-        account = self._account(run.user_id)
-        body = {"message": message, "usage": usage_stats(account)}
-        return ChatResult(body, run.request_id, run.usage, run.truncated)
+        return reply
 
     def _abandon(self, run: _Run, now: datetime) -> None:
         """After a failure: give back what is held and keep only completed steps charged.
@@ -404,8 +434,3 @@ class ChatService:
         if account is None:
             raise MeteringError(f"account of {user_id} vanished")
         return account
-
-
-def _truncated(body: Json) -> bool:
-    message = body.get("message")
-    return bool(isinstance(message, dict) and message.get("truncated"))

@@ -1,10 +1,5 @@
 """Exactly once: claim, act, then complete or release. The one protocol every effect that must
 happen once goes through (a Stripe event, a top-up credit, a period reset).
-
-Creating the claim row is the claim. A worker that dies leaves it pending; once its ``lease`` has
-run out another worker may take it over. A claim whose lease is None is never taken over: its
-effect may have happened before the worker died, and doing it twice is worse than a pending row
-an operator can see.
 """
 
 from __future__ import annotations
@@ -14,13 +9,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
+from .account import Account, ResetPlan
 from .ports import ClaimOutcome
+from .timeutil import format_timestamp
 
 T = TypeVar("T")
 
+# A reset's worker that died is taken over after this long. Safe even when its change landed:
+# the change is conditional on the period it was planned from, so a second one does nothing.
+RESET_LEASE = timedelta(minutes=10)
+
 
 class ClaimStore(Protocol):
-    """The four primitives the protocol needs (``UsageStore`` has them)."""
+    """The three primitives the protocol needs (``UsageStore`` has them)."""
 
     def claim_event(
         self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta | None
@@ -33,6 +34,11 @@ class ClaimStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """Creating the claim's row is the claim. A worker that dies leaves it pending; once its
+    ``lease`` has run out another worker may take it over. A claim whose lease is None is never
+    taken over: its effect may have happened before the worker died, and doing it twice is worse
+    than a pending row an operator can see."""
+
     key: str  # unique per effect: a Stripe event id, "reset:<user>:<period>", "topup_<session>"
     kind: str  # what is claimed: a Stripe event type, "reset", "topup"
     object_id: str  # what the effect is about, for the operator
@@ -70,3 +76,41 @@ def run_once(store: ClaimStore, claim: Claim, now: datetime, act: Callable[[], D
     else:
         store.complete_event(claim.key, done.recorded, now)
     return Once(ClaimOutcome.CLAIMED, done.result)
+
+
+# -- period resets -----------------------------------------------------------------------------
+
+
+def reset_claim(reset: ResetPlan) -> Claim:
+    """Keyed on the user and the new period, not on the event: one reset per period."""
+    return Claim(
+        key=f"reset:{reset.user_id}:{format_timestamp(reset.period_start)}",
+        kind="reset",
+        object_id=reset.user_id,
+        lease=RESET_LEASE,
+    )
+
+
+def reset_applies(account: Account, reset: ResetPlan, previous_period_start: datetime) -> bool:
+    """The guard of every reset: the stored period is still the one the reset was planned from,
+    and the reset moves it forward (compared at the millisecond both stores keep)."""
+    stored = _ms(account.period_start)
+    return stored == _ms(previous_period_start) and _ms(reset.period_start) > stored
+
+
+def reset_once(
+    store: ClaimStore, reset: ResetPlan, change: Callable[[], Account | None]
+) -> Account | None:
+    """A store's ``apply_reset``: ``change`` is its atomic change of the counters, conditional on
+    ``reset_applies``, answering the updated account or None when it changed nothing. Nothing
+    changed releases the claim, so that a reset planned from a fresh snapshot can still run."""
+    once = run_once(store, reset_claim(reset), reset.reset_at, lambda: _recorded(change()))
+    return once.result
+
+
+def _recorded(account: Account | None) -> Done[Account | None]:
+    return Done(account, "reset" if account is not None else None)
+
+
+def _ms(value: datetime) -> datetime:
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)

@@ -1,6 +1,6 @@
 """Configuration parsed once from an injected mapping (default ``os.environ``), fully typed.
 
-Each function composes the sections it needs; all problems are reported together.
+Values are read through their declarations (``metering.settings``); problems are reported together.
 """
 
 from __future__ import annotations
@@ -8,25 +8,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
+from . import settings as declared
 from .errors import ConfigurationError
+from .settings import Secret, Setting
+
+__all__ = ["EnvReader", "Secret", "Setting", "StoreSettings"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret value that never shows in a repr, a log line or an error."""
-
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __bool__(self) -> bool:
-        return bool(self.value)
+N = TypeVar("N", int, float)
 
 
 class EnvReader:
@@ -36,14 +28,35 @@ class EnvReader:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.problems: list[str] = []
 
-    def text(self, name: str, default: str | None = None) -> str:
-        value = self.environ.get(name, "").strip()
-        if value:
-            return value
-        if default is None:
-            self.problems.append(f"{name} is required")
-            return ""
-        return default
+    def read(self, setting: Setting[T], *, required: bool | None = None) -> T:
+        """The value of ``setting``, its default when unset or invalid (the problem is kept).
+
+        ``required`` overrides the declaration for a reader that can do without the value (the
+        local runtime runs with no Anthropic key: it has an offline model)."""
+        must = setting.required if required is None else required
+        name = setting.name
+        value: Any
+        if setting.kind == "text":
+            value = self._text(name, None if must else cast(str, setting.default))
+        elif setting.kind == "optional":
+            value = self.optional(name)
+        elif setting.kind == "secret":
+            value = self.secret(name, required=must)
+        elif setting.kind == "integer":
+            value = self._bounded(setting, int)
+        elif setting.kind == "number":
+            value = self._bounded(setting, float)
+        elif setting.kind == "flag":
+            value = self._flag(name, cast(bool, setting.default))
+        else:
+            value = self._choice(name, cast(str, setting.default), setting.choices)
+        return cast(T, value)
+
+    # Name-only reads, for a value without a default (``tools.migrate``'s required ones).
+
+    def text(self, name: str) -> str:
+        """A required string."""
+        return self._text(name, None)
 
     def optional(self, name: str) -> str | None:
         return self.environ.get(name, "").strip() or None
@@ -54,21 +67,27 @@ class EnvReader:
             self.problems.append(f"{name} is required")
         return Secret(value)
 
-    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-        return self._parse(name, default, int, minimum, maximum)
+    def finish(self) -> None:
+        """Raise one ConfigurationError listing every problem found so far."""
+        if self.problems:
+            raise ConfigurationError("invalid configuration: " + "; ".join(self.problems))
 
-    def number(
-        self, name: str, default: float, minimum: float = 0.0, maximum: float | None = None
-    ) -> float:
-        return self._parse(name, default, float, minimum, maximum)
+    def _text(self, name: str, default: str | None) -> str:
+        value = self.environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            self.problems.append(f"{name} is required")
+            return ""
+        return default
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default).lower()
+    def _choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._text(name, default).lower()
         if value not in choices:
             self.problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def flag(self, name: str, default: bool) -> bool:
+    def _flag(self, name: str, default: bool) -> bool:
         raw = self.environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -79,14 +98,11 @@ class EnvReader:
         self.problems.append(f"{name} must be true or false, got {raw!r}")
         return default
 
-    def _parse(
-        self,
-        name: str,
-        default: T,
-        parse: Callable[[str], T],
-        minimum: T,
-        maximum: T | None,
-    ) -> T:
+    def _bounded(self, setting: Setting[Any], parse: Callable[[str], N]) -> N:
+        name = setting.name
+        default = cast(N, setting.default)
+        minimum = cast(N | None, setting.minimum)
+        maximum = cast(N | None, setting.maximum)
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
@@ -98,16 +114,13 @@ class EnvReader:
         if isinstance(value, float) and not math.isfinite(value):
             self.problems.append(f"{name} must be a finite number, got {raw!r}")
             return default
-        if value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+        low = minimum is not None and value < minimum
+        high = maximum is not None and value > maximum
+        if low or high:
             bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
             self.problems.append(f"{name} must be {bounds}, got {raw!r}")
             return default
         return value
-
-    def finish(self) -> None:
-        """Raise one ConfigurationError listing every problem found so far."""
-        if self.problems:
-            raise ConfigurationError("invalid configuration: " + "; ".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -126,11 +139,11 @@ class StoreSettings:
     @classmethod
     def read(cls, env: EnvReader) -> StoreSettings:
         return cls(
-            appwrite_endpoint=env.text("APPWRITE_FUNCTION_API_ENDPOINT"),
-            appwrite_project_id=env.text("APPWRITE_FUNCTION_PROJECT_ID"),
-            appwrite_api_key=env.secret("APPWRITE_API_KEY"),
-            database_id=env.text("APPWRITE_DATABASE_ID", "koffers_db"),
-            subscriptions_table=env.text("APPWRITE_SUBSCRIPTIONS_TABLE", "subscriptions"),
-            usage_events_table=env.text("APPWRITE_USAGE_EVENTS_TABLE", "usage_events"),
-            claims_table=env.text("APPWRITE_CLAIMS_TABLE", "stripe_events"),
+            appwrite_endpoint=env.read(declared.APPWRITE_FUNCTION_API_ENDPOINT),
+            appwrite_project_id=env.read(declared.APPWRITE_FUNCTION_PROJECT_ID),
+            appwrite_api_key=env.read(declared.APPWRITE_API_KEY),
+            database_id=env.read(declared.APPWRITE_DATABASE_ID),
+            subscriptions_table=env.read(declared.APPWRITE_SUBSCRIPTIONS_TABLE),
+            usage_events_table=env.read(declared.APPWRITE_USAGE_EVENTS_TABLE),
+            claims_table=env.read(declared.APPWRITE_CLAIMS_TABLE),
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import InvalidRequest, MeteringError, TokenLimitExceeded
-from .wire import Json
+from .wire import Json, usage_stats
 
 GENERIC_SERVER_MESSAGE = "Something went wrong on our side. Please try again."
 
@@ -83,8 +83,8 @@ def error_body(error: MeteringError) -> tuple[int, Json]:
     body: Json = {"error": {"code": code, "message": message}}
     if error.details and status < 500:
         body["error"]["details"] = error.details
-    if isinstance(error, TokenLimitExceeded) and error.usage is not None:
-        body["usage"] = error.usage
+    if isinstance(error, TokenLimitExceeded) and error.account is not None:
+        body["usage"] = usage_stats(error.account)
     return status, body
 
 

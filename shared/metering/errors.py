@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .account import Account
 
 
 class MeteringError(Exception):
@@ -45,14 +48,15 @@ class PayloadTooLarge(MeteringError):
 
 
 class TokenLimitExceeded(MeteringError):
-    """Nothing could be reserved: the caller's allowance is used up."""
+    """Nothing could be reserved: the caller's allowance is used up. ``account`` is the account
+    the refusal was decided on; the edge answers its usage figures beside the error."""
 
     code = "token_limit_exceeded"
     status = 429
 
-    def __init__(self, message: str = "", *, usage: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str = "", *, account: Account | None = None) -> None:
         super().__init__(message or "Monthly token limit reached")
-        self.usage = usage
+        self.account = account
 
 
 class UpstreamError(MeteringError):

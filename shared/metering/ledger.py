@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import TypedDict
 
 from .tokens import TokenUsage
 
@@ -32,6 +33,14 @@ class LedgerEntry:
     # The response message, kept so that a retry with the same request id answers the same.
     reply: str = ""
 
-    @property
-    def charged_tokens(self) -> int:
-        return self.usage.total_tokens
+
+class LedgerPatch(TypedDict, total=False):
+    """Fields of a ledger entry its owning request sets; ``reserved_tokens`` is never patched."""
+
+    status: LedgerStatus
+    model: str
+    usage: TokenUsage
+    cost_micro_usd: int
+    price_version: str
+    reply: str
+    updated_at: datetime

@@ -8,20 +8,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import settings as declared
 from .account import Account, demo_period_due, plan_reset
-from .billing import (
-    ENDED_STATUSES,
-    BillingProvider,
-    SubscriptionSnapshot,
-    decide_recovered_reset,
-    recovered_cancel,
-)
+from .billing import ENDED_STATUSES, decide_recovered_reset, recovered_cancel
 from .billing_service import cancel_subscription
 from .config import EnvReader
 from .errors import MeteringError
 from .ledger import LedgerEntry, LedgerStatus
 from .plans import PlanCatalog, load_default_plans
-from .ports import AccountQuery, Page, UsageStore
+from .ports import AccountQuery, BillingProvider, Page, SubscriptionSnapshot, UsageStore
 from .timeutil import month_start
 
 MAX_DRIFT_REPORTED = 50
@@ -37,12 +32,10 @@ class MaintenanceSettings:
     @classmethod
     def read(cls, env: EnvReader) -> MaintenanceSettings:
         return cls(
-            grace=timedelta(seconds=env.integer("CRON_GRACE_SECONDS", 6 * 3600)),
-            reservation_ttl=timedelta(
-                seconds=env.integer("CRON_RESERVATION_TTL_SECONDS", 15 * 60, minimum=60)
-            ),
-            page_size=env.integer("CRON_PAGE_SIZE", 100, minimum=1, maximum=5000),
-            time_budget=timedelta(seconds=env.integer("CRON_TIME_BUDGET_SECONDS", 240, minimum=1)),
+            grace=timedelta(seconds=env.read(declared.CRON_GRACE_SECONDS)),
+            reservation_ttl=timedelta(seconds=env.read(declared.CRON_RESERVATION_TTL_SECONDS)),
+            page_size=env.read(declared.CRON_PAGE_SIZE),
+            time_budget=timedelta(seconds=env.read(declared.CRON_TIME_BUDGET_SECONDS)),
         )
 
 

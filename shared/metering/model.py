@@ -1,6 +1,6 @@
-"""A model conversation in domain words, and the port to the model provider.
+"""A model conversation in domain words, and the local bound on its input tokens.
 
-Adapters translate these types to and from a vendor SDK; nothing of the SDK crosses the port.
+Adapters translate these types to and from a vendor SDK; no SDK type crosses ``ModelClient``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from .reservation import input_upper_bound
 from .tokens import TokenUsage
@@ -92,17 +92,6 @@ class ModelReply:
     @property
     def tool_uses(self) -> tuple[ToolUseBlock, ...]:
         return tuple(block for block in self.blocks if isinstance(block, ToolUseBlock))
-
-
-class ModelClient(Protocol):
-    """The model provider. Failures surface as ``UpstreamError`` (the provider refused) or
-    ``UpstreamUnavailable`` (overloaded, rate limited, timed out, unreachable)."""
-
-    def complete(self, request: ModelRequest) -> ModelReply:
-        """One model call; ``usage`` of the reply is what the provider billed for it."""
-
-    def count_tokens(self, request: ModelRequest) -> int:
-        """The input tokens ``request`` would use (the provider's free count)."""
 
 
 def _block_texts(block: Block) -> tuple[str, ...]:

@@ -6,15 +6,15 @@ another ``MeteringError``) for failures the caller cannot fix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Generic, Protocol, TypedDict, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from .account import Account, ResetPlan
-from .ledger import LedgerEntry, LedgerStatus
-from .tokens import TokenUsage
+from .account import Account, AccountPatch, ResetPlan
+from .ledger import LedgerEntry, LedgerPatch
+from .model import ModelReply, ModelRequest
 
 T = TypeVar("T")
 
@@ -24,34 +24,6 @@ class Page(Generic[T]):
     items: Sequence[T]
     # Opaque; pass it back to get the next page. None when this page is the last.
     next_cursor: str | None
-
-
-class AccountPatch(TypedDict, total=False):
-    """Plain (non-counter) fields a caller may set on an account. Counters are never patched."""
-
-    plan: str
-    status: str
-    max_tokens_per_month: int
-    addon_tokens: int
-    stripe_customer_id: str | None
-    stripe_subscription_id: str | None
-    stripe_updated_at: int
-    period_start: datetime
-    period_end: datetime | None
-    storage_bytes_limit: int
-    bank_connections_limit: int
-
-
-class LedgerPatch(TypedDict, total=False):
-    """Fields of a ledger entry its owning request sets; ``reserved_tokens`` is never patched."""
-
-    status: LedgerStatus
-    model: str
-    usage: TokenUsage
-    cost_micro_usd: int
-    price_version: str
-    reply: str
-    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +90,8 @@ class UsageStore(Protocol):
         counter, consumes ``reset.topup_consumed`` of top-up balance and sets the period fields,
         but only if the stored period still starts at ``previous_period_start``. Returns the
         updated account, or None when the reset was already applied or is no longer forward.
+        Every store runs it as ``claims.reset_once``: the reset's claim, then its own atomic,
+        conditional change of the counters.
         """
 
     # -- the ledger ----------------------------------------------------------------------------
@@ -142,18 +116,20 @@ class UsageStore(Protocol):
         """Sum over the user's entries of that period: ``reserved_tokens`` of entries still
         ``reserved`` (their holds and the steps charged so far), charged usage of the others."""
 
-    # -- event claims (Stripe events, and keys of effects that must happen once) ---------------
+    # -- claims (Stripe events, top-ups, resets: effects that must happen once) ----------------
 
     def claim_event(
-        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta
+        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta | None
     ) -> ClaimOutcome:
         """Claim by id: creating the row is the claim. A claim left ``pending`` longer than
-        ``lease`` (its worker died) may be taken over."""
+        ``lease`` (its worker died) may be taken over; with ``lease`` None, never."""
 
-    def complete_event(self, event_id: str, outcome: str, now: datetime) -> None: ...
+    def complete_event(self, event_id: str, outcome: str, now: datetime) -> None:
+        """Record the outcome: the claim is done for good (recorded even if its row is gone)."""
 
     def release_event(self, event_id: str) -> None:
-        """Drop a claim so that a retry can run (the effect did not happen)."""
+        """Drop a pending claim so that a retry can run (the effect did not happen). A completed
+        claim is kept: dropping it would let a duplicate apply the effect again."""
 
 
 class IdentityVerifier(Protocol):
@@ -161,3 +137,51 @@ class IdentityVerifier(Protocol):
 
     def verify(self, jwt: str) -> str:
         """The user id the JWT belongs to; raises ``Unauthenticated`` when it is not valid."""
+
+
+class ModelClient(Protocol):
+    """The model provider. Failures surface as ``UpstreamError`` (the provider refused) or
+    ``UpstreamUnavailable`` (overloaded, rate limited, timed out, unreachable)."""
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """One model call; ``usage`` of the reply is what the provider billed for it."""
+
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens ``request`` would use (the provider's free count)."""
+
+
+# -- the billing system ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionItem:
+    price_id: str
+    lookup_key: str | None
+    price_metadata: Mapping[str, str]
+    product_id: str | None
+    # None when the price names its product by id only (or the product carries no plan keys).
+    product_metadata: Mapping[str, str] | None
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSnapshot:
+    """A subscription as the billing system tells it, in domain words."""
+
+    id: str
+    customer_id: str | None
+    status: str
+    period_start: datetime | None
+    period_end: datetime | None
+    items: tuple[SubscriptionItem, ...]
+    # When an ended subscription ended (Stripe's ``ended_at``); None while it runs.
+    ended_at: datetime | None = None
+
+
+class BillingProvider(Protocol):
+    """Reads from the billing system what events leave out."""
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionSnapshot:
+        """The subscription as it is now; raises ``UpstreamError``/``UpstreamUnavailable``."""
+
+    def get_product_metadata(self, product_id: str) -> Mapping[str, str]: ...

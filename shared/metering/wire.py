@@ -1,11 +1,133 @@
-"""JSON as it crosses the wire: the one ``Json`` alias, and the typed shapes built from it."""
+"""JSON as it crosses the wire: the one ``Json`` alias, and each HTTP shape declared once as a
+TypedDict next to the serialiser that builds it from domain results."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from .account import Account, level, percent
+from .timeutil import format_timestamp
+from .tokens import TokenUsage
+
+if TYPE_CHECKING:
+    # Types only: the chat's usage tool answers the model with UsageStats built here.
+    from .chat import ChatReply, ChatResult
 
 # A JSON object built for an answer.
 Json = dict[str, Any]
 # A JSON object read from outside (a request, a vendor payload): never mutated.
 JsonIn = Mapping[str, Any]
+
+
+class TokenFigures(TypedDict):
+    used: int
+    limit: int
+    remaining: int
+    percent: float
+    planTokens: int
+    addonTokens: int
+    topupTokens: int
+    lifetimeUsed: int
+    periodStart: str
+    resetsAt: str | None
+
+
+class Metric(TypedDict):
+    used: int
+    limit: int
+    percent: float
+
+
+class UsageStats(TypedDict):
+    """The caller's usage: the body of ``usage``, and ``usage`` of a chat reply or its 429."""
+
+    userId: str
+    plan: str
+    level: str
+    tokens: TokenFigures
+    storage: Metric
+    banks: Metric
+
+
+class MessageUsage(TypedDict):
+    """What one chat request was charged, over every step of its tool loop."""
+
+    inputTokens: int
+    cacheCreationInputTokens: int
+    cacheReadInputTokens: int
+    outputTokens: int
+    totalTokens: int
+    steps: int
+    costUsd: float
+
+
+class ChatMessage(TypedDict):
+    role: Literal["assistant"]
+    content: str
+    model: str
+    stopReason: str
+    truncated: bool
+    usage: MessageUsage
+
+
+class ChatResponse(TypedDict):
+    """The body of a chat answered (first time or replayed)."""
+
+    message: ChatMessage
+    usage: UsageStats
+
+
+def usage_stats(account: Account) -> UsageStats:
+    used, limit = account.current_tokens_used, account.limit
+    resets_at = account.resets_at
+    return {
+        "userId": account.user_id,
+        "plan": account.plan,
+        "level": level(used, limit).value,
+        "tokens": {
+            "used": used,
+            "limit": limit,
+            "remaining": account.remaining,
+            "percent": percent(used, limit),
+            "planTokens": account.max_tokens_per_month,
+            "addonTokens": account.addon_tokens,
+            "topupTokens": account.topup_tokens,
+            "lifetimeUsed": account.lifetime_tokens_used,
+            "periodStart": format_timestamp(account.period_start),
+            "resetsAt": format_timestamp(resets_at) if resets_at else None,
+        },
+        "storage": _metric(account.storage_bytes_used, account.storage_bytes_limit),
+        "banks": _metric(account.bank_connections_used, account.bank_connections_limit),
+    }
+
+
+def _metric(used: int, limit: int) -> Metric:
+    return {"used": used, "limit": limit, "percent": percent(used, limit) if limit else 0.0}
+
+
+def message_usage(usage: TokenUsage, cost_micro_usd: int) -> MessageUsage:
+    return {
+        "inputTokens": usage.input_tokens,
+        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+        "cacheReadInputTokens": usage.cache_read_input_tokens,
+        "outputTokens": usage.output_tokens,
+        "totalTokens": usage.total_tokens,
+        "steps": usage.steps,
+        "costUsd": cost_micro_usd / 1e6,
+    }
+
+
+def chat_message(reply: ChatReply) -> ChatMessage:
+    return {
+        "role": "assistant",
+        "content": reply.content,
+        "model": reply.model,
+        "stopReason": reply.stop_reason,
+        "truncated": reply.truncated,
+        "usage": message_usage(reply.usage, reply.cost_micro_usd),
+    }
+
+
+def chat_response(result: ChatResult) -> ChatResponse:
+    return {"message": chat_message(result.reply), "usage": usage_stats(result.account)}

@@ -14,7 +14,8 @@ from appwrite.exception import AppwriteException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from metering.account import new_account, plan_reset
-from metering.adapters.appwrite_store import ROW_ID, AppwriteStore, row_key
+from metering.adapters.appwrite_store import AppwriteStore
+from metering.codec import ROW_ID, row_key
 from metering.errors import NotFound, StoreError
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
@@ -252,15 +253,6 @@ def test_an_increment_of_a_vanished_row_is_not_found_and_of_a_missing_column_a_s
     assert account.topup_tokens == 0
 
 
-def test_an_empty_subscription_id_is_stored_as_null(store: AppwriteStore) -> None:
-    """Cancelling writes NULL, so that `isNull` lists the account among the unsubscribed."""
-    starter(store, "user-1")
-    store.update_account("user-1", {"stripe_subscription_id": "sub_1"})
-    store.update_account("user-1", {"stripe_subscription_id": ""})
-    page = store.list_accounts(AccountQuery(subscribed=False), 10, None)
-    assert [account.user_id for account in page.items] == ["user-1"]
-
-
 def test_a_warm_reservation_costs_two_calls(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
@@ -328,3 +320,32 @@ def test_a_reset_refused_for_a_stale_snapshot_does_not_block_the_fresh_one(
     applied = store.apply_reset(reset, account.period_start)
     assert applied is not None
     assert (applied.period_start, applied.lifetime_tokens_used) == (APRIL, 300)
+
+
+def test_a_release_keeps_a_claim_completed_while_it_was_being_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The release reads the claim once its delete is staged; another worker completing the
+    claim before the commit makes the commit conflict, and the claim stays done."""
+    now = [NOW]
+    with emulated_appwrite(clock=lambda: now[0]) as emulator:
+        store = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+        other = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+        store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+        tables = store._db
+        commit = tables.update_transaction
+
+        def complete_first(transaction_id: str, **options: Any) -> Any:
+            if options.get("commit"):
+                now[0] += timedelta(seconds=1)
+                other.complete_event("evt_1", "applied", now[0])
+            return commit(transaction_id, **options)
+
+        monkeypatch.setattr(tables, "update_transaction", complete_first)
+        store.release_event("evt_1")
+        monkeypatch.undo()
+
+        later = NOW + timedelta(days=1)
+        assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is (
+            ClaimOutcome.DONE
+        )

@@ -5,30 +5,36 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from metering.codec import row_key
 from metering.errors import ConfigurationError
 from metering.plans import load_default_plans
-from metering.schema import (
+from metering.ports import ClaimOutcome
+
+from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
+from tools import migrate
+from tools.schema import (
+    APPWRITE_JSON,
+    ColumnSpec,
+    IndexSpec,
+    Schema,
+    TableSpec,
+    load_schema,
+    parse_schema,
+)
+from tools.schema_admin import (
     CreateColumn,
     CreateDatabase,
     CreateIndex,
     CreateTable,
     ExistingSchema,
     ExistingTable,
+    backfill_defaults,
     missing_steps,
-    parse_schema,
-    subscription_defaults,
 )
-
-from tests.support.appwrite_emulator import (
-    APPWRITE_JSON,
-    AppwriteEmulator,
-    emulated_appwrite,
-    load_schema,
-)
-from tools import migrate
 
 SCHEMA = load_schema()
 DOCUMENT: dict[str, Any] = json.loads(APPWRITE_JSON.read_text(encoding="utf-8"))
@@ -66,7 +72,7 @@ def test_appwrite_json_declares_the_three_tables_with_zero_default_counters() ->
     assert {table.id for table in SCHEMA.tables} == {
         "subscriptions",
         "usage_events",
-        "stripe_events",
+        "claims",
     }
     for table_id, keys in counters.items():
         for key in keys:
@@ -195,19 +201,11 @@ def test_subscription_defaults_fill_only_null_columns(
     row: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     """Backfill sets exactly the NULL columns: counters 0, limits from the plan."""
-    complete = {
-        "status": "active",
-        "currentTokensUsed": 1,
-        "lifetimeTokensUsed": 1,
-        "addonTokens": 0,
-        "topupTokens": 0,
-        "stripeUpdatedAt": 0,
-        "storageBytesUsed": 0,
-        "storageBytesLimit": 1,
-        "bankConnectionsUsed": 0,
-        "bankConnectionsLimit": 1,
-    }
-    assert subscription_defaults({**complete, **row}, load_default_plans()) == expected
+    subscriptions = SCHEMA.table("subscriptions")
+    # Every column set, whatever columns the table has: only `row`'s NULLs are left to fill.
+    samples = {"integer": 1, "datetime": "2026-03-01T00:00:00.000+00:00"}
+    complete = {column.key: samples.get(column.type, "x") for column in subscriptions.columns}
+    assert backfill_defaults(subscriptions, {**complete, **row}, load_default_plans()) == expected
 
 
 # -- the command against the emulator ------------------------------------------------------------
@@ -244,7 +242,7 @@ def test_migrate_twice_writes_nothing_the_second_time(empty_project: AppwriteEmu
 
 def test_migrate_adds_exactly_the_missing_columns_and_their_indexes() -> None:
     """An older project gets the columns it lacks, and nothing else is touched or dropped."""
-    skip = {"subscriptions": {"topupTokens", "periodEnd"}, "stripe_events": {"attempt"}}
+    skip = {"subscriptions": {"topupTokens", "periodEnd"}, "claims": {"attempt"}}
     emulator = AppwriteEmulator()
     emulator.apply_schema(SCHEMA, skip=skip)
     legacy = emulator.insert_row("subscriptions", {"userId": "old", "plan": "pro"}, row_id="r1")
@@ -253,7 +251,7 @@ def test_migrate_adds_exactly_the_missing_columns_and_their_indexes() -> None:
     assert code == 0, output
     created = sorted(call.path for call in emulator.writes())
     assert created == [
-        "/tablesdb/koffers_db/tables/stripe_events/columns/integer",
+        "/tablesdb/koffers_db/tables/claims/columns/integer",
         "/tablesdb/koffers_db/tables/subscriptions/columns/datetime",
         "/tablesdb/koffers_db/tables/subscriptions/columns/integer",
         "/tablesdb/koffers_db/tables/subscriptions/indexes",
@@ -320,7 +318,11 @@ def test_backfill_fixes_null_rows_across_pages() -> None:
         emulator.calls.clear()
         code, output = run(emulator, "backfill")
         assert code == 0, output
-        pages = [c for c in emulator.calls if c.method == "GET" and c.path.endswith("/rows")]
+        pages = [
+            c
+            for c in emulator.calls
+            if c.method == "GET" and c.path.endswith("/subscriptions/rows")
+        ]
         assert len(pages) == 3
         for number, row in enumerate(emulator.rows("subscriptions")):
             plan, allowance = ("pro", 200_000) if number % 2 else ("demo", 30)
@@ -360,3 +362,101 @@ def _store(emulator: AppwriteEmulator) -> Any:
     from metering.adapters.appwrite_store import AppwriteStore
 
     return AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+
+
+# -- the claims' former table --------------------------------------------------------------------
+
+LEGACY_CLAIMS = TableSpec(
+    id="stripe_events",
+    database_id="koffers_db",
+    name="stripe_events",
+    columns=(
+        ColumnSpec("eventId", "string", required=True, size=255),
+        ColumnSpec("type", "string", size=128),
+        ColumnSpec("objectId", "string", size=255),
+        ColumnSpec("status", "string", size=16),
+        ColumnSpec("attempt", "integer", default=0, min=0, max=2**63 - 1),
+        ColumnSpec("outcome", "string", size=255),
+        ColumnSpec("claimedAt", "datetime"),
+        ColumnSpec("completedAt", "datetime"),
+    ),
+    indexes=(IndexSpec("objectId", "key", ("objectId",), ("ASC",)),),
+)
+CLAIMED_AT = "2026-03-01T10:00:00.000+00:00"
+
+
+def _project_with_legacy_claims(emulator: AppwriteEmulator) -> dict[str, str]:
+    """Claims as the old functions left them: a handled event, a handled reset (its key too long
+    for a row id), a top-up still pending. Returns claim key -> row id."""
+    emulator.apply_schema(Schema(databases=SCHEMA.databases, tables=(LEGACY_CLAIMS,)))
+    reset_key = "reset:user-1:2026-03-01T00:00:00.000Z"
+    rows = {
+        "evt_1": ("invoice.paid", "in_1", "done", "reset"),
+        reset_key: ("reset", "user-1", "done", "reset"),
+        "topup_1": ("topup", "cs_1", "pending", None),
+    }
+    ids: dict[str, str] = {}
+    for key, (kind, object_id, status, outcome) in rows.items():
+        done = status == "done"
+        row = emulator.insert_row(
+            LEGACY_CLAIMS.id,
+            {
+                "eventId": key,
+                "type": kind,
+                "objectId": object_id,
+                "status": status,
+                "attempt": 0,
+                "outcome": outcome,
+                "claimedAt": CLAIMED_AT,
+                "completedAt": CLAIMED_AT if done else None,
+            },
+            row_id=row_key(key),
+        )
+        ids[key] = row["$id"]
+    return ids
+
+
+def test_backfill_copies_the_former_claims_so_that_handled_events_stay_handled() -> None:
+    """Each `stripe_events` row becomes the `claims` row of the same id and claim: a duplicate of
+    an event handled before the rename is still a duplicate, a pending top-up still pending."""
+    with emulated_appwrite() as emulator:
+        ids = _project_with_legacy_claims(emulator)
+        code, output = run(emulator, "backfill")
+        assert code == 0, output
+        assert "claims: 3 stripe_events rows scanned, 3 copied" in output
+        assert {row["$id"] for row in emulator.rows("claims")} == set(ids.values())
+        copied = {row["claimKey"]: row for row in emulator.rows("claims")}
+        assert (copied["evt_1"]["kind"], copied["evt_1"]["outcome"]) == ("invoice.paid", "reset")
+        store = _store(emulator)
+        later = datetime(2026, 4, 1, tzinfo=UTC)
+        for key in ("evt_1", "reset:user-1:2026-03-01T00:00:00.000Z"):
+            assert store.claim_event(key, "t", "o", later, timedelta(minutes=2)) is (
+                ClaimOutcome.DONE
+            )
+        assert store.claim_event("topup_1", "topup", "cs_1", later, None) is (
+            ClaimOutcome.IN_PROGRESS
+        )
+
+
+def test_backfill_copies_the_former_claims_once() -> None:
+    """A second run copies nothing again and leaves the claims as they are."""
+    with emulated_appwrite() as emulator:
+        _project_with_legacy_claims(emulator)
+        assert run(emulator, "backfill")[0] == 0
+        emulator.table("claims").rows[row_key("topup_1")]["status"] = "done"
+        before = emulator.rows("claims")
+        code, output = run(emulator, "backfill")
+        assert code == 0
+        assert "3 stripe_events rows scanned, 0 copied" in output
+        assert emulator.rows("claims") == before
+
+
+def test_backfill_dry_run_copies_no_claim() -> None:
+    """--dry-run counts the former claims and writes none."""
+    with emulated_appwrite() as emulator:
+        _project_with_legacy_claims(emulator)
+        emulator.calls.clear()
+        code, output = run(emulator, "backfill", "--dry-run")
+        assert code == 0
+        assert emulator.writes() == []
+        assert "3 stripe_events rows scanned, 3 to copy" in output

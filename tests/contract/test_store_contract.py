@@ -8,12 +8,14 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
-from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound
+from metering.claims import reset_claim
+from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, UsageStore
@@ -71,6 +73,17 @@ def reserved(store: UsageStore, request_id: str) -> int:
     entry = store.get_ledger(request_id)
     assert entry is not None
     return entry.reserved_tokens
+
+
+def charged_and_due(store: UsageStore) -> tuple[Account, ResetPlan]:
+    """user-1 with 300 tokens used in March, and the reset of its snapshot to April."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+    assert reset is not None
+    return snapshot, reset
 
 
 # -- accounts ----------------------------------------------------------------------------------
@@ -199,6 +212,57 @@ def test_add_topup_credits_the_balance_cumulatively(store: UsageStore) -> None:
     assert account.topup_tokens == 500
     assert account.limit == 1_500
     assert store.get_account("user-1") == account
+
+
+@pytest.mark.parametrize(
+    ("record", "patch"),
+    [
+        pytest.param("account", {"current_tokens_used": 0}, id="account-counter"),
+        pytest.param("account", {"plan": "pro", "no_such_field": 1}, id="account-unknown"),
+        pytest.param("ledger", {"reserved_tokens": 0}, id="ledger-hold"),
+        pytest.param("ledger", {"reply": "x", "no_such_field": 1}, id="ledger-unknown"),
+    ],
+)
+def test_a_patch_of_a_field_that_cannot_be_patched_is_a_store_error_and_changes_nothing(
+    store: UsageStore, record: str, patch: dict[str, object]
+) -> None:
+    """A programming error (a counter, the hold, an unknown name), answered 5xx so that Stripe
+    retries once it is fixed; nothing is written, not even the valid fields beside it."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 40)
+    before = (store.get_account("user-1"), store.get_ledger("req-1"))
+    update: Any = store.update_account if record == "account" else store.update_ledger
+
+    with pytest.raises(StoreError) as caught:
+        update("user-1" if record == "account" else "req-1", patch)
+
+    assert caught.value.status >= 500
+    assert (store.get_account("user-1"), store.get_ledger("req-1")) == before
+
+
+def test_an_empty_stripe_id_is_stored_as_none(store: UsageStore) -> None:
+    """Cancelling with "" leaves no subscription id; the account lists among the unsubscribed."""
+    make_account(store, "user-1")
+    store.update_account("user-1", {"stripe_subscription_id": "sub_1"})
+
+    cleared = store.update_account("user-1", {"stripe_subscription_id": ""})
+
+    assert cleared.stripe_subscription_id is None
+    page = store.list_accounts(AccountQuery(subscribed=False), 10, None)
+    assert [account.user_id for account in page.items] == ["user-1"]
+
+
+def test_create_account_under_the_row_id_of_another_user_is_a_store_error(
+    store: UsageStore,
+) -> None:
+    """Only the same user's row answers a creation race; another user's is broken data."""
+    make_account(store, "user-1")
+    intruder = replace(new_account("user-2", load_default_plans().default, NOW), row_id="user-1")
+
+    with pytest.raises(StoreError):
+        store.create_account(intruder)
+
+    assert store.get_account("user-2") is None
 
 
 # -- the hard cap ------------------------------------------------------------------------------
@@ -482,12 +546,7 @@ def test_apply_reset_moves_usage_to_lifetime_and_consumes_topup(store: UsageStor
 
 def test_apply_reset_twice_applies_once(store: UsageStore) -> None:
     """Replaying a reset (a duplicate webhook, the cron) returns None and changes nothing."""
-    make_account(store, "user-1")
-    charge(store, "user-1", "req-1", 300)
-    snapshot = store.get_account("user-1")
-    assert snapshot is not None
-    reset = plan_reset(snapshot, APRIL, MAY, NOW)
-    assert reset is not None
+    snapshot, reset = charged_and_due(store)
     first = store.apply_reset(reset, snapshot.period_start)
 
     assert store.apply_reset(reset, snapshot.period_start) is None
@@ -529,12 +588,7 @@ def test_apply_reset_from_a_stale_snapshot_changes_nothing(store: UsageStore) ->
 
 def test_apply_reset_keeps_reservations_taken_after_the_snapshot(store: UsageStore) -> None:
     """Tokens reserved between planning and applying a reset stay on the new period's counter."""
-    make_account(store, "user-1")
-    charge(store, "user-1", "req-1", 300)
-    snapshot = store.get_account("user-1")
-    assert snapshot is not None
-    reset = plan_reset(snapshot, APRIL, MAY, NOW)
-    assert reset is not None
+    snapshot, reset = charged_and_due(store)
     charge(store, "user-1", "req-in-flight", 120)
 
     result = store.apply_reset(reset, snapshot.period_start)
@@ -593,6 +647,48 @@ def test_store_reset_matches_the_reference_and_applies_at_most_once(
     assert twice is None
     assert store.get_account(user_id) == once
     assert once == replace(apply_reset(snapshot, reset), row_id=once.row_id)
+
+
+def test_a_reset_goes_through_its_claim(store: UsageStore) -> None:
+    """While another worker holds the reset's claim the reset does nothing; once that worker
+    gives it up without effect, the reset applies."""
+    snapshot, reset = charged_and_due(store)
+    claim = reset_claim(reset)
+    held = store.claim_event(claim.key, claim.kind, claim.object_id, NOW, claim.lease)
+    assert held is ClaimOutcome.CLAIMED
+
+    assert store.apply_reset(reset, snapshot.period_start) is None
+    assert store.get_account("user-1") == snapshot
+
+    store.release_event(claim.key)
+    applied = store.apply_reset(reset, snapshot.period_start)
+    assert applied is not None
+    assert (applied.period_start, applied.lifetime_tokens_used) == (APRIL, 300)
+
+
+def test_a_reset_whose_completion_failed_is_applied_once(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change landed but recording it failed, leaving the claim pending as a dead worker
+    would: neither a retry during the lease nor the takeover after it changes anything more."""
+    snapshot, reset = charged_and_due(store)
+
+    def fail(event_id: str, outcome: str, now: datetime) -> None:
+        raise StoreError("recording the outcome failed")
+
+    monkeypatch.setattr(store, "complete_event", fail)
+    with pytest.raises(StoreError):
+        store.apply_reset(reset, snapshot.period_start)
+    monkeypatch.undo()
+    applied = store.get_account("user-1")
+    assert applied is not None
+    assert (applied.period_start, applied.lifetime_tokens_used) == (APRIL, 300)
+
+    lease = reset_claim(reset).lease
+    assert lease is not None
+    for at in (NOW + timedelta(seconds=1), NOW + lease + timedelta(seconds=1)):
+        assert store.apply_reset(replace(reset, reset_at=at), snapshot.period_start) is None
+        assert store.get_account("user-1") == applied
 
 
 # -- listing accounts --------------------------------------------------------------------------
@@ -660,6 +756,14 @@ def test_list_accounts_pages_through_exactly_the_matching_accounts(
     assert len(listed) == len(set(listed))
 
 
+def test_a_page_limit_below_one_is_a_store_error(store: UsageStore) -> None:
+    """The page size comes from the code, never from a request: a bad one is a 5xx."""
+    with pytest.raises(StoreError):
+        store.list_accounts(AccountQuery(), 0, None)
+    with pytest.raises(StoreError):
+        store.list_stale_reservations(NOW, 0, None)
+
+
 def test_list_accounts_order_is_stable(store: UsageStore) -> None:
     """Paging twice yields the same sequence."""
     for index in range(6):
@@ -715,6 +819,40 @@ def test_claims_of_different_events_are_independent(store: UsageStore) -> None:
     store.complete_event("evt_1", "reset", NOW)
 
     assert store.claim_event("evt_2", "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.CLAIMED
+
+
+def test_releasing_a_completed_claim_keeps_it_done(store: UsageStore) -> None:
+    """A release after the completion (a slow worker's cleanup) must not let a duplicate of the
+    event apply its effect again."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    store.complete_event("evt_1", "reset", NOW)
+
+    store.release_event("evt_1")
+
+    later = NOW + timedelta(days=1)
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is ClaimOutcome.DONE
+
+
+def test_a_claim_without_a_lease_is_never_taken_over(store: UsageStore) -> None:
+    """A top-up's claim: its holder may have credited before dying, so it stays in progress."""
+    assert store.claim_event("topup_1", "topup", "cs_1", NOW, None) is ClaimOutcome.CLAIMED
+
+    years_later = NOW + timedelta(days=3650)
+    assert store.claim_event("topup_1", "topup", "cs_1", years_later, None) is (
+        ClaimOutcome.IN_PROGRESS
+    )
+    store.complete_event("topup_1", "credited", years_later)
+    assert store.claim_event("topup_1", "topup", "cs_1", years_later, None) is ClaimOutcome.DONE
+
+
+def test_an_outcome_is_recorded_even_when_its_claim_was_released(store: UsageStore) -> None:
+    """A worker that completes after its claim was dropped still makes the event done."""
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE)
+    store.release_event("evt_1")
+
+    store.complete_event("evt_1", "reset", NOW)
+
+    assert store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.DONE
 
 
 # -- concurrency -------------------------------------------------------------------------------

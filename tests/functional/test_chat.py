@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from metering.chat import recorded_reply
 from metering.ledger import LedgerEntry, LedgerStatus
+from metering.wire import chat_message
 
 from tests.support.anthropic_fake import (
     MODEL,
@@ -76,7 +78,13 @@ def test_a_reply_is_charged_and_answered_in_the_contract_shape(chat: Harness) ->
     assert entry.status is LedgerStatus.SETTLED
     assert (entry.usage.total_tokens, entry.usage.steps, entry.cost_micro_usd) == (432, 1, 1440)
     assert entry.price_version == "2026-11-01"
-    assert json.loads(entry.reply) == message
+    # The entry keeps the reply in domain form, which rebuilds exactly the message answered.
+    assert json.loads(entry.reply) == {
+        "content": "Hi! How can I help?",
+        "stop_reason": "end_turn",
+        "truncated": False,
+    }
+    assert chat_message(recorded_reply(entry)) == message
 
 
 def test_the_request_sent_to_the_model_carries_the_configuration(chat: Harness) -> None:
@@ -333,9 +341,35 @@ def test_a_retry_with_the_same_request_id_is_charged_once_and_answers_the_same(
 
     assert (first.status_code, second.status_code) == (200, 200)
     assert second.json()["message"] == first.json()["message"]
+    assert second.body == first.body
     assert len(chat.model.requests) == 1
     assert chat.used("alice") == 55
     assert second.json()["usage"]["tokens"]["used"] == 55
+    [first_line, second_line] = [json.loads(line) for line in first.logs + second.logs]
+    assert (first_line["event"], second_line["event"]) == ("chat.completed", "chat.replayed")
+
+
+def test_a_replayed_tool_loop_cut_by_the_cap_answers_the_same_body(chat: Harness) -> None:
+    """Joined texts, cache tokens, cost, stop reason and truncated all come back unchanged."""
+    chat.seed("alice", used=STARTER - 1_200)
+    chat.model.count_tokens = lambda body: 30
+    chat.model.then(
+        tool_use_reply("get_my_usage", input_tokens=400, output_tokens=40, cache_write_1h=100),
+        text_reply("Ünïcode <b>answer</b> " * 40, input_tokens=30, output_tokens=900),
+    )
+
+    first = chat.call(ask(requestId="req-cut"), user="alice")
+    second = chat.call(ask(requestId="req-cut"), user="alice")
+
+    assert (first.status_code, second.status_code) == (200, 200), first.body
+    message = first.json()["message"]
+    assert (message["truncated"], message["stopReason"], message["usage"]["steps"]) == (
+        True,
+        "max_tokens",
+        2,
+    )
+    assert second.body == first.body
+    assert len(chat.model.requests) == 2
 
 
 def test_a_request_id_still_running_is_answered_409(chat: Harness) -> None:

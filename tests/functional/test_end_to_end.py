@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import requests
 from metering.timeutil import parse_timestamp
 
 from tests.support.runtime import AppwriteHttp
+from tests.support.waiting import wait_until
 from tools.stripe_events import one_month_later
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,16 +47,17 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
         text=True,
     )
     base_url = f"http://127.0.0.1:{port}"
+
+    def serving() -> bool:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            requests.get(base_url + "/config.json", timeout=2)
+        except requests.ConnectionError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                requests.get(base_url + "/config.json", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the local runtime did not start"
-                time.sleep(0.2)
+        wait_until(serving, timeout=60, what="the start of the local runtime", interval=0.2)
         yield base_url
     finally:
         process.terminate()

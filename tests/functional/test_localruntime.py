@@ -4,7 +4,6 @@ sessions and JWTs, executions of the real functions, function domains, the page.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from tests.support.runtime import (
     project_functions,
     running,
 )
+from tests.support.waiting import wait_until
 from tools import stripe_events
 
 APPWRITE_ERROR_KEYS = {"message", "code", "type", "version"}
@@ -347,11 +347,12 @@ def test_an_async_execution_answers_202_and_completes_later(runtime: Runtime) ->
     assert response.status_code == 202
     assert response.json()["status"] in ("waiting", "processing")
     path = f"/functions/probe-users/executions/{response.json()['$id']}"
-    for _ in range(200):
-        document = client.call("GET", path).json()
-        if document["status"] == "completed":
-            break
-        time.sleep(0.05)
+
+    def finished() -> dict[str, Any] | None:
+        document: dict[str, Any] = client.call("GET", path).json()
+        return document if document["status"] in ("completed", "failed") else None
+
+    document = wait_until(finished, timeout=30, what="the async execution")
     assert (document["status"], document["responseStatusCode"]) == ("completed", 201)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -38,6 +37,8 @@ class Upstream(BaseHTTPRequestHandler):
 
     mode: ClassVar[str | int] = "ok"
     wanted_output: ClassVar[int] = 40
+    # A hung call holds its connection until the test is over, past the chat's own timeout.
+    released: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", "0"))
@@ -50,7 +51,7 @@ class Upstream(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         if mode == "hang":
-            time.sleep(3)
+            Upstream.released.wait(timeout=30)
             return
         if isinstance(mode, int):
             error = {"type": ERRORS[mode], "message": f"upstream said {mode}"}
@@ -101,22 +102,26 @@ def upstream() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Runtime]:
-    # The functions share the runtime's process and read their settings from its environment,
-    # as they would from a .env file; one attempt of one second keeps the hang case short.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHAT_TIMEOUT_SECONDS", "1")
-        patch.setenv("CHAT_MAX_RETRIES", "0")
-        env = {"ANTHROPIC_API_KEY": "sk-ant-test-local", "ANTHROPIC_BASE_URL": upstream}
-        data = tmp_path_factory.mktemp("chat-over-http") / "data"
-        with running(data, functions=project_functions(), env=env, warm=True) as started:
-            yield started
+    # The functions read their settings from the runtime's environment, as they would from a
+    # .env file; one attempt of one second keeps the hang case short.
+    env = {
+        "ANTHROPIC_API_KEY": "sk-ant-test-local",
+        "ANTHROPIC_BASE_URL": upstream,
+        "CHAT_TIMEOUT_SECONDS": "1",
+        "CHAT_MAX_RETRIES": "0",
+    }
+    data = tmp_path_factory.mktemp("chat-over-http") / "data"
+    with running(data, functions=project_functions(), env=env, warm=True) as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)
 def answering_upstream() -> Iterator[None]:
     Upstream.mode, Upstream.wanted_output = "ok", 40
+    Upstream.released.clear()
     yield
     Upstream.mode, Upstream.wanted_output = "ok", 40
+    Upstream.released.set()
 
 
 @pytest.fixture

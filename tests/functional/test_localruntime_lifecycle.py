@@ -16,7 +16,7 @@ from metering.ports import AccountQuery
 from localruntime.__main__ import banner
 from localruntime.__main__ import main as cli_main
 from localruntime.cron import CronExpression, Scheduler
-from localruntime.functions import FunctionSpec
+from localruntime.functions import ExecutionRecord, FunctionSpec, Outcome
 from localruntime.server import Runtime
 from localruntime.settings import DEV_WEBHOOK_SECRET, RuntimeSettings
 from localruntime.sqlite_store import SQLiteStore
@@ -196,17 +196,26 @@ def test_the_scheduler_runs_at_start_and_then_when_due() -> None:
     assert runs[:3] == [0, 1, 2]
 
 
-def test_the_cron_function_runs_at_start_with_the_schedule_trigger(tmp_path: Path) -> None:
+def test_the_cron_function_runs_at_start_with_the_schedule_trigger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = write_function(tmp_path / "functions", "monthly-reset-cron", ECHO_SOURCE)
     spec = FunctionSpec("monthly-reset-cron", folder, (), "0 * * * *")
     with running(tmp_path / "data", functions={spec.id: spec}) as runtime:
         assert runtime.cron_schedule == "0 * * * *"
+        records: list[ExecutionRecord] = []
+        ran = threading.Event()
+        run = runtime.api.run
+
+        def observed(record: ExecutionRecord) -> Outcome:
+            outcome = run(record)
+            records.append(record)
+            ran.set()
+            return outcome
+
+        monkeypatch.setattr(runtime.api, "run", observed)
         runtime.start_cron()
-        for _ in range(600):
-            records = [r for r in runtime.executions.recent() if r.outcome is not None]
-            if records:
-                break
-            threading.Event().wait(0.05)
+        assert ran.wait(timeout=30), "the cron did not run at start"
         record = records[0]
         headers = dict(record.invocation.headers)
         assert (record.invocation.trigger, headers["x-appwrite-trigger"]) == (

@@ -89,7 +89,7 @@ def row_counts(db_path: str) -> dict[str, int]:
     if not Path(db_path).exists():
         return {}
     with sqlite3.connect(db_path) as connection:
-        tables = ("subscriptions", "usage_events", "stripe_events")
+        tables = ("subscriptions", "usage_events", "claims")
         return {t: connection.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 

@@ -1,10 +1,5 @@
-"""An in-process Appwrite (1.8 TablesDB and Account) speaking the real REST wire format.
-
-Built on ``responses`` callbacks, so the unchanged Appwrite SDK runs against it: paths, JSON
-queries, row and error documents, and the server semantics the metering relies on (bounded atomic
-increments with an inclusive max, 404/409 error types, column defaults, unique indexes, columns
-that are ``processing`` before ``available``, transactions that commit all or nothing and report
-failures with the commit's own error types).
+"""An in-process Appwrite (1.8 TablesDB and Account) speaking the real REST wire format, built on
+``responses`` callbacks so that the unchanged SDK runs against it (see ``AppwriteEmulator``).
 """
 
 from __future__ import annotations
@@ -18,19 +13,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cmp_to_key
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import responses
 from metering.adapters.appwrite_store import AppwriteStore
+from metering.codec import CLAIMS, LEDGER, SUBSCRIPTIONS
 from metering.config import Secret, StoreSettings
-from metering.schema import ColumnSpec, Schema, TableSpec, parse_schema
 from metering.timeutil import parse_timestamp
 from requests import PreparedRequest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-APPWRITE_JSON = ROOT / "appwrite.json"
+from tools.schema import ColumnSpec, Schema, TableSpec, load_schema
+
 ENDPOINT = "http://appwrite.emulator.test/v1"
 PROJECT_ID = "emulated-project"
 API_KEY = "emulated-api-key"
@@ -55,10 +49,6 @@ class ApiError(Exception):
         self.status = status
         self.error_type = error_type
         self.message = message
-
-
-def load_schema(path: Path = APPWRITE_JSON) -> Schema:
-    return parse_schema(json.loads(path.read_text(encoding="utf-8")))
 
 
 def format_datetime(value: datetime) -> str:
@@ -209,7 +199,12 @@ class Call:
 
 class AppwriteEmulator:
     """One emulated Appwrite project. ``schema`` pre-creates databases, tables, columns and
-    indexes (all ``available``); without it the project starts empty, as before a migration."""
+    indexes (all ``available``); without it the project starts empty, as before a migration.
+
+    It keeps the server semantics the metering relies on: paths, JSON queries, row and error
+    documents, bounded atomic increments with an inclusive max, 404/409 error types, column
+    defaults, unique indexes, columns that are ``processing`` before ``available``, transactions
+    that commit all or nothing and report failures with the commit's own error types."""
 
     def __init__(
         self,
@@ -322,9 +317,9 @@ class AppwriteEmulator:
             appwrite_project_id=self.project_id,
             appwrite_api_key=Secret(self.api_key),
             database_id="koffers_db",
-            subscriptions_table="subscriptions",
-            usage_events_table="usage_events",
-            claims_table="stripe_events",
+            subscriptions_table=SUBSCRIPTIONS,
+            usage_events_table=LEDGER,
+            claims_table=CLAIMS,
         )
 
     @contextmanager

@@ -113,7 +113,7 @@ def probe_functions(folder: Path) -> dict[str, FunctionSpec]:
 
 
 def project_functions() -> dict[str, FunctionSpec]:
-    """The four functions of the project, with their settings from appwrite.json."""
+    """Every function appwrite.json declares, with its settings from there."""
     return discover(ROOT, ROOT / "functions")
 
 
@@ -127,13 +127,13 @@ def running(
 ) -> Iterator[Runtime]:
     """A started runtime on a free loopback port, stopped (and its environment restored) after.
 
-    ``warm`` imports every function first, so that a slow cold start on a busy machine does not
-    count against the 30 s limit of the first executions.
+    ``env`` is what ``make dev`` reads from the environment or ``.env``: the runtime's settings
+    and, as there, the functions' own (``CHAT_TIMEOUT_SECONDS``, ...). ``warm`` imports every
+    function first, so that a slow cold start on a busy machine does not count against the 30 s
+    limit of the first executions.
     """
-    settings = RuntimeSettings.read(
-        {"HOST": "127.0.0.1", "PORT": "0", "DATA_DIR": str(data_dir), **(env or {})}
-    )
-    runtime = Runtime(settings, functions=functions)
+    environ = {"HOST": "127.0.0.1", "PORT": "0", "DATA_DIR": str(data_dir), **(env or {})}
+    runtime = Runtime(RuntimeSettings.read(environ), functions=functions, environ=environ)
     runtime.start()
     try:
         if warm:

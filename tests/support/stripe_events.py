@@ -18,8 +18,10 @@ from localruntime.loader import bootstrap_of, load_function, package_name
 from tools.stripe_events import FIXTURES_DIR, Event, encode, load_event, retarget
 
 __all__ = [
+    "CUS",
     "FIXTURES_DIR",
     "SECRET",
+    "SUB",
     "Event",
     "FakeClock",
     "at",
@@ -36,6 +38,9 @@ __all__ = [
 ]
 
 SECRET = "whsec_test_4eC39HqLyjWDarjtT1zdp7dc"
+# The subscription and customer every fixture names until it is retargeted.
+SUB = "sub_1S2kWqLkdIwHu7ixq8Zr3TtY"
+CUS = "cus_SkQ4vX9nTq2LmB"
 
 
 def fixture_names() -> list[str]:

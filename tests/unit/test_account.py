@@ -16,9 +16,9 @@ from metering.account import (
     new_account,
     percent,
     plan_reset,
-    usage_stats,
 )
 from metering.plans import load_default_plans
+from metering.wire import usage_stats
 
 from tests.strategies import accounts, instants, periods
 

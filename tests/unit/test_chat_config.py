@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from metering import settings as declared
 from metering.errors import ConfigurationError
 
 from localruntime.loader import load_function
@@ -23,6 +24,8 @@ def test_defaults_fit_the_contract_and_the_sync_limit() -> None:
     config = ChatConfig.read(BASE)
 
     assert config.chat.model == "claude-sonnet-5-5"
+    assert config.chat.system_prompt == declared.CHAT_SYSTEM_PROMPT.default
+    assert "get_my_usage" in config.chat.system_prompt
     assert (config.chat.max_tokens, config.chat.min_output_tokens) == (1024, 16)
     assert config.chat.max_steps == 4
     assert (config.timeout_seconds, config.max_retries) == (12.0, 1)

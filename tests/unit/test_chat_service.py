@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from metering.account import new_account
-from metering.chat import ChatRequest, ChatService, ChatSettings
+from metering.chat import (
+    ChatReply,
+    ChatRequest,
+    ChatService,
+    ChatSettings,
+    recorded_reply,
+    reply_record,
+)
 from metering.errors import (
     InvalidRequest,
     RequestInProgress,
@@ -204,6 +212,86 @@ def test_an_in_flight_request_id_is_409(store: SQLiteStore) -> None:
 
     with pytest.raises(RequestInProgress):
         service(store, ScriptedModel([])).handle("u", ask("r-busy"), NOW)
+
+
+def test_a_retry_replays_the_recorded_reply_and_reads_the_account_afresh(
+    store: SQLiteStore,
+) -> None:
+    """The replay is the first reply rebuilt from the ledger entry, with no model call."""
+    seed(store, "u", 100_000)
+    first = service(store, ScriptedModel([Step(input_tokens=70, output_tokens=30)])).handle(
+        "u", ask("r-again"), NOW
+    )
+    retry_model = ScriptedModel([])
+
+    again = service(store, retry_model).handle("u", ask("r-again"), NOW)
+
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.reply == first.reply
+    assert again.account == first.account
+    assert retry_model.requests == []
+
+
+def test_a_refusal_carries_the_account_it_was_decided_on(store: SQLiteStore) -> None:
+    """The 429 names the account, whose figures the edge answers; nothing is written."""
+    seed(store, "u", 1_000, used=1_000)
+
+    with pytest.raises(TokenLimitExceeded) as refused:
+        service(store, ScriptedModel([])).handle("u", ask("r-none"), NOW)
+
+    assert refused.value.account == store.get_account("u")
+    assert store.get_ledger("r-none") is None
+
+
+REPLY = ChatReply(
+    content="Part one.\n\nPart two.",
+    model=MODEL,
+    stop_reason="max_tokens",
+    truncated=True,
+    usage=TokenUsage(input_tokens=500, cache_read_input_tokens=40, output_tokens=70, steps=2),
+    cost_micro_usd=2_562,
+)
+
+
+def settled(reply_text: str) -> LedgerEntry:
+    return LedgerEntry(
+        "r-done",
+        "u",
+        LedgerStatus.SETTLED,
+        MODEL,
+        NOW,
+        NOW,
+        NOW,
+        usage=REPLY.usage,
+        cost_micro_usd=REPLY.cost_micro_usd,
+        reply=reply_text,
+    )
+
+
+def test_the_ledger_record_is_snake_case_and_rebuilds_the_reply() -> None:
+    """Model, usage and cost live in the entry's columns; the record holds the rest."""
+    record = reply_record(REPLY)
+
+    assert json.loads(record) == {
+        "content": "Part one.\n\nPart two.",
+        "stop_reason": "max_tokens",
+        "truncated": True,
+    }
+    assert recorded_reply(settled(record)) == REPLY
+
+
+def test_an_entry_settled_with_the_response_message_still_replays() -> None:
+    """Entries written before the record existed hold the camelCase message; same reply."""
+    message = {
+        "role": "assistant",
+        "content": REPLY.content,
+        "model": MODEL,
+        "stopReason": "max_tokens",
+        "truncated": True,
+        "usage": {"totalTokens": 610, "steps": 2, "costUsd": 0.002562},
+    }
+
+    assert recorded_reply(settled(json.dumps(message))) == REPLY
 
 
 def test_the_local_bound_covers_every_text_and_grows_with_tools() -> None:

@@ -1,10 +1,16 @@
-"""Configuration: typed reads from an injected mapping, every problem reported at once."""
+"""Configuration: typed reads of declared settings from a mapping, every problem at once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from metering.config import EnvReader, Secret, StoreSettings
+from metering import settings as declared
+from metering.config import EnvReader, Secret, Setting, StoreSettings
 from metering.errors import ConfigurationError
+
+# What every test declaration needs besides its name, default and bounds.
+TEST: dict[str, Any] = {"help": "a setting of this test", "used_by": ("tests",)}
 
 
 def test_all_problems_are_reported_together() -> None:
@@ -18,13 +24,13 @@ def test_all_problems_are_reported_together() -> None:
             "VERBOSE": "maybe",
         }
     )
-    env.text("MODEL")
-    env.integer("MAX_TOKENS", 1_024)
-    env.integer("LOOP_LIMIT", 4, minimum=1, maximum=10)
-    env.number("TEMPERATURE", 1.0, maximum=1.0)
-    env.choice("MODE", "safe", ("safe", "fast"))
-    env.flag("VERBOSE", default=False)
-    env.secret("API_KEY", required=True)
+    env.read(Setting.text("MODEL", None, **TEST))
+    env.read(Setting.integer("MAX_TOKENS", 1_024, **TEST))
+    env.read(Setting.integer("LOOP_LIMIT", 4, minimum=1, maximum=10, **TEST))
+    env.read(Setting.number("TEMPERATURE", 1.0, maximum=1.0, **TEST))
+    env.read(Setting.choice("MODE", "safe", ("safe", "fast"), **TEST))
+    env.read(Setting.flag("VERBOSE", False, **TEST))
+    env.read(Setting.secret("API_KEY", required=True, **TEST))
 
     with pytest.raises(ConfigurationError) as raised:
         env.finish()
@@ -41,14 +47,14 @@ def test_values_are_typed_and_defaults_fill_blanks() -> None:
         {"MAX_TOKENS": " 2048 ", "RATIO": "0.5", "DEBUG": "yes", "MODE": "FAST", "BLANK": "  "}
     )
 
-    assert env.integer("MAX_TOKENS", 1_024) == 2_048
-    assert env.number("RATIO", 1.0) == 0.5
-    assert env.flag("DEBUG", default=False) is True
-    assert env.flag("QUIET", default=True) is True
-    assert env.choice("MODE", "safe", ("safe", "fast")) == "fast"
-    assert env.text("BLANK", "fallback") == "fallback"
-    assert env.optional("BLANK") is None
-    assert env.integer("UNSET", 7) == 7
+    assert env.read(Setting.integer("MAX_TOKENS", 1_024, **TEST)) == 2_048
+    assert env.read(Setting.number("RATIO", 1.0, **TEST)) == 0.5
+    assert env.read(Setting.flag("DEBUG", False, **TEST)) is True
+    assert env.read(Setting.flag("QUIET", True, **TEST)) is True
+    assert env.read(Setting.choice("MODE", "safe", ("safe", "fast"), **TEST)) == "fast"
+    assert env.read(Setting.text("BLANK", "fallback", **TEST)) == "fallback"
+    assert env.read(Setting.optional("BLANK", **TEST)) is None
+    assert env.read(Setting.integer("UNSET", 7, **TEST)) == 7
     env.finish()
 
 
@@ -67,7 +73,7 @@ def test_flags_accept_the_usual_spellings(raw: str, expected: bool) -> None:
     """Booleans read from the usual words, case-insensitively."""
     env = EnvReader({"FLAG": raw})
 
-    assert env.flag("FLAG", default=not expected) is expected
+    assert env.read(Setting.flag("FLAG", not expected, **TEST)) is expected
     env.finish()
 
 
@@ -91,7 +97,7 @@ def test_secret_is_hidden_from_repr() -> None:
 
 def test_empty_secret_is_falsy() -> None:
     """An unset optional secret reads as absent."""
-    assert not EnvReader({}).secret("APPWRITE_API_KEY")
+    assert not EnvReader({}).read(declared.APPWRITE_API_KEY)
 
 
 def test_appwrite_store_settings_require_the_endpoint_and_project() -> None:
@@ -117,7 +123,9 @@ def test_store_settings_default_to_the_schemas_ids() -> None:
 
     env.finish()
     assert (settings.database_id, settings.subscriptions_table) == ("koffers_db", "subscriptions")
-    assert (settings.usage_events_table, settings.claims_table) == ("usage_events", "stripe_events")
+    assert settings.usage_events_table == "usage_events"
+    # The claims table's id is its declaration's alone (it is being renamed).
+    assert settings.claims_table == declared.APPWRITE_CLAIMS_TABLE.default
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
@@ -125,6 +133,57 @@ def test_non_finite_numbers_are_a_problem(raw: str) -> None:
     """NaN and infinity pass no bound check, so they are refused outright."""
     env = EnvReader({"TEMPERATURE": raw})
 
-    assert env.number("TEMPERATURE", 1.0, maximum=2.0) == 1.0
+    assert env.read(Setting.number("TEMPERATURE", 1.0, maximum=2.0, **TEST)) == 1.0
     with pytest.raises(ConfigurationError, match="TEMPERATURE"):
         env.finish()
+
+
+def test_a_value_out_of_bounds_is_reported_with_its_bounds_and_the_default_kept() -> None:
+    """The bounds come from the declaration, and so does the value used meanwhile."""
+    env = EnvReader({"CHAT_MAX_STEPS": "17", "CRON_RESERVATION_TTL_SECONDS": "59"})
+
+    assert env.read(declared.CHAT_MAX_STEPS) == declared.CHAT_MAX_STEPS.default
+    assert env.read(declared.CRON_RESERVATION_TTL_SECONDS) == 900
+    assert env.problems == [
+        "CHAT_MAX_STEPS must be >= 1 and <= 16, got '17'",
+        "CRON_RESERVATION_TTL_SECONDS must be >= 60, got '59'",
+    ]
+
+
+def test_a_reader_may_do_without_a_required_value() -> None:
+    """The local runtime reads the chat's required key as optional: unset means offline."""
+    env = EnvReader({})
+
+    assert not env.read(declared.ANTHROPIC_API_KEY, required=False)
+    env.finish()
+    env.read(declared.ANTHROPIC_API_KEY)
+    assert env.problems == ["ANTHROPIC_API_KEY is required"]
+
+
+def test_names_without_a_default_can_be_read_by_name() -> None:
+    """A required value has no default to repeat, so it can be read by its name alone."""
+    env = EnvReader({"APPWRITE_ENDPOINT": " http://a.test/v1 "})
+
+    assert env.text("APPWRITE_ENDPOINT") == "http://a.test/v1"
+    assert env.text("APPWRITE_PROJECT_ID") == ""
+    assert env.optional("APPWRITE_PROJECT_ID") is None
+    assert not env.secret("APPWRITE_API_KEY")
+    env.secret("APPWRITE_API_KEY", required=True)
+    assert env.problems == ["APPWRITE_PROJECT_ID is required", "APPWRITE_API_KEY is required"]
+
+
+@pytest.mark.parametrize(
+    "declare",
+    [
+        pytest.param(lambda: Setting.integer("PAGE", 0, minimum=1, **TEST), id="below-minimum"),
+        pytest.param(lambda: Setting.number("RATE", 3.0, maximum=2.0, **TEST), id="above-maximum"),
+        pytest.param(lambda: Setting.choice("MODE", "slow", ("fast",), **TEST), id="no-choice"),
+        pytest.param(lambda: Setting.text("lower_case", "x", **TEST), id="bad-name"),
+        pytest.param(lambda: Setting.text("NO_HELP", "x", help="", used_by=("t",)), id="no-help"),
+        pytest.param(lambda: Setting.text("NOBODY", "x", help="h", used_by=()), id="no-reader"),
+    ],
+)
+def test_a_declaration_that_contradicts_itself_is_refused(declare: Any) -> None:
+    """A default outside its own bounds, or a setting nobody reads or explains, cannot exist."""
+    with pytest.raises(ValueError, match="setting"):
+        declare()

@@ -4,10 +4,13 @@ check and one log line per outcome."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from metering.account import new_account
 from metering.edge import GENERIC_SERVER_MESSAGE, Answer, LogLine, Request, error_body, serve
 from metering.errors import (
     AlreadyExists,
@@ -25,6 +28,10 @@ from metering.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from metering.plans import load_default_plans
+from metering.wire import usage_stats
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -70,12 +77,14 @@ def test_client_error_details_are_kept() -> None:
 
 def test_limit_error_carries_the_usage_document() -> None:
     """A 429 body embeds the caller's UsageStats next to the error."""
-    usage = {"userId": "user-1", "level": "exceeded"}
+    account = new_account("user-1", load_default_plans().get("starter"), NOW)
+    account = replace(account, current_tokens_used=account.limit)
 
-    status, body = error_body(TokenLimitExceeded(usage=usage))
+    status, body = error_body(TokenLimitExceeded(account=account))
 
     assert status == 429
-    assert body["usage"] == usage
+    assert body["usage"] == usage_stats(account)
+    assert (body["usage"]["userId"], body["usage"]["level"]) == ("user-1", "exceeded")
 
 
 class FakeResponse:

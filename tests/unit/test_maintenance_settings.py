@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from metering import settings as declared
 from metering.config import EnvReader
 from metering.errors import ConfigurationError
 from metering.maintenance import MaintenanceSettings
@@ -56,3 +57,9 @@ def test_invalid_values_are_reported_together() -> None:
     message = str(raised.value)
     for name in ("CRON_PAGE_SIZE", "CRON_TIME_BUDGET_SECONDS", "CRON_RESERVATION_TTL_SECONDS"):
         assert name in message
+
+
+def test_the_dataclass_defaults_are_the_declared_ones() -> None:
+    """Code that builds MaintenanceSettings() directly runs as an unconfigured cron would."""
+    assert MaintenanceSettings() == MaintenanceSettings.read(EnvReader({}))
+    assert MaintenanceSettings().grace == timedelta(seconds=declared.CRON_GRACE_SECONDS.default)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from metering import settings as declared
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.adapters.appwrite_account import AppwriteAccountVerifier
 from metering.adapters.store_factory import StoreOpener, store_opener
@@ -16,18 +17,12 @@ from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, Secret, StoreSettings
 from metering.errors import ConfigurationError
 from metering.identity import CachedVerifier
-from metering.model import ModelClient
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import IdentityVerifier, UsageStore
+from metering.ports import IdentityVerifier, ModelClient, UsageStore
 from metering.pricing import PriceTable, load_default_prices
 
 from .schema import BodyLimits
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant inside a personal finance app. Answer concisely. "
-    "When the user asks about their own token usage or plan, call get_my_usage."
-)
 # Appwrite stops synchronous executions at 30 s: attempts x timeout must stay well below it.
 SYNC_EXECUTION_SECONDS = 30
 
@@ -46,22 +41,22 @@ class ChatConfig:
     def read(cls, environ: Mapping[str, str]) -> ChatConfig:
         env = EnvReader(environ)
         store = StoreSettings.read(env)
-        api_key = env.secret("ANTHROPIC_API_KEY", required=True)
-        base_url = env.optional("ANTHROPIC_BASE_URL")
+        api_key = env.read(declared.ANTHROPIC_API_KEY)
+        base_url = env.read(declared.ANTHROPIC_BASE_URL)
         chat = ChatSettings(
-            model=env.text("CHAT_MODEL", DEFAULT_MODEL),
-            max_tokens=env.integer("CHAT_MAX_TOKENS", 1024, minimum=1, maximum=64_000),
-            min_output_tokens=env.integer("CHAT_MIN_OUTPUT_TOKENS", 16, minimum=1),
-            system_prompt=env.text("CHAT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
-            max_steps=env.integer("CHAT_MAX_STEPS", 4, minimum=1, maximum=16),
+            model=env.read(declared.CHAT_MODEL),
+            max_tokens=env.read(declared.CHAT_MAX_TOKENS),
+            min_output_tokens=env.read(declared.CHAT_MIN_OUTPUT_TOKENS),
+            system_prompt=env.read(declared.CHAT_SYSTEM_PROMPT),
+            max_steps=env.read(declared.CHAT_MAX_STEPS),
         )
         limits = BodyLimits(
-            max_body_bytes=env.integer("CHAT_MAX_BODY_BYTES", 262_144, minimum=64),
-            max_messages=env.integer("CHAT_MAX_MESSAGES", 50, minimum=1),
-            max_message_chars=env.integer("CHAT_MAX_MESSAGE_CHARS", 20_000, minimum=1),
+            max_body_bytes=env.read(declared.CHAT_MAX_BODY_BYTES),
+            max_messages=env.read(declared.CHAT_MAX_MESSAGES),
+            max_message_chars=env.read(declared.CHAT_MAX_MESSAGE_CHARS),
         )
-        timeout = env.number("CHAT_TIMEOUT_SECONDS", 12.0, minimum=1.0, maximum=29.0)
-        retries = env.integer("CHAT_MAX_RETRIES", 1, minimum=0, maximum=5)
+        timeout = env.read(declared.CHAT_TIMEOUT_SECONDS)
+        retries = env.read(declared.CHAT_MAX_RETRIES)
         if chat.min_output_tokens > chat.max_tokens:
             env.problems.append("CHAT_MIN_OUTPUT_TOKENS must not exceed CHAT_MAX_TOKENS")
         if timeout * (retries + 1) >= SYNC_EXECUTION_SECONDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from metering.chat import ChatService
 from metering.edge import Answer, LogLine, Request
 from metering.identity import caller_id
+from metering.wire import chat_response
 
 from .bootstrap import ChatApp
 from .schema import parse_chat_body
@@ -35,4 +36,5 @@ def handle_chat(request: Request, log: LogLine, app: ChatApp) -> Answer:
         totalTokens=usage.total_tokens,
         truncated=result.truncated,
     )
-    return Answer(result.body, outcome="replayed" if result.replayed else "completed")
+    body = dict(chat_response(result))
+    return Answer(body, outcome="replayed" if result.replayed else "completed")

@@ -6,13 +6,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from metering import settings as declared
 from metering.adapters.store_factory import StoreOpener, store_opener
-from metering.billing import BillingProvider
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, StoreSettings
 from metering.maintenance import MaintenanceSettings
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import UsageStore
+from metering.ports import BillingProvider, UsageStore
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ def build(
     store: UsageStore | None = None,
 ) -> CronApp:
     env = EnvReader(environ)
-    api_key = env.secret("STRIPE_SECRET_KEY")
-    api_base = env.optional("STRIPE_API_BASE")
+    api_key = env.read(declared.STRIPE_SECRET_KEY)
+    api_base = env.read(declared.STRIPE_API_BASE)
     maintenance = MaintenanceSettings.read(env)
     settings = StoreSettings.read(env)
     env.finish()

@@ -6,21 +6,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from metering import settings as declared
 from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.adapters.stripe_billing import StripeBilling, StripeWebhookVerifier
-from metering.billing import BillingProvider
+from metering.adapters.stripe_events import StripeEvents
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, StoreSettings
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import UsageStore
+from metering.ports import BillingProvider, UsageStore
 
 
 @dataclass(frozen=True)
 class WebhookApp:
     stores: StoreOpener
     verifier: StripeWebhookVerifier
-    # None without STRIPE_SECRET_KEY: events whose plan is only on the product then fail.
-    billing: BillingProvider | None
+    # Without STRIPE_SECRET_KEY, events whose plan is only on the product fail.
+    events: StripeEvents
     plans: PlanCatalog
     clock: Callable[[], datetime]
 
@@ -34,18 +35,19 @@ def build(
 ) -> WebhookApp:
     """Raises ConfigurationError (answered 500) without STRIPE_WEBHOOK_SECRET."""
     env = EnvReader(environ)
-    secret = env.secret("STRIPE_WEBHOOK_SECRET", required=True)
-    api_key = env.secret("STRIPE_SECRET_KEY")
-    api_base = env.optional("STRIPE_API_BASE")
+    secret = env.read(declared.STRIPE_WEBHOOK_SECRET)
+    api_key = env.read(declared.STRIPE_SECRET_KEY)
+    api_base = env.read(declared.STRIPE_API_BASE)
     settings = StoreSettings.read(env)
     env.finish()
     if billing is None and api_key:
         billing = StripeBilling(api_key.value, api_base)
+    plans = load_default_plans()
     return WebhookApp(
         stores=store_opener(settings, store),
         verifier=StripeWebhookVerifier(secret.value),
-        billing=billing,
-        plans=load_default_plans(),
+        events=StripeEvents(plans, billing),
+        plans=plans,
         clock=clock,
     )
 

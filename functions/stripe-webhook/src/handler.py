@@ -9,8 +9,9 @@ from .bootstrap import WebhookApp
 
 
 def handle_webhook(request: Request, log: LogLine, app: WebhookApp) -> Answer:
-    event = app.verifier.verify(request.body_binary, request.headers.get("stripe-signature"))
-    log.add(eventId=event.get("id"), type=event.get("type"))
+    payload = app.verifier.verify(request.body_binary, request.headers.get("stripe-signature"))
+    log.add(eventId=payload.get("id"), type=payload.get("type"))
     store = app.stores(request.headers.get("x-appwrite-key"))
-    handled = BillingService(store, app.plans, app.billing).handle(event, app.clock())
+    event = app.events.read(payload)
+    handled = BillingService(store, app.plans).handle(event, app.clock())
     return Answer({"received": True}, outcome=handled.outcome)

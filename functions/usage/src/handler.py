@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from metering.account import usage_stats
 from metering.edge import Answer, LogLine, Request
 from metering.identity import caller_id
 from metering.service import get_or_create_account
+from metering.wire import usage_stats
 
 from .bootstrap import UsageApp
 
@@ -17,4 +17,4 @@ def handle_usage(request: Request, log: LogLine, app: UsageApp) -> Answer:
     store = app.stores(request.headers.get("x-appwrite-key"))
     stats = usage_stats(get_or_create_account(store, app.plans, user_id, app.clock()))
     log.add(used=stats["tokens"]["used"], level=stats["level"])
-    return Answer(stats, outcome="read")
+    return Answer(dict(stats), outcome="read")

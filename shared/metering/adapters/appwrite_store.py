@@ -1,111 +1,117 @@
-"""``UsageStore`` on Appwrite TablesDB (SDK 27), and the schema operations of ``tools.migrate``.
-
-Every ``AppwriteException`` is translated here; nothing above this module sees an Appwrite type.
+"""``UsageStore`` on Appwrite TablesDB (SDK 27): the codec's rows, Appwrite's atomic operations.
+Every SDK call goes through ``call``: one table maps Appwrite's error types to domain signals.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from appwrite.client import Client
-from appwrite.enums.order_by import OrderBy
-from appwrite.enums.tables_db_index_type import TablesDBIndexType
 from appwrite.exception import AppwriteException
 from appwrite.query import Query
 from appwrite.services.tables_db import TablesDB
 
-from ..account import Account, ResetPlan
-from ..columns import ACCOUNT_PATCH_COLUMNS, usage_columns
+from .. import codec
+from ..account import Account, AccountPatch, ResetPlan
+from ..claims import reset_applies, reset_once
 from ..config import StoreSettings
-from ..errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
-from ..ledger import LedgerEntry, LedgerStatus
+from ..errors import (
+    AlreadyExists,
+    InvalidRequest,
+    LimitReached,
+    MeteringError,
+    NotFound,
+    StoreError,
+)
+from ..ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
-from ..ports import (
-    AccountPatch,
-    AccountQuery,
-    ClaimOutcome,
-    LedgerPatch,
-    Page,
-)
-from ..schema import (
-    ColumnSpec,
-    CreateColumn,
-    CreateDatabase,
-    CreateTable,
-    ExistingSchema,
-    ExistingTable,
-    Schema,
-    Step,
-    TableSpec,
-)
-from ..timeutil import format_timestamp, month_start, parse_timestamp
-from ..tokens import TokenUsage
+from ..ports import AccountQuery, ClaimOutcome, Page
 
 T = TypeVar("T")
 
-ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
-# A bounded increment or decrement refused: `column_limit_exceeded` when called directly;
-# a transaction's commit reports the same refusal under the older `attribute_limit_exceeded`.
-LIMIT_EXCEEDED = frozenset({"column_limit_exceeded", "attribute_limit_exceeded"})
-# A commit names a row that is gone `document_not_found`, whatever API staged the operation.
-ROW_GONE = frozenset({"row_not_found", "document_not_found"})
-# A commit whose row changed after an update was staged is refused as a whole.
-CONFLICT = "transaction_conflict"
-# An increment of a missing row fails inside the database layer as "not found", which the
-# server reports as a missing column: only a read tells the two apart.
-COLUMN_MISSING = frozenset({"column_not_found", "attribute_not_found"})
 PAGE_SIZE = 100
 MAX_PAGE = 1000
-# A reset claim whose worker died is taken over after this long.
-RESET_LEASE = timedelta(minutes=10)
-# Attempts at a reset transaction that a concurrent change of the counter made fail.
-RESET_ATTEMPTS = 5
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-PENDING = "pending"
-DONE = "done"
+# Attempts at a change that concurrent changes of the same counter keep refusing.
+ATTEMPTS = 5
 
 
-def row_key(key: str) -> str:
-    """A valid Appwrite row id for ``key``: itself when it already is one, else a stable hash.
-
-    Appwrite ids are at most 36 characters of ``[A-Za-z0-9._-]`` not starting with a symbol.
-    """
-    if ROW_ID.match(key):
-        return key
-    return "h" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:35]
+class Conflict(StoreError):
+    """A commit found a row changed since one of its operations was staged."""
 
 
-def _ms(value: datetime) -> datetime:
-    """Appwrite keeps datetimes to the millisecond: compare at that precision."""
-    value = value.astimezone(UTC)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+class ColumnMissing(StoreError):
+    """The server's "not found" of a counter change: the column's, or the row's (a read tells)."""
 
 
-def _time(value: datetime | None) -> str | None:
-    return format_timestamp(value) if value is not None else None
+# Appwrite's error types and the domain signal each one is; any other failure is a StoreError.
+SIGNALS: Mapping[str, type[MeteringError]] = {
+    "row_not_found": NotFound,
+    # A commit names a row that is gone `document_not_found`, whatever API staged the operation.
+    "document_not_found": NotFound,
+    "database_not_found": NotFound,
+    "table_not_found": NotFound,
+    "row_already_exists": AlreadyExists,
+    # A bounded increment or decrement refused: `column_limit_exceeded` when called directly;
+    # a commit reports the same refusal under the older `attribute_limit_exceeded`.
+    "column_limit_exceeded": LimitReached,
+    "attribute_limit_exceeded": LimitReached,
+    "transaction_conflict": Conflict,
+    # An increment of a missing row fails inside the database layer as "not found", which the
+    # server reports as a missing column.
+    "column_not_found": ColumnMissing,
+    "attribute_not_found": ColumnMissing,
+}
 
 
-def _optional_time(value: Any) -> datetime | None:
-    return parse_timestamp(value) if value else None
+def call(what: str, action: Callable[[], T]) -> T:
+    """Run one SDK call; a failure becomes the signal its type maps to, else a ``StoreError``."""
+    try:
+        return action()
+    except AppwriteException as exc:
+        signal = SIGNALS.get(str(exc.type), StoreError)
+        raise signal(f"{what} failed: {exc.code} {exc.type}: {exc.message}") from exc
 
 
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+def connect_tables(endpoint: str, project_id: str, api_key: str) -> TablesDB:
+    """The TablesDB service of a project, authenticated with a server key."""
+    if not endpoint:
+        # The SDK would otherwise talk to Appwrite Cloud.
+        raise StoreError("no Appwrite endpoint configured")
+    client = Client()
+    call("setting the Appwrite endpoint", lambda: client.set_endpoint(endpoint))
+    client.set_project(project_id)
+    client.set_key(api_key)
+    return TablesDB(client)
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def document(row: Any) -> dict[str, Any]:
+    """The columns of an SDK row model plus the system fields the codec reads."""
+    data = dict(row.data) if isinstance(row.data, dict) else {}
+    data["$id"] = row.id
+    data["$createdAt"] = row.createdat
+    data["$updatedAt"] = row.updatedat
+    return data
+
+
+def _charged(row: Mapping[str, Any]) -> int:
+    """What a ledger row counts: its hold while reserved, then its usage (the hold equals it)."""
+    held = row.get("status") == LedgerStatus.RESERVED.value
+    return codec.INT.decode(row.get("reservedTokens" if held else "totalTokens")) or 0
+
+
+@functools.cache
+def _default_plans() -> PlanCatalog:
+    # A store is opened per execution; the packaged plans are read once per warm instance.
+    return load_default_plans()
 
 
 class AppwriteStore:
-    """Subscriptions, the ledger and event claims in three TablesDB tables."""
+    """Subscriptions, the ledger and claims in three TablesDB tables."""
 
     def __init__(
         self, tables: TablesDB, settings: StoreSettings, plans: PlanCatalog | None = None
@@ -114,7 +120,7 @@ class AppwriteStore:
         self._database = settings.database_id
         self._subscriptions = settings.subscriptions_table
         self._ledger = settings.usage_events_table
-        self._events = settings.claims_table
+        self._claims = settings.claims_table
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
@@ -122,57 +128,47 @@ class AppwriteStore:
 
     @classmethod
     def connect(cls, settings: StoreSettings, api_key: str) -> AppwriteStore:
-        if not settings.appwrite_endpoint:
-            # The SDK would otherwise talk to Appwrite Cloud.
-            raise StoreError("no Appwrite endpoint configured")
-        client = Client()
-        try:
-            client.set_endpoint(settings.appwrite_endpoint)
-        except AppwriteException as exc:
-            raise StoreError(f"invalid Appwrite endpoint: {exc.message}") from exc
-        client.set_project(settings.appwrite_project_id)
-        client.set_key(api_key)
-        return cls(TablesDB(client), settings)
+        tables = connect_tables(settings.appwrite_endpoint, settings.appwrite_project_id, api_key)
+        return cls(tables, settings)
 
-    # -- calls -----------------------------------------------------------------------------------
-
-    def _call(self, what: str, action: Callable[[], T]) -> T:
-        """Run one SDK call; any failure not handled by the caller becomes a ``StoreError``."""
-        try:
-            return action()
-        except AppwriteException as exc:
-            raise _failure(what, exc) from exc
-
-    def _try(self, what: str, action: Callable[[], T], **expected: type[Exception]) -> T:
-        """Like ``_call`` but Appwrite error types in ``expected`` become those domain errors."""
-        try:
-            return action()
-        except AppwriteException as exc:
-            error = expected.get(str(exc.type))
-            if error is not None:
-                raise error(f"{what}: {exc.type}") from exc
-            raise _failure(what, exc) from exc
+    # -- rows ------------------------------------------------------------------------------------
 
     def _get(self, table: str, row_id: str) -> dict[str, Any] | None:
         try:
-            row = self._db.get_row(self._database, table, row_id)
-        except AppwriteException as exc:
-            if exc.type == "row_not_found":
-                return None
-            raise _failure(f"reading {table}", exc) from exc
-        return _document(row)
+            row = call(f"reading {table}", lambda: self._db.get_row(self._database, table, row_id))
+        except NotFound:
+            return None
+        return document(row)
+
+    def _require(self, table: str, row_id: str) -> None:
+        if self._get(table, row_id) is None:
+            raise NotFound(f"no row {row_id} in {table}")
+
+    def _create(self, table: str, row_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        create = functools.partial(self._db.create_row, self._database, table, row_id, dict(data))
+        return document(call(f"creating a row of {table}", create))
+
+    def _update(self, table: str, row_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        update = functools.partial(self._db.update_row, self._database, table, row_id, dict(data))
+        return document(call(f"updating {table}", update))
+
+    def _delete(self, table: str, row_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            call(
+                f"deleting from {table}", lambda: self._db.delete_row(self._database, table, row_id)
+            )
 
     def _list(self, table: str, queries: list[str]) -> list[dict[str, Any]]:
-        result = self._call(
+        result = call(
             f"listing {table}", lambda: self._db.list_rows(self._database, table, queries)
         )
-        return [_document(row) for row in result.rows]
+        return [document(row) for row in result.rows]
 
     def _page(
         self, table: str, filters: list[str], limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        if limit <= 0:
-            raise InvalidRequest("limit must be positive")
+        if limit < 1:
+            raise StoreError(f"page limit must be positive, got {limit}")
         # A shorter page with a cursor is still a page; Appwrite caps `limit` itself.
         limit = min(limit, MAX_PAGE)
         # One row more than asked tells whether another page follows, without an extra call.
@@ -193,43 +189,39 @@ class AppwriteStore:
             if cursor is None:
                 return
 
+    def _transaction(
+        self,
+        what: str,
+        steps: Sequence[Callable[..., object]],
+        abandon: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Stage ``steps`` (SDK calls that take a ``transaction_id``) and commit them together,
+        unless ``abandon()``, asked once they are staged, says not to (then False). A refusal is
+        raised as its signal, after the rollback."""
+        transaction = call("starting a transaction", self._db.create_transaction).id
+        try:
+            for step in steps:
+                call(what, functools.partial(step, transaction_id=transaction))
+            if abandon():
+                self._rollback(transaction)
+                return False
+            commit = functools.partial(self._db.update_transaction, transaction, commit=True)
+            call(what, commit)
+        except MeteringError:
+            self._rollback(transaction)
+            raise
+        return True
+
+    def _rollback(self, transaction: str) -> None:
+        # An uncommitted transaction expires on its own if the rollback fails too.
+        rollback = functools.partial(self._db.update_transaction, transaction, rollback=True)
+        with contextlib.suppress(MeteringError):
+            call("rolling back a transaction", rollback)
+
     # -- accounts --------------------------------------------------------------------------------
 
     def _account(self, row: Mapping[str, Any]) -> Account:
-        plan = self._plans.find(_text(row.get("plan"))) or self._plans.default
-        max_tokens = row.get("maxTokensPerMonth")
-        created = _optional_time(row.get("$createdAt")) or EPOCH
-        return Account(
-            user_id=str(row.get("userId", "")),
-            row_id=str(row["$id"]),
-            plan=_text(row.get("plan")) or plan.id,
-            status=_text(row.get("status")) or "none",
-            max_tokens_per_month=(
-                _int(max_tokens) if max_tokens is not None else plan.tokens_per_month
-            ),
-            period_start=_optional_time(row.get("periodStart")) or month_start(created),
-            period_end=_optional_time(row.get("periodEnd")),
-            current_tokens_used=_int(row.get("currentTokensUsed")),
-            lifetime_tokens_used=_int(row.get("lifetimeTokensUsed")),
-            addon_tokens=_int(row.get("addonTokens")),
-            topup_tokens=_int(row.get("topupTokens")),
-            last_token_reset_at=_optional_time(row.get("lastTokenResetAt")),
-            stripe_customer_id=_text(row.get("stripeCustomerId")),
-            stripe_subscription_id=_text(row.get("stripeSubscriptionId")),
-            stripe_updated_at=_int(row.get("stripeUpdatedAt")),
-            storage_bytes_used=_int(row.get("storageBytesUsed")),
-            storage_bytes_limit=(
-                _int(row["storageBytesLimit"])
-                if row.get("storageBytesLimit") is not None
-                else plan.storage_bytes
-            ),
-            bank_connections_used=_int(row.get("bankConnectionsUsed")),
-            bank_connections_limit=(
-                _int(row["bankConnectionsLimit"])
-                if row.get("bankConnectionsLimit") is not None
-                else plan.bank_connections
-            ),
-        )
+        return codec.decode_account(row, self._plans)
 
     def _find_account_row(self, column: str, value: str) -> dict[str, Any] | None:
         rows = self._list(self._subscriptions, [Query.equal(column, value), Query.limit(1)])
@@ -259,39 +251,17 @@ class AppwriteStore:
         return self._account(row) if row is not None else None
 
     def create_account(self, account: Account) -> Account:
-        row_id = row_key(account.row_id or account.user_id)
-        data = {
-            "userId": account.user_id,
-            "plan": account.plan,
-            "status": account.status,
-            "stripeCustomerId": account.stripe_customer_id or None,
-            "stripeSubscriptionId": account.stripe_subscription_id or None,
-            "currentTokensUsed": account.current_tokens_used,
-            "lifetimeTokensUsed": account.lifetime_tokens_used,
-            "lastTokenResetAt": _time(account.last_token_reset_at),
-            "maxTokensPerMonth": account.max_tokens_per_month,
-            "addonTokens": account.addon_tokens,
-            "topupTokens": account.topup_tokens,
-            "periodStart": _time(account.period_start),
-            "periodEnd": _time(account.period_end),
-            "stripeUpdatedAt": account.stripe_updated_at,
-            "storageBytesUsed": account.storage_bytes_used,
-            "storageBytesLimit": account.storage_bytes_limit,
-            "bankConnectionsUsed": account.bank_connections_used,
-            "bankConnectionsLimit": account.bank_connections_limit,
-        }
+        row_id = codec.row_key(account.row_id or account.user_id)
         try:
-            row = self._db.create_row(self._database, self._subscriptions, row_id, data)
-        except AppwriteException as exc:
-            if exc.type != "row_already_exists":
-                raise _failure("creating an account", exc) from exc
+            row = self._create(self._subscriptions, row_id, codec.encode_account(account))
+        except AlreadyExists as exc:
             # Lost a race (same row id, or the unique userId index): the winner's row counts.
             existing = self.get_account(account.user_id)
             if existing is None:
                 raise StoreError(f"row id {row_id} is taken by another user") from exc
             return existing
         self._remember(account.user_id, row_id)
-        return self._account(_document(row))
+        return self._account(row)
 
     def find_account_by_customer(self, stripe_customer_id: str) -> Account | None:
         if not stripe_customer_id:
@@ -306,25 +276,8 @@ class AppwriteStore:
         return self._account(row) if row is not None else None
 
     def update_account(self, user_id: str, patch: AccountPatch) -> Account:
-        data: dict[str, Any] = {}
-        for field, given in patch.items():
-            column = ACCOUNT_PATCH_COLUMNS.get(field)
-            if column is None:
-                raise InvalidRequest(f"{field} cannot be patched")
-            value: Any = given
-            if isinstance(given, datetime):
-                value = format_timestamp(given)
-            elif field in ("stripe_customer_id", "stripe_subscription_id"):
-                # Stored as NULL, never "", so that `isNull` finds every unsubscribed account.
-                value = given or None
-            data[column] = value
-        row_id = self._row_id(user_id)
-        row = self._try(
-            "updating an account",
-            lambda: self._db.update_row(self._database, self._subscriptions, row_id, data),
-            row_not_found=NotFound,
-        )
-        return self._account(_document(row))
+        data = codec.encode_account_patch(patch)
+        return self._account(self._update(self._subscriptions, self._row_id(user_id), data))
 
     def add_topup(self, user_id: str, tokens: int) -> Account:
         if tokens < 0:
@@ -335,8 +288,7 @@ class AppwriteStore:
             if row is None:
                 raise NotFound(f"no account for user {user_id}")
             return self._account(row)
-        updated = self._increment(self._subscriptions, row_id, "topupTokens", tokens)
-        return self._account(updated)
+        return self._account(self._increment(self._subscriptions, row_id, "topupTokens", tokens))
 
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         filters: list[str] = []
@@ -346,10 +298,10 @@ class AppwriteStore:
             filters.append(Query.is_null("stripeSubscriptionId"))
         if query.period_start_before is not None:
             filters.append(
-                Query.less_than("periodStart", format_timestamp(query.period_start_before))
+                Query.less_than("periodStart", codec.encode_time(query.period_start_before))
             )
         if query.period_end_before is not None:
-            filters.append(Query.less_than("periodEnd", format_timestamp(query.period_end_before)))
+            filters.append(Query.less_than("periodEnd", codec.encode_time(query.period_end_before)))
         rows, next_cursor = self._page(self._subscriptions, filters, limit, cursor)
         return Page(items=[self._account(row) for row in rows], next_cursor=next_cursor)
 
@@ -358,50 +310,48 @@ class AppwriteStore:
     def _increment(
         self, table: str, row_id: str, column: str, tokens: int, limit: int | None = None
     ) -> dict[str, Any]:
+        increment = functools.partial(
+            self._db.increment_row_column,
+            self._database,
+            table,
+            row_id,
+            column,
+            value=tokens,
+            max=limit,
+        )
         try:
-            row = self._db.increment_row_column(
-                self._database, table, row_id, column, value=tokens, max=limit
-            )
-        except AppwriteException as exc:
-            if exc.type in LIMIT_EXCEEDED:
-                raise LimitReached(f"incrementing {table}.{column}: {exc.type}") from exc
-            raise self._counter_failure(
-                f"incrementing {table}.{column}", table, row_id, exc
-            ) from exc
-        return _document(row)
-
-    def _counter_failure(
-        self, what: str, table: str, row_id: str, exc: AppwriteException
-    ) -> StoreError | NotFound:
-        """``NotFound`` when the row of a failed increment or decrement does not exist."""
-        if exc.type == "row_not_found" or (
-            exc.type in COLUMN_MISSING and self._get(table, row_id) is None
-        ):
-            return NotFound(f"no row {row_id} in {table}")
-        return _failure(what, exc)
+            return document(call(f"incrementing {table}.{column}", increment))
+        except ColumnMissing:
+            self._require(table, row_id)
+            raise
 
     def _decrement_floored(self, table: str, row_id: str, column: str, tokens: int) -> None:
         """Subtract ``tokens`` but never go below zero, even when the counter went down
         concurrently (a reset): then subtract what is left."""
         amount = tokens
-        for _ in range(RESET_ATTEMPTS * 2):
+        for _ in range(ATTEMPTS * 2):
             if amount <= 0:
                 return
+            decrement = functools.partial(
+                self._db.decrement_row_column,
+                self._database,
+                table,
+                row_id,
+                column,
+                value=amount,
+                min=0,
+            )
             try:
-                self._db.decrement_row_column(
-                    self._database, table, row_id, column, value=amount, min=0
-                )
-            except AppwriteException as exc:
-                if exc.type not in LIMIT_EXCEEDED:
-                    what = f"decrementing {table}.{column}"
-                    raise self._counter_failure(what, table, row_id, exc) from exc
+                call(f"decrementing {table}.{column}", decrement)
+            except ColumnMissing:
+                self._require(table, row_id)
+                raise
+            except LimitReached as exc:
                 row = self._get(table, row_id)
                 if row is None:
                     raise NotFound(f"no row {row_id} in {table}") from exc
-                left = _int(row.get(column))
-                if left >= amount:
-                    continue  # it went up again meanwhile: the full amount fits now
-                amount = left
+                # Less is left than asked: take what is left (or all, if it went up meanwhile).
+                amount = min(amount, codec.INT.decode(row.get(column)) or 0)
                 continue
             return
         raise StoreError(f"{table}.{column} kept changing while being decremented")
@@ -412,19 +362,19 @@ class AppwriteStore:
         row_id = self._row_id(user_id)
         if tokens == 0:
             account = self._get(self._subscriptions, row_id)
-            used = _int(account.get("currentTokensUsed")) if account else 0
+            used = (codec.INT.decode(account.get("currentTokensUsed")) or 0) if account else 0
             if used > limit:
                 raise LimitReached("the limit is already passed")
             return used
         # The counter first: refusing is the common failure, and it changes nothing.
         row = self._increment(self._subscriptions, row_id, "currentTokensUsed", tokens, limit)
         try:
-            self._increment(self._ledger, row_key(request_id), "reservedTokens", tokens)
+            self._increment(self._ledger, codec.row_key(request_id), "reservedTokens", tokens)
         except Exception:
             # Without its ledger entry the hold could never be released: give it back now.
             self._decrement_floored(self._subscriptions, row_id, "currentTokensUsed", tokens)
             raise
-        return _int(row.get("currentTokensUsed"))
+        return codec.INT.decode(row.get("currentTokensUsed")) or 0
 
     def release(self, user_id: str, request_id: str, tokens: int) -> None:
         if tokens <= 0:
@@ -434,484 +384,177 @@ class AppwriteStore:
         self._decrement_floored(
             self._subscriptions, self._row_id(user_id), "currentTokensUsed", tokens
         )
-        self._decrement_floored(self._ledger, row_key(request_id), "reservedTokens", tokens)
+        self._decrement_floored(self._ledger, codec.row_key(request_id), "reservedTokens", tokens)
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
-        claim_id = f"reset:{reset.user_id}:{format_timestamp(reset.period_start)}"
-        outcome = self.claim_event(claim_id, "reset", reset.user_id, reset.reset_at, RESET_LEASE)
-        if outcome is not ClaimOutcome.CLAIMED:
-            return None
-        try:
-            applied = self._apply_reset_claimed(reset, previous_period_start, row_key(claim_id))
-        except Exception:
-            self.release_event(claim_id)
-            raise
-        if applied is None:
-            # Planned from a stale snapshot, or no longer forward: nothing happened, so a reset
-            # to the same period planned from a fresh snapshot must still be able to run.
-            self.release_event(claim_id)
-        return applied
+        return reset_once(self, reset, lambda: self._reset_counters(reset, previous_period_start))
 
-    def _apply_reset_claimed(
-        self, reset: ResetPlan, previous_period_start: datetime, claim_row: str
-    ) -> Account | None:
-        for _ in range(RESET_ATTEMPTS):
-            row = self._find_account_row("userId", reset.user_id)
-            if row is None:
+    def _reset_counters(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
+        for _ in range(ATTEMPTS):
+            account = self.get_account(reset.user_id)
+            if account is None or not reset_applies(account, reset, previous_period_start):
                 return None
-            account = self._account(row)
-            if _ms(account.period_start) != _ms(previous_period_start):
-                return None
-            if _ms(reset.period_start) <= _ms(account.period_start):
-                return None
-            if self._commit_reset(reset, account, claim_row):
-                return self.get_account(reset.user_id)
+            try:
+                self._transaction("committing a reset", self._reset_steps(reset, account))
+            except (LimitReached, Conflict):
+                continue  # the counter moved under the snapshot: read it again
+            return self.get_account(reset.user_id)
         raise StoreError("the counter kept changing during a reset")
 
-    def _commit_reset(self, reset: ResetPlan, account: Account, claim_row: str) -> bool:
-        """All changes of one reset in one transaction, the claim's completion included, so
-        that it happens entirely or not at all. False when the counter moved under it."""
-        database, table, row_id = self._database, self._subscriptions, account.row_id
+    def _reset_steps(self, reset: ResetPlan, account: Account) -> list[Callable[..., object]]:
+        """One reset's changes of the row, to commit together: all happen or none."""
+        db, database, table, row_id = self._db, self._database, self._subscriptions, account.row_id
         # A concurrent release may have lowered the counter below the snapshot: never below 0.
         used = min(reset.used, account.current_tokens_used)
         topup = min(reset.topup_consumed, account.topup_tokens)
-        transaction = self._call("starting a transaction", self._db.create_transaction)
-        tx = transaction.id
-        steps: list[Callable[[], object]] = []
+        change = functools.partial
+        steps: list[Callable[..., object]] = []
         if used > 0:
             steps.append(
-                lambda: self._db.decrement_row_column(
+                change(
+                    db.decrement_row_column,
                     database,
                     table,
                     row_id,
                     "currentTokensUsed",
                     value=used,
                     min=0,
-                    transaction_id=tx,
                 )
             )
         if reset.used > 0:
             steps.append(
-                lambda: self._db.increment_row_column(
+                change(
+                    db.increment_row_column,
                     database,
                     table,
                     row_id,
                     "lifetimeTokensUsed",
                     value=reset.used,
-                    transaction_id=tx,
                 )
             )
         if topup > 0:
             steps.append(
-                lambda: self._db.decrement_row_column(
-                    database, table, row_id, "topupTokens", value=topup, min=0, transaction_id=tx
+                change(
+                    db.decrement_row_column,
+                    database,
+                    table,
+                    row_id,
+                    "topupTokens",
+                    value=topup,
+                    min=0,
                 )
             )
-        period = {
-            "periodStart": format_timestamp(reset.period_start),
-            "periodEnd": _time(reset.period_end),
-            "lastTokenResetAt": format_timestamp(reset.reset_at),
-        }
-        steps.append(
-            lambda: self._db.update_row(database, table, row_id, period, transaction_id=tx)
+        period = codec.encode_account_fields(
+            {
+                "period_start": reset.period_start,
+                "period_end": reset.period_end,
+                "last_token_reset_at": reset.reset_at,
+            }
         )
-        done = {"status": DONE, "outcome": "reset", "completedAt": format_timestamp(reset.reset_at)}
-        steps.append(
-            lambda: self._db.update_row(database, self._events, claim_row, done, transaction_id=tx)
-        )
-        try:
-            for step in steps:
-                step()
-            self._db.update_transaction(tx, commit=True)
-        except AppwriteException as exc:
-            self._rollback(tx)
-            # The counter moved under the snapshot: read it again and retry.
-            if exc.type in LIMIT_EXCEEDED or exc.type == CONFLICT:
-                return False
-            raise _failure("committing a reset", exc) from exc
-        return True
-
-    def _rollback(self, transaction_id: str) -> None:
-        # An uncommitted transaction expires on its own if the rollback fails too.
-        with contextlib.suppress(AppwriteException):
-            self._db.update_transaction(transaction_id, rollback=True)
+        steps.append(change(db.update_row, database, table, row_id, period))
+        return steps
 
     # -- the ledger ------------------------------------------------------------------------------
 
     def create_ledger(self, entry: LedgerEntry) -> None:
-        data = {
-            "requestId": entry.request_id,
-            "userId": entry.user_id,
-            "status": entry.status.value,
-            "model": entry.model,
-            "periodStart": format_timestamp(entry.period_start),
-            "startedAt": format_timestamp(entry.created_at),
-            "touchedAt": format_timestamp(entry.updated_at),
-            "reservedTokens": entry.reserved_tokens,
-            "costMicroUsd": entry.cost_micro_usd,
-            "priceVersion": entry.price_version,
-            "reply": entry.reply,
-            **usage_columns(entry.usage),
-        }
-        self._try(
-            "creating a ledger entry",
-            lambda: self._db.create_row(
-                self._database, self._ledger, row_key(entry.request_id), data
-            ),
-            row_already_exists=AlreadyExists,
-        )
+        self._create(self._ledger, codec.row_key(entry.request_id), codec.encode_ledger(entry))
 
     def get_ledger(self, request_id: str) -> LedgerEntry | None:
-        row = self._get(self._ledger, row_key(request_id))
-        return _ledger_entry(row, request_id) if row is not None else None
+        row = self._get(self._ledger, codec.row_key(request_id))
+        return codec.decode_ledger(row, request_id) if row is not None else None
 
     def discard_ledger(self, request_id: str) -> None:
-        try:
-            self._db.delete_row(self._database, self._ledger, row_key(request_id))
-        except AppwriteException as exc:
-            if exc.type != "row_not_found":
-                raise _failure("discarding a ledger entry", exc) from exc
+        self._delete(self._ledger, codec.row_key(request_id))
 
     def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry:
-        data: dict[str, Any] = {}
-        if "status" in patch:
-            data["status"] = LedgerStatus(patch["status"]).value
-        if "model" in patch:
-            data["model"] = patch["model"]
-        if "usage" in patch:
-            data.update(usage_columns(patch["usage"]))
-        if "cost_micro_usd" in patch:
-            data["costMicroUsd"] = patch["cost_micro_usd"]
-        if "price_version" in patch:
-            data["priceVersion"] = patch["price_version"]
-        if "reply" in patch:
-            data["reply"] = patch["reply"]
-        if "updated_at" in patch:
-            data["touchedAt"] = format_timestamp(patch["updated_at"])
-        row = self._try(
-            "updating a ledger entry",
-            lambda: self._db.update_row(self._database, self._ledger, row_key(request_id), data),
-            row_not_found=NotFound,
+        data = codec.encode_ledger_patch(patch)
+        return codec.decode_ledger(
+            self._update(self._ledger, codec.row_key(request_id), data), request_id
         )
-        return _ledger_entry(_document(row), request_id)
 
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
     ) -> Page[LedgerEntry]:
         filters = [
             Query.equal("status", LedgerStatus.RESERVED.value),
-            Query.less_than("touchedAt", format_timestamp(updated_before)),
+            Query.less_than("touchedAt", codec.encode_time(updated_before)),
         ]
         rows, next_cursor = self._page(self._ledger, filters, limit, cursor)
-        return Page(items=[_ledger_entry(row) for row in rows], next_cursor=next_cursor)
+        return Page(items=[codec.decode_ledger(row) for row in rows], next_cursor=next_cursor)
 
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
         filters = [
             Query.equal("userId", user_id),
-            Query.equal("periodStart", format_timestamp(period_start)),
+            Query.equal("periodStart", codec.encode_time(period_start)),
         ]
-        # A finished entry's usage is what it charged; its hold then equals that usage.
-        return sum(
-            _int(row.get("reservedTokens"))
-            if row.get("status") == LedgerStatus.RESERVED.value
-            else _int(row.get("totalTokens"))
-            for row in self._all(self._ledger, filters)
-        )
+        return sum(_charged(row) for row in self._all(self._ledger, filters))
 
-    # -- event claims ----------------------------------------------------------------------------
+    # -- claims ----------------------------------------------------------------------------------
 
     def claim_event(
-        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta
+        self, event_id: str, event_type: str, object_id: str, now: datetime, lease: timedelta | None
     ) -> ClaimOutcome:
-        row_id = row_key(event_id)
-        data = {
-            "eventId": event_id,
-            "type": event_type,
-            "objectId": object_id,
-            "status": PENDING,
-            "attempt": 0,
-            "claimedAt": format_timestamp(now),
-        }
+        row_id = codec.row_key(event_id)
         for _ in range(3):
             try:
-                self._db.create_row(self._database, self._events, row_id, data)
-            except AppwriteException as exc:
-                if exc.type != "row_already_exists":
-                    raise _failure("claiming an event", exc) from exc
+                self._create(
+                    self._claims, row_id, codec.new_claim(event_id, event_type, object_id, now)
+                )
+            except AlreadyExists:
+                row = self._get(self._claims, row_id)
             else:
                 return ClaimOutcome.CLAIMED
-            row = self._get(self._events, row_id)
             if row is None:
                 continue  # released between our attempt and the read: try again
-            return self._existing_claim(row_id, row, now, lease)
+            held = codec.held_claim(row, now, lease)
+            return (
+                held if held is not None else self._take_over(row_id, codec.claim_attempt(row), now)
+            )
         return ClaimOutcome.IN_PROGRESS
 
-    def _existing_claim(
-        self, row_id: str, row: Mapping[str, Any], now: datetime, lease: timedelta
-    ) -> ClaimOutcome:
-        if row.get("status") == DONE:
-            return ClaimOutcome.DONE
-        claimed_at = _optional_time(row.get("claimedAt"))
-        if claimed_at is not None and claimed_at + lease > now:
-            return ClaimOutcome.IN_PROGRESS
-        # The worker died. Taking over is a compare-and-swap committed together with the new
-        # lease: the bounded increment of `attempt` succeeds for exactly one of the workers that
-        # saw this attempt, and nobody sees the new attempt with the old, expired lease.
-        attempt = _int(row.get("attempt"))
-        database, table = self._database, self._events
-        tx = self._call("starting a transaction", self._db.create_transaction).id
+    def _take_over(self, row_id: str, attempt: int, now: datetime) -> ClaimOutcome:
+        """The holder died. Taking over is a compare-and-swap committed together with the new
+        lease: the bounded increment of ``attempt`` succeeds for exactly one of the workers that
+        saw this attempt, and nobody sees the new attempt with the old, expired lease."""
+        db, database, table = self._db, self._database, self._claims
+        steps = [
+            functools.partial(
+                db.increment_row_column,
+                database,
+                table,
+                row_id,
+                "attempt",
+                value=1,
+                max=attempt + 1,
+            ),
+            functools.partial(
+                db.update_row, database, table, row_id, {"claimedAt": codec.encode_time(now)}
+            ),
+        ]
         try:
-            self._db.increment_row_column(
-                database, table, row_id, "attempt", value=1, max=attempt + 1, transaction_id=tx
-            )
-            self._db.update_row(
-                database, table, row_id, {"claimedAt": format_timestamp(now)}, transaction_id=tx
-            )
-            self._db.update_transaction(tx, commit=True)
-        except AppwriteException as exc:
-            self._rollback(tx)
+            self._transaction("taking over a claim", steps)
+        except (LimitReached, NotFound, Conflict):
             # Another worker took over (or released) first: its claim stands.
-            if exc.type in LIMIT_EXCEEDED | ROW_GONE | {CONFLICT}:
-                return ClaimOutcome.IN_PROGRESS
-            raise _failure("taking over a claim", exc) from exc
+            return ClaimOutcome.IN_PROGRESS
         return ClaimOutcome.CLAIMED
 
     def complete_event(self, event_id: str, outcome: str, now: datetime) -> None:
-        row_id = row_key(event_id)
-        data = {"status": DONE, "outcome": outcome[:255], "completedAt": format_timestamp(now)}
+        row_id = codec.row_key(event_id)
         try:
-            self._db.update_row(self._database, self._events, row_id, data)
-        except AppwriteException as exc:
-            if exc.type != "row_not_found":
-                raise _failure("completing an event", exc) from exc
+            self._update(self._claims, row_id, codec.completed_claim(outcome, now))
+        except NotFound:
             # The claim vanished (released by a timed-out worker): record the outcome anyway.
-            self._call(
-                "recording an event",
-                lambda: self._db.create_row(
-                    self._database,
-                    self._events,
-                    row_id,
-                    {"eventId": event_id, "claimedAt": format_timestamp(now), **data},
-                ),
-            )
+            self._create(self._claims, row_id, codec.recorded_claim(event_id, outcome, now))
 
     def release_event(self, event_id: str) -> None:
-        try:
-            self._db.delete_row(self._database, self._events, row_key(event_id))
-        except AppwriteException as exc:
-            if exc.type != "row_not_found":
-                raise _failure("releasing an event", exc) from exc
+        row_id = codec.row_key(event_id)
 
+        def settled() -> bool:
+            row = self._get(self._claims, row_id)
+            return row is None or row.get("status") == codec.DONE
 
-@functools.cache
-def _default_plans() -> PlanCatalog:
-    # A store is opened per execution; the packaged plans are read once per warm instance.
-    return load_default_plans()
-
-
-def _failure(what: str, exc: AppwriteException) -> StoreError:
-    """The domain error for an Appwrite failure: what was attempted, the HTTP code and type."""
-    return StoreError(f"{what} failed: {exc.code} {exc.type}")
-
-
-def _document(row: Any) -> dict[str, Any]:
-    """The columns of an SDK row model plus the system fields this adapter reads."""
-    data = dict(row.data) if isinstance(row.data, dict) else {}
-    data["$id"] = row.id
-    data["$createdAt"] = row.createdat
-    data["$updatedAt"] = row.updatedat
-    return data
-
-
-def _ledger_entry(row: Mapping[str, Any], request_id: str | None = None) -> LedgerEntry:
-    created = _optional_time(row.get("startedAt")) or parse_timestamp(row["$createdAt"])
-    updated = _optional_time(row.get("touchedAt")) or parse_timestamp(row["$updatedAt"])
-    try:
-        return LedgerEntry(
-            request_id=request_id or _text(row.get("requestId")) or str(row["$id"]),
-            user_id=str(row.get("userId", "")),
-            status=LedgerStatus(row.get("status") or LedgerStatus.SETTLED.value),
-            model=str(row.get("model") or ""),
-            period_start=_optional_time(row.get("periodStart")) or month_start(created),
-            created_at=created,
-            updated_at=updated,
-            usage=TokenUsage(
-                input_tokens=_int(row.get("inputTokens")),
-                cache_creation_input_tokens=_int(row.get("cacheCreationInputTokens")),
-                cache_read_input_tokens=_int(row.get("cacheReadInputTokens")),
-                output_tokens=_int(row.get("outputTokens")),
-                cache_creation_1h_tokens=_int(row.get("cacheCreation1hTokens")),
-                steps=_int(row.get("steps")),
-            ),
-            reserved_tokens=_int(row.get("reservedTokens")),
-            cost_micro_usd=_int(row.get("costMicroUsd")),
-            price_version=str(row.get("priceVersion") or ""),
-            reply=str(row.get("reply") or ""),
-        )
-    except (ValueError, InvalidRequest) as exc:
-        raise StoreError(f"ledger row {row.get('$id')} is malformed") from exc
-
-
-class AppwriteSchemaAdmin:
-    """Schema and bulk-row operations for the operator's migrate command (needs a key with
-    ``databases.*``, ``tables.*``, ``columns.*``, ``indexes.*`` and ``rows.*`` scopes)."""
-
-    def __init__(self, tables: TablesDB) -> None:
-        self._db = tables
-
-    @classmethod
-    def connect(cls, endpoint: str, project_id: str, api_key: str) -> AppwriteSchemaAdmin:
-        client = Client()
-        try:
-            client.set_endpoint(endpoint)
-        except AppwriteException as exc:
-            raise StoreError(f"invalid Appwrite endpoint: {exc.message}") from exc
-        client.set_project(project_id)
-        client.set_key(api_key)
-        return cls(TablesDB(client))
-
-    def existing(self, schema: Schema) -> ExistingSchema:
-        """What the project already has of ``schema``'s databases and tables (reads only)."""
-        databases: set[str] = set()
-        for database in schema.databases:
-            try:
-                self._db.get(database.id)
-            except AppwriteException as exc:
-                if exc.type != "database_not_found":
-                    raise _failure(f"reading database {database.id}", exc) from exc
-                continue
-            databases.add(database.id)
-        tables: dict[tuple[str, str], ExistingTable] = {}
-        for table in schema.tables:
-            if table.database_id not in databases:
-                continue
-            described = self._describe(table.database_id, table.id)
-            if described is not None:
-                tables[(table.database_id, table.id)] = ExistingTable(
-                    columns=frozenset(described[0]), indexes=frozenset(described[1])
-                )
-        return ExistingSchema(databases=frozenset(databases), tables=tables)
-
-    def _describe(
-        self, database_id: str, table_id: str
-    ) -> tuple[dict[str, str], dict[str, str]] | None:
-        """Column and index statuses by key, or None when the table does not exist."""
-        try:
-            table = self._db.get_table(database_id, table_id)
-        except AppwriteException as exc:
-            if exc.type == "table_not_found":
-                return None
-            raise _failure(f"reading table {table_id}", exc) from exc
-        columns = {column.key: _status(column.status) for column in table.columns}
-        indexes = {index.key: _status(index.status) for index in table.indexes}
-        return columns, indexes
-
-    def column_statuses(self, database_id: str, table_id: str) -> dict[str, str]:
-        described = self._describe(database_id, table_id)
-        if described is None:
-            raise NotFound(f"table {table_id} does not exist")
-        return described[0]
-
-    def apply(self, step: Step) -> None:
-        """Create one missing database, table, column or index."""
-        try:
-            self._apply(step)
-        except AppwriteException as exc:
-            raise _failure(f"{step.describe()}", exc) from exc
-
-    def _apply(self, step: Step) -> None:
-        if isinstance(step, CreateDatabase):
-            self._db.create(step.database.id, step.database.name, enabled=step.database.enabled)
-        elif isinstance(step, CreateTable):
-            table = step.table
-            self._db.create_table(
-                table.database_id,
-                table.id,
-                table.name,
-                permissions=list(table.permissions),
-                row_security=table.row_security,
-                enabled=table.enabled,
-            )
-        elif isinstance(step, CreateColumn):
-            self._create_column(step.table, step.column)
-        else:
-            index = step.index
-            self._db.create_index(
-                step.table.database_id,
-                step.table.id,
-                index.key,
-                TablesDBIndexType(index.type),
-                list(index.columns),
-                orders=[OrderBy(order.lower()) for order in index.orders] or None,
-            )
-
-    def _create_column(self, table: TableSpec, column: ColumnSpec) -> None:
-        database_id, table_id, key = table.database_id, table.id, column.key
-        common: dict[str, Any] = {"required": column.required, "array": column.array or None}
-        numeric = {
-            "integer": self._db.create_integer_column,
-            "bigint": self._db.create_big_int_column,
-            "double": self._db.create_float_column,
-        }
-        if column.type in numeric:
-            numeric[column.type](
-                database_id,
-                table_id,
-                key,
-                min=column.min,
-                max=column.max,
-                default=column.default,
-                **common,
-            )
-        elif column.type == "boolean":
-            self._db.create_boolean_column(
-                database_id, table_id, key, default=column.default, **common
-            )
-        elif column.type == "datetime":
-            self._db.create_datetime_column(
-                database_id, table_id, key, default=column.default, **common
-            )
-        elif column.type == "varchar":
-            self._db.create_varchar_column(
-                database_id, table_id, key, column.size, default=column.default, **common
-            )
-        elif column.type in ("text", "mediumtext", "longtext"):
-            create = getattr(self._db, f"create_{column.type}_column")
-            create(database_id, table_id, key, default=column.default, **common)
-        else:
-            # `string` is what the Appwrite CLI and 1.8 servers know (1.9 merely deprecates it).
-            # The SDK's deprecation wrapper resets the process's warning filters on every call,
-            # so the undecorated method is called.
-            create_string = TablesDB.create_string_column.__wrapped__
-            create_string(
-                self._db, database_id, table_id, key, column.size, default=column.default, **common
-            )
-
-    def rows(
-        self, database_id: str, table_id: str, limit: int, cursor: str | None
-    ) -> Page[dict[str, Any]]:
-        """One page of raw rows (column values plus ``$id``) in the table's natural order."""
-        queries = [Query.limit(limit + 1)]
-        if cursor:
-            queries.append(Query.cursor_after(cursor))
-        try:
-            result = self._db.list_rows(database_id, table_id, queries)
-        except AppwriteException as exc:
-            raise _failure(f"listing {table_id}", exc) from exc
-        rows = [_document(row) for row in result.rows]
-        if len(rows) > limit:
-            rows = rows[:limit]
-            return Page(items=rows, next_cursor=str(rows[-1]["$id"]))
-        return Page(items=rows, next_cursor=None)
-
-    def update_row(
-        self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
-    ) -> None:
-        try:
-            self._db.update_row(database_id, table_id, row_id, dict(data))
-        except AppwriteException as exc:
-            raise _failure(f"updating {table_id}.{row_id}", exc) from exc
-
-
-def _status(status: Any) -> str:
-    return str(getattr(status, "value", status))
+        delete = functools.partial(self._db.delete_row, self._database, self._claims, row_id)
+        # Read once the delete is staged: a completion or a takeover after the read makes the
+        # commit conflict, so a completed claim is never dropped.
+        with contextlib.suppress(NotFound, Conflict):
+            self._transaction("releasing a claim", [delete], abandon=settled)

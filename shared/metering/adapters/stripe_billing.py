@@ -11,8 +11,9 @@ from typing import Any
 
 import stripe
 
-from ..billing import SubscriptionSnapshot, parse_subscription
 from ..errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from ..ports import SubscriptionSnapshot
+from .stripe_events import parse_subscription
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 

@@ -65,6 +65,7 @@ def test_concurrency_ours_never_overshoots_nor_loses_an_update() -> None:
         assert seed.overshoot >= 0
 
 
+@pytest.mark.slow  # two fresh interpreters, each importing a function
 def test_cold_start_reports_packages_and_keeps_anthropic_out_of_the_cron() -> None:
     """The cron's entry module loads no Anthropic SDK, while the eager baseline does."""
     (result,) = cold_start.measure(runs=1, function_ids=("monthly-reset-cron",))
@@ -75,6 +76,7 @@ def test_cold_start_reports_packages_and_keeps_anthropic_out_of_the_cron() -> No
     assert result.eager_seconds > 0
 
 
+@pytest.mark.slow  # a fresh interpreter per function
 @pytest.mark.parametrize("function_id", ["usage", "stripe-webhook"])
 def test_cold_start_sample_of_functions_that_must_not_load_anthropic(function_id: str) -> None:
     """``usage`` and ``stripe-webhook`` never import ``anthropic`` at cold start."""

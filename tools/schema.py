@@ -1,16 +1,18 @@
-"""The database schema as code: the tables section of ``appwrite.json``, typed, and what is missing.
-
-Pure: parsing, diffing against a description of an existing project, and row backfill defaults.
+"""The database schema as code: ``appwrite.json``'s ``tablesDB`` and ``tables`` sections, typed.
+Pure parsing, for ``tools.migrate`` and the local runtime's SQLite store; functions never ship it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
-from .plans import PlanCatalog
+from metering.errors import ConfigurationError
+
+APPWRITE_JSON = Path(__file__).resolve().parent.parent / "appwrite.json"
 
 COLUMN_TYPES = frozenset(
     {
@@ -28,17 +30,6 @@ COLUMN_TYPES = frozenset(
 )
 STRING_FORMATS = frozenset({"", "email", "url", "ip", "enum"})
 INDEX_TYPES = frozenset({"key", "unique", "fulltext"})
-
-# Subscription counters that must read 0, never NULL: a NULL column is never incremented.
-SUBSCRIPTION_COUNTERS = (
-    "currentTokensUsed",
-    "lifetimeTokensUsed",
-    "addonTokens",
-    "topupTokens",
-    "stripeUpdatedAt",
-    "storageBytesUsed",
-    "bankConnectionsUsed",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,59 +89,6 @@ class Schema:
             if table.id == table_id:
                 return table
         raise KeyError(table_id)
-
-
-@dataclass(frozen=True, slots=True)
-class ExistingTable:
-    """What a project already has of one table: column keys and index keys."""
-
-    columns: frozenset[str] = frozenset()
-    indexes: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class ExistingSchema:
-    databases: frozenset[str] = frozenset()
-    # Keyed by (database id, table id).
-    tables: Mapping[tuple[str, str], ExistingTable] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CreateDatabase:
-    database: DatabaseSpec
-
-    def describe(self) -> str:
-        return f"create database {self.database.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateTable:
-    table: TableSpec
-
-    def describe(self) -> str:
-        return f"create table {self.table.database_id}.{self.table.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateColumn:
-    table: TableSpec
-    column: ColumnSpec
-
-    def describe(self) -> str:
-        return f"create column {self.table.id}.{self.column.key} ({self.column.type})"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateIndex:
-    table: TableSpec
-    index: IndexSpec
-
-    def describe(self) -> str:
-        columns = ", ".join(self.index.columns)
-        return f"create {self.index.type} index {self.table.id}.{self.index.key} ({columns})"
-
-
-Step = CreateDatabase | CreateTable | CreateColumn | CreateIndex
 
 
 def _text(entry: Mapping[str, Any], key: str, where: str) -> str:
@@ -292,51 +230,10 @@ def parse_schema(document: Mapping[str, Any]) -> Schema:
     return Schema(databases=tuple(databases), tables=tables)
 
 
-def missing_steps(schema: Schema, existing: ExistingSchema) -> list[Step]:
-    """What to create, in a workable order: databases, tables, columns, then indexes."""
-    steps: list[Step] = [
-        CreateDatabase(database)
-        for database in schema.databases
-        if database.id not in existing.databases
-    ]
-    column_steps: list[Step] = []
-    index_steps: list[Step] = []
-    for table in schema.tables:
-        current = existing.tables.get((table.database_id, table.id))
-        if current is None:
-            steps.append(CreateTable(table))
-            current = ExistingTable()
-        column_steps.extend(
-            CreateColumn(table, column)
-            for column in table.columns
-            if column.key not in current.columns
-        )
-        index_steps.extend(
-            CreateIndex(table, index) for index in table.indexes if index.key not in current.indexes
-        )
-    return steps + column_steps + index_steps
-
-
-def subscription_defaults(row: Mapping[str, Any], plans: PlanCatalog) -> dict[str, Any]:
-    """The columns of a ``subscriptions`` row that predate their column and read NULL, with the
-    values they should have: counters 0, the plan's limits, the default plan."""
-    patch: dict[str, Any] = {}
-    plan = plans.find(row.get("plan")) if isinstance(row.get("plan"), str) else None
-    if plan is None and row.get("plan") is None:
-        plan = plans.default
-        patch["plan"] = plan.id
-    for column in SUBSCRIPTION_COUNTERS:
-        if row.get(column) is None:
-            patch[column] = 0
-    if row.get("status") is None:
-        patch["status"] = "none"
-    if plan is not None:
-        limits = (
-            ("maxTokensPerMonth", plan.tokens_per_month),
-            ("storageBytesLimit", plan.storage_bytes),
-            ("bankConnectionsLimit", plan.bank_connections),
-        )
-        for column, value in limits:
-            if row.get(column) is None:
-                patch[column] = value
-    return patch
+def load_schema(path: Path = APPWRITE_JSON) -> Schema:
+    """The schema of an ``appwrite.json`` file (the repository's by default)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    return parse_schema(document)

@@ -1,0 +1,135 @@
+"""What the shared store contract cannot see of the SQLite store: its tables are the ones of
+``appwrite.json``, and it writes the very rows the Appwrite store writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from metering.account import new_account, plan_reset
+from metering.adapters.appwrite_store import AppwriteStore
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.plans import load_default_plans
+from metering.ports import UsageStore
+from metering.tokens import TokenUsage
+
+from localruntime.sqlite_store import SYSTEM_COLUMNS, SQLiteStore
+from tests.support.appwrite_emulator import emulated_appwrite
+from tools.schema import load_schema
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
+MARCH = datetime(2026, 3, 1, tzinfo=UTC)
+SCHEMA = load_schema()
+
+
+def _rows(path: Path, table: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as connection:
+        cursor = connection.execute(f'SELECT * FROM "{table}" ORDER BY seq')
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def test_the_tables_are_the_ones_of_appwrite_json(tmp_path: Path) -> None:
+    """Each table has the columns of appwrite.json (required ones NOT NULL, defaults as
+    declared), the store's system columns, and an index per declared index."""
+    path = tmp_path / "metering.sqlite3"
+    SQLiteStore(str(path))
+    with sqlite3.connect(path) as connection:
+        for table in SCHEMA.tables:
+            info = {
+                row[1]: (bool(row[3]), row[4])
+                for row in connection.execute(f'PRAGMA table_info("{table.id}")')
+            }
+            assert set(info) == {c.key for c in table.columns} | set(SYSTEM_COLUMNS.values())
+            for column in table.columns:
+                required, default = info[column.key]
+                assert required == column.required, column.key
+                assert (default is None) == (column.default is None), column.key
+            indexes = {
+                row[1]: bool(row[2])
+                for row in connection.execute(f'PRAGMA index_list("{table.id}")')
+            }
+            for index in table.indexes:
+                assert indexes[f"{table.id}_{index.key}"] == (index.type == "unique")
+
+
+def test_an_older_file_gains_the_columns_it_lacks_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A column added to appwrite.json reaches a file made before it: the file gets the column
+    (its rows read NULL, as on Appwrite, hence the codec's fallbacks) and nothing is lost."""
+    path = tmp_path / "metering.sqlite3"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE subscriptions (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL"
+            " UNIQUE, createdAt TEXT NOT NULL, updatedAt TEXT NOT NULL, userId TEXT NOT NULL,"
+            " plan TEXT, currentTokensUsed INTEGER DEFAULT 0)"
+        )
+        connection.execute(
+            "INSERT INTO subscriptions (id, createdAt, updatedAt, userId, plan, currentTokensUsed)"
+            " VALUES ('r1', ?, ?, 'user-1', 'pro', 7)",
+            ("2026-03-02T00:00:00.000+00:00", "2026-03-02T00:00:00.000+00:00"),
+        )
+
+    store = SQLiteStore(str(path))
+
+    account = store.get_account("user-1")
+    assert account is not None
+    assert (account.row_id, account.plan, account.current_tokens_used) == ("r1", "pro", 7)
+    assert (account.max_tokens_per_month, account.period_start) == (200_000, MARCH)
+    columns = set(_rows(path, "subscriptions")[0])
+    assert columns >= {c.key for c in SCHEMA.table("subscriptions").columns}
+
+
+def _exercise(store: UsageStore) -> None:
+    """One of every write a store makes."""
+    plans = load_default_plans()
+    store.create_account(new_account("user-1", plans.get("starter"), NOW))
+    store.update_account("user-1", {"stripe_customer_id": "cus_1", "stripe_subscription_id": ""})
+    store.add_topup("user-1", 500)
+    entry = LedgerEntry(
+        request_id="_retry.1",
+        user_id="user-1",
+        status=LedgerStatus.RESERVED,
+        model="claude-sonnet-5-5",
+        period_start=MARCH,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    store.create_ledger(entry)
+    store.reserve("user-1", "_retry.1", 900, 10**6)
+    store.release("user-1", "_retry.1", 100)
+    usage = TokenUsage(input_tokens=500, cache_creation_input_tokens=200, output_tokens=100)
+    store.update_ledger(
+        "_retry.1",
+        {"status": LedgerStatus.SETTLED, "usage": usage, "cost_micro_usd": 42, "reply": ""},
+    )
+    store.claim_event("evt_1", "invoice.paid", "in_1", NOW, timedelta(minutes=2))
+    store.complete_event("evt_1", "x" * 300, NOW)
+    store.claim_event("topup_1", "topup", "cs_1", NOW, None)
+    account = store.get_account("user-1")
+    assert account is not None
+    reset = plan_reset(account, datetime(2026, 4, 1, tzinfo=UTC), None, NOW)
+    assert reset is not None
+    assert store.apply_reset(reset, account.period_start) is not None
+
+
+def test_both_stores_write_the_same_rows(tmp_path: Path) -> None:
+    """The same operations leave the same row ids and the same column values, encodings
+    included, in the SQLite file and in Appwrite: one codec, one schema."""
+    path = tmp_path / "metering.sqlite3"
+    _exercise(SQLiteStore(str(path)))
+    with emulated_appwrite() as emulator:
+        _exercise(AppwriteStore.connect(emulator.store_settings(), emulator.api_key))
+        for table in SCHEMA.tables:
+            columns = [column.key for column in table.columns]
+            on_appwrite = [
+                {"id": row["$id"], **{key: row[key] for key in columns}}
+                for row in emulator.rows(table.id)
+            ]
+            on_sqlite = [
+                {"id": row["id"], **{key: row[key] for key in columns}}
+                for row in _rows(path, table.id)
+            ]
+            assert on_sqlite == on_appwrite, table.id
+            assert on_sqlite, table.id
