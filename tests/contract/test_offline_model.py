@@ -269,6 +269,7 @@ _requests = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(document=_requests, count=st.booleans())
 def test_no_request_makes_the_offline_model_fail(

@@ -912,6 +912,7 @@ def _process_worker(path: str, index: int) -> int:
     return _reserve_and_settle(SQLiteStore(path), "user-1", f"req-{index}", 25, index)
 
 
+@pytest.mark.slow
 def test_sqlite_reservations_from_several_processes_never_pass_the_limit(tmp_path: Path) -> None:
     """Four processes sharing one SQLite file end with used <= limit and used == sum charged."""
     path = str(tmp_path / "metering.sqlite3")

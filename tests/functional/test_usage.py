@@ -106,6 +106,7 @@ def test_an_identity_outage_is_a_json_503(usage: Harness) -> None:
     assert result.json()["error"]["code"] == "upstream_unavailable"
 
 
+@pytest.mark.slow
 def test_usage_never_imports_the_anthropic_sdk() -> None:
     """Loading and wiring the usage function leaves anthropic out of the process."""
     code = (
