@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from metering.chat import ChatSettings
 from metering.model import (
     STOP_MAX_TOKENS,
     ModelReply,
@@ -21,6 +22,17 @@ from metering.ports import Page
 from metering.tokens import TokenUsage
 
 MODEL = "claude-sonnet-5-5"
+
+
+def chat_settings(system_prompt: str, max_steps: int) -> ChatSettings:
+    """The benchmarks' chat: ``MODEL``, up to 1,024 output tokens, at least 16 of room."""
+    return ChatSettings(
+        model=MODEL,
+        max_tokens=1024,
+        min_output_tokens=16,
+        system_prompt=system_prompt,
+        max_steps=max_steps,
+    )
 
 
 class CallCounter:

@@ -16,29 +16,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from metering.account import new_account
 from metering.adapters.appwrite_store import AppwriteStore
-from metering.chat import ChatRequest, ChatService, ChatSettings
+from metering.chat import ChatRequest, ChatService
 from metering.errors import TokenLimitExceeded
 from metering.model import Message
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
 from metering.pricing import load_default_prices
 
-from benchmarks.common import MODEL, LatencyModel, Table, ratio
+from benchmarks.common import LatencyModel, Table, chat_settings, ratio
 from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.appwrite_emulator import emulated_appwrite
 
-SETTINGS = ChatSettings(
-    model=MODEL,
-    max_tokens=1024,
-    min_output_tokens=16,
-    system_prompt="You are a helpful assistant inside a personal finance app.",
-    max_steps=1,
-)
+SETTINGS = chat_settings("You are a helpful assistant inside a personal finance app.", max_steps=1)
 REQUEST = ChatRequest(messages=(Message.text("user", "Summarise my spending this week."),))
 PLAN = "starter"
 HEADROOM = 8_000
@@ -163,8 +158,21 @@ def _create_user(store: UsageStore, user_id: str, headroom: int) -> tuple[int, i
     return start, account.limit
 
 
-def _ours(
-    store_for: Callable[[], UsageStore],
+@dataclass(frozen=True)
+class _Flow:
+    """How one flow serves a request and reads the user's counter back after a round."""
+
+    name: str
+    prefix: str  # of the round's user ids
+    # One request of ``user_id``: the tokens it believes it charged, or None when refused.
+    request: Callable[[LatencyModel, str], int | None]
+    # The counter after the round of a user who started at ``start``, and its ledger drift.
+    counter: Callable[[str, int], tuple[int, int | None]]
+
+
+def _rounds(
+    flow: _Flow,
+    setup_store: Callable[[], UsageStore],
     *,
     threads: int,
     rounds: int,
@@ -172,65 +180,60 @@ def _ours(
     seed: int,
     backend: str,
 ) -> Outcome:
+    """``rounds`` rounds of ``threads`` requests at once, each for a fresh user near the limit."""
     model = LatencyModel(seed)
     tally = _Tally(requests=threads * rounds)
     started = time.perf_counter()
     for number in range(rounds):
-        user_id = f"ours-{number}-{uuid.uuid4().hex[:8]}"
-        start, limit = _create_user(store_for(), user_id, headroom)
+        user_id = f"{flow.prefix}-{number}-{uuid.uuid4().hex[:8]}"
+        start, limit = _create_user(setup_store(), user_id, headroom)
+        outcome = _in_threads(threads, partial(flow.request, model, user_id))
+        final, drift = flow.counter(user_id, start)
+        tally.add(outcome, start=start, final=final, limit=limit, drift=drift)
+    return tally.outcome(flow.name, backend, started)
 
-        def request(user_id: str = user_id) -> int | None:
-            service = ChatService(
-                store=store_for(),
-                model=model,
-                plans=load_default_plans(),
-                prices=load_default_prices(),
-                settings=SETTINGS,
-                new_request_id=lambda: uuid.uuid4().hex,
-                tools={},
-            )
-            try:
-                result = service.handle(user_id, REQUEST, datetime.now(UTC))
-            except TokenLimitExceeded:
-                return None
-            return result.usage.total_tokens
 
-        outcome = _in_threads(threads, request)
+def _ours(store_for: Callable[[], UsageStore]) -> _Flow:
+    """Reserve with the bounded increment, call the model, settle."""
+
+    def request(model: LatencyModel, user_id: str) -> int | None:
+        service = ChatService(
+            store=store_for(),
+            model=model,
+            plans=load_default_plans(),
+            prices=load_default_prices(),
+            settings=SETTINGS,
+            new_request_id=lambda: uuid.uuid4().hex,
+            tools={},
+        )
+        try:
+            result = service.handle(user_id, REQUEST, datetime.now(UTC))
+        except TokenLimitExceeded:
+            return None
+        return result.usage.total_tokens
+
+    def counter(user_id: str, start: int) -> tuple[int, int | None]:
         store = store_for()
         account = store.get_account(user_id)
         assert account is not None
         final = account.current_tokens_used
         # The starting counter predates the ledger; everything since must be in it.
-        drift = final - start - store.ledger_total(user_id, account.period_start)
-        tally.add(outcome, start=start, final=final, limit=limit, drift=drift)
-    return tally.outcome("ours (reserve, settle)", backend, started)
+        return final, final - start - store.ledger_total(user_id, account.period_start)
+
+    return _Flow("ours (reserve, settle)", "ours", request, counter)
 
 
-def _seed(
-    setup_store: Callable[[], UsageStore],
-    seed_store: Callable[[], SeedStore],
-    *,
-    threads: int,
-    rounds: int,
-    headroom: int,
-    seed: int,
-    backend: str,
-) -> Outcome:
-    model = LatencyModel(seed)
-    tally = _Tally(requests=threads * rounds)
-    started = time.perf_counter()
-    for number in range(rounds):
-        user_id = f"seed-{number}-{uuid.uuid4().hex[:8]}"
-        start, limit = _create_user(setup_store(), user_id, headroom)
+def _seed(seed_store: Callable[[], SeedStore]) -> _Flow:
+    """Read, check, call the model and rewrite the counter."""
 
-        def request(user_id: str = user_id) -> int | None:
-            result = seed_chat(seed_store(), model, SETTINGS, user_id, REQUEST)
-            return None if result.status == 429 else result.charged
+    def request(model: LatencyModel, user_id: str) -> int | None:
+        result = seed_chat(seed_store(), model, SETTINGS, user_id, REQUEST)
+        return None if result.status == 429 else result.charged
 
-        outcome = _in_threads(threads, request)
-        final = seed_store().read_usage(user_id).used
-        tally.add(outcome, start=start, final=final, limit=limit)
-    return tally.outcome("seed (read-then-write)", backend, started)
+    def counter(user_id: str, start: int) -> tuple[int, int | None]:
+        return seed_store().read_usage(user_id).used, None
+
+    return _Flow("seed (read-then-write)", "seed", request, counter)
 
 
 Stores = tuple[Callable[[], UsageStore], Callable[[], SeedStore]]
@@ -263,8 +266,8 @@ def measure(
     for backend, opened in (("SQLite", _sqlite), ("Appwrite emulator", _appwrite)):
         with opened() as (our_store, seed_store):
             shape = {"threads": threads, "rounds": rounds, "headroom": headroom, "seed": seed}
-            outcomes.append(_ours(our_store, backend=backend, **shape))
-            outcomes.append(_seed(our_store, seed_store, backend=backend, **shape))
+            for flow in (_ours(our_store), _seed(seed_store)):
+                outcomes.append(_rounds(flow, our_store, backend=backend, **shape))
     return outcomes
 
 

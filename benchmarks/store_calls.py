@@ -19,25 +19,21 @@ from typing import cast
 from metering.account import new_account
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.adapters.appwrite_store import AppwriteStore
-from metering.chat import ChatRequest, ChatService, ChatSettings, usage_tool
+from metering.chat import ChatRequest, ChatService, usage_tool
 from metering.errors import TokenLimitExceeded
 from metering.model import Message
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
 from metering.pricing import load_default_prices
 
-from benchmarks.common import MODEL, CallCounter, CountingProxy, Table, ratio
+from benchmarks.common import CallCounter, CountingProxy, Table, chat_settings, ratio
 from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic, Outcome, text_reply, tool_use_reply
 from tests.support.appwrite_emulator import emulated_appwrite
 
-SETTINGS = ChatSettings(
-    model=MODEL,
-    max_tokens=1024,
-    min_output_tokens=16,
-    system_prompt="You are a helpful assistant. Call get_my_usage for questions about usage.",
-    max_steps=4,
+SETTINGS = chat_settings(
+    "You are a helpful assistant. Call get_my_usage for questions about usage.", max_steps=4
 )
 QUESTION = ChatRequest(messages=(Message.text("user", "How many tokens do I have left?"),))
 

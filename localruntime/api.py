@@ -40,6 +40,14 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "cont
 Route = tuple[str, re.Pattern[str], Callable[..., Reply]]
 
 
+def _not_allowed_to_execute() -> AppwriteError:
+    return AppwriteError(
+        401,
+        "user_unauthorized",
+        "The current user is not authorized to perform the requested action.",
+    )
+
+
 def _unauthorized_scope() -> AppwriteError:
     return AppwriteError(
         401, "general_unauthorized_scope", 'User (role: guests) missing scopes (["account"])'
@@ -287,21 +295,12 @@ class AppwriteSurface:
         session = self.caller(request)
         user_id = session.user_id if session else None
         if not spec.allows(user_id):
-            raise AppwriteError(
-                401,
-                "user_unauthorized",
-                "The current user is not authorized to perform the requested action.",
-            )
+            raise _not_allowed_to_execute()
         params = request.json()
         body, is_async, method, path, client_headers = _execution_params(params)
         execution_id = unique_id()
-        injected = appwrite_headers(
-            trigger="http",
-            user_id=user_id or "",
-            jwt=self.auth.mint_jwt(session) if session else "",
-            key=self.auth.dynamic_key(function_id, execution_id),
-            execution_id=execution_id,
-            client_ip=request.client_ip,
+        injected = self._injected_headers(
+            function_id, execution_id, "http", request.client_ip, session
         )
         # Client headers come first: of duplicate keys the runtime keeps the first, as Appwrite's
         # does, so a mixed-case `X-Appwrite-User-Id` from a client does reach the function.
@@ -347,25 +346,14 @@ class AppwriteSurface:
         """A request to the function's own domain: raw in, raw out, no user identity."""
         spec = self._spec(function_id)
         if "any" not in spec.execute:
-            raise AppwriteError(
-                401,
-                "user_unauthorized",
-                "The current user is not authorized to perform the requested action.",
-            )
+            raise _not_allowed_to_execute()
         execution_id = unique_id()
         forwarded = [
             (key, value)
             for key, value in request.headers
             if not key.lower().startswith("x-appwrite-") and key.lower() not in _HOP_BY_HOP
         ]
-        injected = appwrite_headers(
-            trigger="http",
-            user_id="",
-            jwt="",
-            key=self.auth.dynamic_key(function_id, execution_id),
-            execution_id=execution_id,
-            client_ip=request.client_ip,
-        )
+        injected = self._injected_headers(function_id, execution_id, "http", request.client_ip)
         path = (subpath or "/") + (f"?{request.query_string}" if request.query_string else "")
         invocation = Invocation(
             execution_id,
@@ -389,16 +377,28 @@ class AppwriteSurface:
     def run_scheduled(self, function_id: str) -> Outcome:
         """One execution as Appwrite's scheduler makes it."""
         execution_id = unique_id()
-        injected = appwrite_headers(
-            trigger="schedule",
-            user_id="",
-            jwt="",
-            key=self.auth.dynamic_key(function_id, execution_id),
-            execution_id=execution_id,
-            client_ip="",
-        )
+        injected = self._injected_headers(function_id, execution_id, "schedule", "")
         invocation = Invocation(execution_id, function_id, "schedule", "POST", "/", injected, b"")
         return self.run(self._record(invocation, []))
+
+    def _injected_headers(
+        self,
+        function_id: str,
+        execution_id: str,
+        trigger: str,
+        client_ip: str,
+        session: Session | None = None,
+    ) -> Headers:
+        """What Appwrite adds to an execution; without a session (a request to the function's
+        domain, the scheduler) the user id and the JWT are empty."""
+        return appwrite_headers(
+            trigger=trigger,
+            user_id=session.user_id if session else "",
+            jwt=self.auth.mint_jwt(session) if session else "",
+            key=self.auth.dynamic_key(function_id, execution_id),
+            execution_id=execution_id,
+            client_ip=client_ip,
+        )
 
     def _record(self, invocation: Invocation, client_headers: Headers) -> ExecutionRecord:
         now = self.clock()

@@ -345,27 +345,6 @@ class _Handler(BaseHTTPRequestHandler):
     # Idle keep-alive connections give their thread back after this long.
     timeout = 120
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_HEAD(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def do_OPTIONS(self) -> None:
-        self._handle()
-
     def log_message(self, format: str, *args: Any) -> None:
         # One line per request is written by _handle; the stdlib's own lines would double it.
         return
@@ -383,6 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
         elapsed = (time.monotonic() - started) * 1000
         log.info("%s %s %d %.0fms", self.command, parts.path, reply.status, elapsed)
+
+    # The stdlib dispatches on `do_<METHOD>` (its names): every method takes the one path through
+    # the router, which answers those it does not serve.
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle  # noqa: N815
 
     def _reply(self, path: str, query: str) -> Reply:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":

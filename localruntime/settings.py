@@ -27,53 +27,43 @@ PROJECT_ID = "local"
 HOST = Setting.text(
     "HOST",
     "127.0.0.1",
-    help="address of the local runtime: the page, the Appwrite API (`/v1`), the function domains",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "address of the local runtime: the page, the Appwrite API (`/v1`), the function domains",
 )
 PORT = Setting.integer(
-    "PORT",
-    8000,
-    help="its port (0: any free one)",
-    used_by=(LOCAL_RUNTIME,),
-    minimum=0,
-    maximum=65535,
+    "PORT", 8000, (LOCAL_RUNTIME,), "its port (0: any free one)", minimum=0, maximum=65535
 )
 DATA_DIR = Setting.text(
     "DATA_DIR",
     "data",
-    help="folder of the local SQLite files (users and sessions, usage); delete it to start afresh",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "folder of the local SQLite files (users and sessions, usage); delete it to start afresh",
 )
 CRON_SCHEDULE = Setting.optional(
     "CRON_SCHEDULE",
-    help="cron expression (5 fields, UTC) of monthly-reset-cron",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "cron expression (5 fields, UTC) of monthly-reset-cron",
     shown_default="its schedule in `appwrite.json`",
 )
-RUN_CRON = Setting.flag(
-    "RUN_CRON",
-    True,
-    help="run the cron once at start",
-    used_by=(LOCAL_RUNTIME,),
-)
+RUN_CRON = Setting.flag("RUN_CRON", True, (LOCAL_RUNTIME,), "run the cron once at start")
 EXECUTION_TIMEOUT_SECONDS = Setting.number(
     "EXECUTION_TIMEOUT_SECONDS",
     30.0,
-    help="limit of a synchronous execution, as on Appwrite (408 past it)",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "limit of a synchronous execution, as on Appwrite (408 past it)",
     minimum=0.1,
     maximum=900.0,
 )
 DEMO_PASSWORD = Setting.text(
     "DEMO_PASSWORD",
     "local-demo-password",
-    help="password of the demo accounts, at least 8 characters, set when they are first created",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "password of the demo accounts, at least 8 characters, set when they are first created",
 )
 CORS_ALLOWED_ORIGINS = Setting.optional(
     "CORS_ALLOWED_ORIGINS",
-    help="comma-separated extra page origins allowed to call the API (loopback ones always are)",
-    used_by=(LOCAL_RUNTIME,),
+    (LOCAL_RUNTIME,),
+    "comma-separated extra page origins allowed to call the API (loopback ones always are)",
     shown_default="loopback only",
 )
 

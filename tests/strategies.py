@@ -1,8 +1,9 @@
-"""Hypothesis strategies for the metering domain, shared by every property test."""
+"""Hypothesis strategies shared by the property tests: metering domain values and any JSON."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import strategies as st
 from metering.account import Account
@@ -63,6 +64,24 @@ def accounts(draw: st.DrawFn, user_id: str = "user-1") -> Account:
         storage_bytes_limit=draw(st.integers(min_value=0, max_value=10**10)),
         bank_connections_used=draw(st.integers(min_value=0, max_value=60)),
         bank_connections_limit=draw(st.integers(min_value=0, max_value=50)),
+    )
+
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+)
+
+
+def json_values(*, width: int = 4, key_size: int = 10, leaves: int = 12) -> st.SearchStrategy[Any]:
+    """Any JSON value: null, booleans, numbers and short strings, nested in lists and objects of
+    up to ``width`` items (keys up to ``key_size`` characters), ``leaves`` scalars at most."""
+    return st.recursive(
+        json_scalars,
+        lambda inner: (
+            st.lists(inner, max_size=width)
+            | st.dictionaries(st.text(max_size=key_size), inner, max_size=width)
+        ),
+        max_leaves=leaves,
     )
 
 

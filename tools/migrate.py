@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 # The single source of the domain package, as the tests and the local runtime use it.
@@ -123,55 +123,78 @@ class Migration:
         legacy claims; returns (rows scanned, rows fixed) of ``subscriptions``."""
         table = self.schema.table(SUBSCRIPTIONS)
         database_id = table.database_id
-        scanned = fixed = 0
-        cursor: str | None = None
-        while True:
-            page = self.admin.rows(database_id, SUBSCRIPTIONS, PAGE_SIZE, cursor)
-            for row in page.items:
-                scanned += 1
-                patch = backfill_defaults(table, row, plans)
-                if patch:
-                    fixed += 1
-                    if not dry_run:
-                        self.admin.update_row(database_id, SUBSCRIPTIONS, str(row["$id"]), patch)
-            verb = "to fix" if dry_run else "fixed"
-            self.out.write(f"\r{SUBSCRIPTIONS}: {scanned} rows scanned, {fixed} {verb}")
-            self.out.flush()
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        self.out.write("\n")
+        verb = "to fix" if dry_run else "fixed"
+
+        def fix(row: dict[str, Any]) -> bool:
+            patch = backfill_defaults(table, row, plans)
+            if patch and not dry_run:
+                self.admin.update_row(database_id, SUBSCRIPTIONS, str(row["$id"]), patch)
+            return bool(patch)
+
+        counts = self._scan(
+            database_id,
+            SUBSCRIPTIONS,
+            fix,
+            lambda scanned, fixed: f"{SUBSCRIPTIONS}: {scanned} rows scanned, {fixed} {verb}",
+        )
         self.copy_legacy_claims(dry_run=dry_run)
-        return scanned, fixed
+        return counts
 
     def copy_legacy_claims(self, *, dry_run: bool) -> tuple[int, int]:
         """Copy every row of a ``stripe_events`` table (the claims' former name) into ``claims``
         under its own id, so that events handled before the rename stay handled; a row already
         copied is left as it is. Returns (rows scanned, rows copied)."""
         claims = self.schema.table(CLAIMS)
-        scanned = copied = 0
+        verb = "to copy" if dry_run else "copied"
+
+        def copy(row: dict[str, Any]) -> bool:
+            data = legacy_claim(row, claims)
+            return dry_run or self.admin.create_row(
+                claims.database_id, CLAIMS, str(row["$id"]), data
+            )
+
+        return self._scan(
+            claims.database_id,
+            LEGACY_CLAIMS,
+            copy,
+            lambda scanned, copied: (
+                f"{CLAIMS}: {scanned} {LEGACY_CLAIMS} rows scanned, {copied} {verb}"
+            ),
+            missing=f"{CLAIMS}: no {LEGACY_CLAIMS} table to copy from",
+        )
+
+    def _scan(
+        self,
+        database_id: str,
+        table_id: str,
+        visit: Callable[[dict[str, Any]], bool],
+        progress: Callable[[int, int], str],
+        missing: str | None = None,
+    ) -> tuple[int, int]:
+        """``visit`` every row of a table, a page at a time, redrawing one progress line after
+        each page; returns (rows scanned, rows ``visit`` changed). With ``missing``, a table that
+        is not there is not an error: that line is said instead."""
+        scanned = changed = 0
         cursor: str | None = None
         while True:
             try:
-                page = self.admin.rows(claims.database_id, LEGACY_CLAIMS, PAGE_SIZE, cursor)
+                page = self.admin.rows(database_id, table_id, PAGE_SIZE, cursor)
             except NotFound:
-                self._say(f"{CLAIMS}: no {LEGACY_CLAIMS} table to copy from")
-                return scanned, copied
+                if missing is None:
+                    raise
+                self._say(missing)
+                return scanned, changed
             for row in page.items:
                 scanned += 1
-                data = legacy_claim(row, claims)
-                if dry_run or self.admin.create_row(
-                    claims.database_id, CLAIMS, str(row["$id"]), data
-                ):
-                    copied += 1
-            verb = "to copy" if dry_run else "copied"
-            self.out.write(f"\r{CLAIMS}: {scanned} {LEGACY_CLAIMS} rows scanned, {copied} {verb}")
+                if visit(row):
+                    changed += 1
+            self.out.write(f"\r{progress(scanned, changed)}")
             self.out.flush()
             cursor = page.next_cursor
             if cursor is None:
                 break
         self.out.write("\n")
-        return scanned, copied
+        return scanned, changed
 
     def _say(self, line: str) -> None:
         self.out.write(line + "\n")

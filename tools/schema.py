@@ -91,6 +91,12 @@ class Schema:
         raise KeyError(table_id)
 
 
+def _object(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise ConfigurationError(f"{where} must be an object")
+    return entry
+
+
 def _text(entry: Mapping[str, Any], key: str, where: str) -> str:
     value = entry.get(key)
     if not isinstance(value, str) or not value:
@@ -115,8 +121,7 @@ def _strings(entry: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
 
 
 def _parse_column(entry: Any, where: str) -> ColumnSpec:
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where} must be an object")
+    entry = _object(entry, where)
     key = _text(entry, "key", where)
     column_type = _text(entry, "type", where)
     if column_type not in COLUMN_TYPES:
@@ -148,8 +153,7 @@ def _parse_column(entry: Any, where: str) -> ColumnSpec:
 
 
 def _parse_index(entry: Any, where: str, column_keys: set[str]) -> IndexSpec:
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where} must be an object")
+    entry = _object(entry, where)
     index_type = _text(entry, "type", where)
     if index_type not in INDEX_TYPES:
         raise ConfigurationError(f"{where}: unsupported index type {index_type!r}")
@@ -168,8 +172,7 @@ def _parse_index(entry: Any, where: str, column_keys: set[str]) -> IndexSpec:
 
 
 def _parse_table(entry: Any, where: str, database_ids: set[str]) -> TableSpec:
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where} must be an object")
+    entry = _object(entry, where)
     database_id = _text(entry, "databaseId", where)
     if database_id not in database_ids:
         raise ConfigurationError(f"{where}: unknown database {database_id!r}")
@@ -209,10 +212,9 @@ def parse_schema(document: Mapping[str, Any]) -> Schema:
     if not isinstance(raw_databases, list) or not raw_databases:
         raise ConfigurationError("appwrite.json: tablesDB must be a non-empty list")
     databases: list[DatabaseSpec] = []
-    for i, entry in enumerate(raw_databases):
+    for i, raw in enumerate(raw_databases):
         where = f"tablesDB[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigurationError(f"{where} must be an object")
+        entry = _object(raw, where)
         databases.append(
             DatabaseSpec(
                 id=_text(entry, "$id", where),

@@ -6,25 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from . import billing
 from .account import Account, AccountPatch
-from .billing import (
-    BillingEvent,
-    CancelSubscription,
-    Command,
-    CreditTopup,
-    EventHeader,
-    Ignore,
-    LinkCustomer,
-    RecordPaymentFailed,
-    ResetPeriod,
-    SetSubscription,
-    close_paid_period,
-    decide_cancel,
-    decide_link,
-    decide_payment_failed,
-    decide_reset,
-    decide_subscription,
-)
 from .claims import Claim, Done, run_once
 from .errors import AccountNotLinked, RequestInProgress
 from .plans import PlanCatalog
@@ -53,7 +36,7 @@ def cancel_subscription(
     store: UsageStore,
     plans: PlanCatalog,
     account: Account,
-    command: CancelSubscription,
+    command: billing.CancelSubscription,
     now: datetime,
 ) -> bool:
     """Apply a cancellation (the webhook's and the cron's): close the paid period, then return
@@ -63,10 +46,10 @@ def cancel_subscription(
     then fails, the retry decides again on a row whose period already moved: its reset is no
     longer forward (a no-op) and the patch still applies, so both paths converge.
     """
-    patch = decide_cancel(account, command, plans)
+    patch = billing.decide_cancel(account, command, plans)
     if not patch:
         return False
-    reset = close_paid_period(account, command, now)
+    reset = billing.close_paid_period(account, command, now)
     if reset is not None:
         # Forward-only in the store: a concurrent cancellation of the same end resets once.
         store.apply_reset(reset, account.period_start)
@@ -88,7 +71,7 @@ class BillingService:
         self.store = store
         self.plans = plans
 
-    def handle(self, event: BillingEvent, now: datetime) -> Handled:
+    def handle(self, event: billing.BillingEvent, now: datetime) -> Handled:
         header = event.header
         outcome: list[str] = []  # set once the command is applied
 
@@ -112,29 +95,33 @@ class BillingService:
             raise RequestInProgress(f"event {header.id} is being applied")
         return Handled(header.id, header.type, outcome[0])
 
-    def apply(self, command: Command, header: EventHeader, now: datetime) -> str:
+    def apply(self, command: billing.Command, header: billing.EventHeader, now: datetime) -> str:
         match command:
-            case LinkCustomer():
+            case billing.LinkCustomer():
                 account = get_or_create_account(self.store, self.plans, command.user_id, now)
-                return self._patch(account, decide_link(account, command, header.created), "linked")
-            case CreditTopup():
+                return self._patch(
+                    account, billing.decide_link(account, command, header.created), "linked"
+                )
+            case billing.CreditTopup():
                 return self._credit_topup(command, header, now)
-            case SetSubscription():
+            case billing.SetSubscription():
                 account = self._find(command.subscription_id, command.customer_id)
-                return self._patch(account, decide_subscription(account, command), "plan_set")
-            case CancelSubscription():
+                return self._patch(
+                    account, billing.decide_subscription(account, command), "plan_set"
+                )
+            case billing.CancelSubscription():
                 account = self._find(command.subscription_id, command.customer_id)
                 if cancel_subscription(self.store, self.plans, account, command, now):
                     return "canceled"
                 return "unchanged"
-            case RecordPaymentFailed():
+            case billing.RecordPaymentFailed():
                 account = self._find(command.subscription_id, command.customer_id)
-                patch = decide_payment_failed(account, command)
+                patch = billing.decide_payment_failed(account, command)
                 return self._patch(account, patch, "past_due")
-            case ResetPeriod():
+            case billing.ResetPeriod():
                 account = self._find(command.subscription_id, command.customer_id)
                 return self._reset(account, command, now)
-            case Ignore():
+            case billing.Ignore():
                 return "ignored"
 
     def _find(self, subscription_id: str, customer_id: str | None) -> Account:
@@ -151,15 +138,17 @@ class BillingService:
         self.store.update_account(account.user_id, patch)
         return outcome
 
-    def _reset(self, account: Account, command: ResetPeriod, now: datetime) -> str:
-        reset = decide_reset(account, command, now)
+    def _reset(self, account: Account, command: billing.ResetPeriod, now: datetime) -> str:
+        reset = billing.decide_reset(account, command, now)
         if reset is None:
             return "reset_not_forward"
         # Forward-only in the store too: a concurrent reset of the same period wins once.
         applied = self.store.apply_reset(reset, account.period_start)
         return "reset" if applied is not None else "reset_already_applied"
 
-    def _credit_topup(self, command: CreditTopup, header: EventHeader, now: datetime) -> str:
+    def _credit_topup(
+        self, command: billing.CreditTopup, header: billing.EventHeader, now: datetime
+    ) -> str:
         account = get_or_create_account(self.store, self.plans, command.user_id, now)
         if command.customer_id and not account.stripe_customer_id:
             self.store.update_account(account.user_id, {"stripe_customer_id": command.customer_id})

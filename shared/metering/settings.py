@@ -67,13 +67,16 @@ class Setting(Generic[T]):
             if (low is not None and value < low) or (high is not None and value > high):  # type: ignore[operator]
                 raise ValueError(f"setting {self.name}: default {value!r} is out of bounds")
 
+    # The factories take a declaration's columns in the README's order: the variable, its default
+    # (where it has one), who reads it, what it means; bounds and overrides follow by keyword.
+
     @staticmethod
     def text(
         name: str,
         default: str | None,
-        *,
-        help: str,
         used_by: Iterable[str],
+        help: str,
+        *,
         shown_default: str | None = None,
     ) -> Setting[str]:
         """A string; ``default`` None makes it required."""
@@ -89,11 +92,7 @@ class Setting(Generic[T]):
 
     @staticmethod
     def optional(
-        name: str,
-        *,
-        help: str,
-        used_by: Iterable[str],
-        shown_default: str | None = None,
+        name: str, used_by: Iterable[str], help: str, *, shown_default: str | None = None
     ) -> Setting[str | None]:
         """A string that may be unset (None)."""
         return Setting(name, "optional", None, help, tuple(used_by), shown_default=shown_default)
@@ -101,9 +100,9 @@ class Setting(Generic[T]):
     @staticmethod
     def secret(
         name: str,
-        *,
-        help: str,
         used_by: Iterable[str],
+        help: str,
+        *,
         required: bool = False,
         shown_default: str | None = None,
     ) -> Setting[Secret]:
@@ -122,9 +121,9 @@ class Setting(Generic[T]):
     def integer(
         name: str,
         default: int,
-        *,
-        help: str,
         used_by: Iterable[str],
+        help: str,
+        *,
         minimum: int = 0,
         maximum: int | None = None,
     ) -> Setting[int]:
@@ -136,9 +135,9 @@ class Setting(Generic[T]):
     def number(
         name: str,
         default: float,
-        *,
-        help: str,
         used_by: Iterable[str],
+        help: str,
+        *,
         minimum: float = 0.0,
         maximum: float | None = None,
     ) -> Setting[float]:
@@ -147,24 +146,13 @@ class Setting(Generic[T]):
         )
 
     @staticmethod
-    def flag(
-        name: str,
-        default: bool,
-        *,
-        help: str,
-        used_by: Iterable[str],
-    ) -> Setting[bool]:
+    def flag(name: str, default: bool, used_by: Iterable[str], help: str) -> Setting[bool]:
         """true/false, also 1/0, yes/no, on/off."""
         return Setting(name, "flag", default, help, tuple(used_by))
 
     @staticmethod
     def choice(
-        name: str,
-        default: str,
-        choices: tuple[str, ...],
-        *,
-        help: str,
-        used_by: Iterable[str],
+        name: str, default: str, choices: tuple[str, ...], used_by: Iterable[str], help: str
     ) -> Setting[str]:
         """One of ``choices``, case-insensitively."""
         return Setting(name, "choice", default, help, tuple(used_by), choices=choices)
@@ -175,95 +163,79 @@ def declared_in(namespace: Mapping[str, object]) -> tuple[Setting[Any], ...]:
     return tuple(value for value in namespace.values() if isinstance(value, Setting))
 
 
+# Each declaration reads as a row of the README's table: the variable, its default, who reads it,
+# what it means; then, by keyword, its bounds or how the table shows its default.
+
 # -- chat --------------------------------------------------------------------------------------
 
 ANTHROPIC_API_KEY = Setting.secret(
     "ANTHROPIC_API_KEY",
-    help="Anthropic API key",
-    used_by=(CHAT, LOCAL_RUNTIME),
+    (CHAT, LOCAL_RUNTIME),
+    "Anthropic API key",
     required=True,
     shown_default="required; `make dev`: unset means the built-in offline model",
 )
 ANTHROPIC_BASE_URL = Setting.optional(
     "ANTHROPIC_BASE_URL",
-    help="another Messages API server (a proxy); `make dev` points it at the offline model",
-    used_by=(CHAT, LOCAL_RUNTIME),
+    (CHAT, LOCAL_RUNTIME),
+    "another Messages API server (a proxy); `make dev` points it at the offline model",
     shown_default="SDK default",
 )
 CHAT_MODEL = Setting.text(
     "CHAT_MODEL",
     "claude-sonnet-5-5",
-    help="model id; without a price in `shared/metering/data/prices.json` the function refuses "
-    "to start",
-    used_by=(CHAT,),
+    (CHAT,),
+    "model id; without a price in `shared/metering/data/prices.json` the function refuses to start",
 )
 CHAT_MAX_TOKENS = Setting.integer(
     "CHAT_MAX_TOKENS",
     1024,
-    help="`max_tokens` of each call before the cap lowers it",
-    used_by=(CHAT,),
+    (CHAT,),
+    "`max_tokens` of each call before the cap lowers it",
     minimum=1,
     maximum=64_000,
 )
 CHAT_MIN_OUTPUT_TOKENS = Setting.integer(
     "CHAT_MIN_OUTPUT_TOKENS",
     16,
-    help="smallest output worth a call, not above `CHAT_MAX_TOKENS`; less room is a 429",
-    used_by=(CHAT,),
+    (CHAT,),
+    "smallest output worth a call, not above `CHAT_MAX_TOKENS`; less room is a 429",
     minimum=1,
 )
 CHAT_SYSTEM_PROMPT = Setting.text(
     "CHAT_SYSTEM_PROMPT",
     "You are a helpful assistant inside a personal finance app. Answer concisely. "
     "When the user asks about their own token usage or plan, call get_my_usage.",
-    help="system prompt",
-    used_by=(CHAT,),
+    (CHAT,),
+    "system prompt",
     shown_default="a short assistant prompt",
 )
 CHAT_MAX_STEPS = Setting.integer(
-    "CHAT_MAX_STEPS",
-    4,
-    help="model calls per request in the tool loop",
-    used_by=(CHAT,),
-    minimum=1,
-    maximum=16,
+    "CHAT_MAX_STEPS", 4, (CHAT,), "model calls per request in the tool loop", minimum=1, maximum=16
 )
 CHAT_TIMEOUT_SECONDS = Setting.number(
     "CHAT_TIMEOUT_SECONDS",
     12.0,
-    help="per-attempt Anthropic timeout; `timeout x (CHAT_MAX_RETRIES + 1)` must stay under "
+    (CHAT,),
+    "per-attempt Anthropic timeout; `timeout x (CHAT_MAX_RETRIES + 1)` must stay under "
     "Appwrite's 30 s",
-    used_by=(CHAT,),
     minimum=1.0,
     maximum=29.0,
 )
 CHAT_MAX_RETRIES = Setting.integer(
-    "CHAT_MAX_RETRIES",
-    1,
-    help="SDK retries of a failed attempt",
-    used_by=(CHAT,),
-    minimum=0,
-    maximum=5,
+    "CHAT_MAX_RETRIES", 1, (CHAT,), "SDK retries of a failed attempt", minimum=0, maximum=5
 )
 CHAT_MAX_MESSAGES = Setting.integer(
-    "CHAT_MAX_MESSAGES",
-    50,
-    help="messages per request; 413 past it",
-    used_by=(CHAT,),
-    minimum=1,
+    "CHAT_MAX_MESSAGES", 50, (CHAT,), "messages per request; 413 past it", minimum=1
 )
 CHAT_MAX_MESSAGE_CHARS = Setting.integer(
-    "CHAT_MAX_MESSAGE_CHARS",
-    20_000,
-    help="characters per message; 413 past it",
-    used_by=(CHAT,),
-    minimum=1,
+    "CHAT_MAX_MESSAGE_CHARS", 20_000, (CHAT,), "characters per message; 413 past it", minimum=1
 )
 CHAT_MAX_BODY_BYTES = Setting.integer(
     "CHAT_MAX_BODY_BYTES",
     262_144,
-    help="request body size, checked before parsing; 413 past it",
-    used_by=(CHAT,),
+    (CHAT,),
+    "request body size, checked before parsing; 413 past it",
     minimum=64,
 )
 
@@ -271,23 +243,23 @@ CHAT_MAX_BODY_BYTES = Setting.integer(
 
 STRIPE_WEBHOOK_SECRET = Setting.secret(
     "STRIPE_WEBHOOK_SECRET",
-    help="the Stripe endpoint's signing secret (`whsec_...`); without it every call answers 500 "
+    (WEBHOOK, LOCAL_RUNTIME),
+    "the Stripe endpoint's signing secret (`whsec_...`); without it every call answers 500 "
     "and logs the configuration error",
-    used_by=(WEBHOOK, LOCAL_RUNTIME),
     required=True,
     shown_default="required; `make dev`: a printed development value",
 )
 STRIPE_SECRET_KEY = Setting.secret(
     "STRIPE_SECRET_KEY",
-    help="Stripe API key: the webhook reads plan metadata kept on products with it, the cron "
+    (WEBHOOK, CRON, LOCAL_RUNTIME),
+    "Stripe API key: the webhook reads plan metadata kept on products with it, the cron "
     "looks up missed renewals; without it those look-ups are skipped (the cron's summary says so)",
-    used_by=(WEBHOOK, CRON, LOCAL_RUNTIME),
     shown_default="unset",
 )
 STRIPE_API_BASE = Setting.optional(
     "STRIPE_API_BASE",
-    help="another Stripe API base (tests, local mocks)",
-    used_by=(WEBHOOK, CRON),
+    (WEBHOOK, CRON),
+    "another Stripe API base (tests, local mocks)",
     shown_default="Stripe's",
 )
 
@@ -296,32 +268,24 @@ STRIPE_API_BASE = Setting.optional(
 CRON_GRACE_SECONDS = Setting.integer(
     "CRON_GRACE_SECONDS",
     6 * 3600,
-    help="how long after `periodEnd` a renewal webhook may still come before the cron asks "
-    "Stripe (6 h)",
-    used_by=(CRON,),
+    (CRON,),
+    "how long after `periodEnd` a renewal webhook may still come before the cron asks Stripe (6 h)",
 )
 CRON_RESERVATION_TTL_SECONDS = Setting.integer(
     "CRON_RESERVATION_TTL_SECONDS",
     15 * 60,
-    help="age after which a chat's unsettled hold belongs to a dead request and is given back "
-    "(15 min)",
-    used_by=(CRON,),
+    (CRON,),
+    "age after which a chat's unsettled hold belongs to a dead request and is given back (15 min)",
     minimum=60,
 )
 CRON_PAGE_SIZE = Setting.integer(
-    "CRON_PAGE_SIZE",
-    100,
-    help="rows per page",
-    used_by=(CRON,),
-    minimum=1,
-    maximum=5000,
+    "CRON_PAGE_SIZE", 100, (CRON,), "rows per page", minimum=1, maximum=5000
 )
 CRON_TIME_BUDGET_SECONDS = Setting.integer(
     "CRON_TIME_BUDGET_SECONDS",
     240,
-    help="stop starting work after this long and resume next run; keep it below the function's "
-    "timeout",
-    used_by=(CRON,),
+    (CRON,),
+    "stop starting work after this long and resume next run; keep it below the function's timeout",
     minimum=1,
 )
 
@@ -330,47 +294,34 @@ CRON_TIME_BUDGET_SECONDS = Setting.integer(
 APPWRITE_FUNCTION_API_ENDPOINT = Setting.text(
     "APPWRITE_FUNCTION_API_ENDPOINT",
     None,
-    help="endpoint of the tables and the Account API; the SDK never falls back to Cloud",
-    used_by=FUNCTIONS,
+    FUNCTIONS,
+    "endpoint of the tables and the Account API; the SDK never falls back to Cloud",
     shown_default="set by Appwrite",
 )
 APPWRITE_FUNCTION_PROJECT_ID = Setting.text(
-    "APPWRITE_FUNCTION_PROJECT_ID",
-    None,
-    help="project id",
-    used_by=FUNCTIONS,
-    shown_default="set by Appwrite",
+    "APPWRITE_FUNCTION_PROJECT_ID", None, FUNCTIONS, "project id", shown_default="set by Appwrite"
 )
 APPWRITE_API_KEY = Setting.secret(
     "APPWRITE_API_KEY",
-    help="static API key; functions use it for the database, else the per-execution "
-    "`x-appwrite-key`",
-    used_by=(*FUNCTIONS, MIGRATE),
+    (*FUNCTIONS, MIGRATE),
+    "static API key; functions use it for the database, else the per-execution `x-appwrite-key`",
     shown_default="functions: unset; `tools.migrate`: required",
 )
-APPWRITE_DATABASE_ID = Setting.text(
-    "APPWRITE_DATABASE_ID",
-    "koffers_db",
-    help="database id",
-    used_by=FUNCTIONS,
-)
+APPWRITE_DATABASE_ID = Setting.text("APPWRITE_DATABASE_ID", "koffers_db", FUNCTIONS, "database id")
 APPWRITE_SUBSCRIPTIONS_TABLE = Setting.text(
     "APPWRITE_SUBSCRIPTIONS_TABLE",
     "subscriptions",
-    help="table id of the accounts (one row per user)",
-    used_by=FUNCTIONS,
+    FUNCTIONS,
+    "table id of the accounts (one row per user)",
 )
 APPWRITE_USAGE_EVENTS_TABLE = Setting.text(
-    "APPWRITE_USAGE_EVENTS_TABLE",
-    "usage_events",
-    help="table id of the ledger",
-    used_by=FUNCTIONS,
+    "APPWRITE_USAGE_EVENTS_TABLE", "usage_events", FUNCTIONS, "table id of the ledger"
 )
 APPWRITE_CLAIMS_TABLE = Setting.text(
     "APPWRITE_CLAIMS_TABLE",
     "claims",
-    help="table id of the claims (Stripe events, top-ups, resets)",
-    used_by=FUNCTIONS,
+    FUNCTIONS,
+    "table id of the claims (Stripe events, top-ups, resets)",
 )
 
 # -- tools.migrate -----------------------------------------------------------------------------
@@ -378,14 +329,11 @@ APPWRITE_CLAIMS_TABLE = Setting.text(
 APPWRITE_ENDPOINT = Setting.text(
     "APPWRITE_ENDPOINT",
     None,
-    help="API endpoint of the project to migrate (`http://` or `https://`)",
-    used_by=(MIGRATE,),
+    (MIGRATE,),
+    "API endpoint of the project to migrate (`http://` or `https://`)",
 )
 APPWRITE_PROJECT_ID = Setting.text(
-    "APPWRITE_PROJECT_ID",
-    None,
-    help="id of the project to migrate",
-    used_by=(MIGRATE,),
+    "APPWRITE_PROJECT_ID", None, (MIGRATE,), "id of the project to migrate"
 )
 
 DECLARED: tuple[Setting[Any], ...] = declared_in(globals())

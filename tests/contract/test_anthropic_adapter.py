@@ -30,6 +30,7 @@ from tests.support.anthropic_fake import (
     tool_use_reply,
     usage_document,
 )
+from tests.support.builders import token_usage
 
 TOOL = ToolSpec(
     name="get_my_usage",
@@ -145,13 +146,8 @@ def test_usage_maps_every_disjoint_field_including_one_hour_cache_writes() -> No
 
     reply = model_for(fake).complete(request())
 
-    assert reply.usage == TokenUsage(
-        input_tokens=120,
-        cache_creation_input_tokens=500,
-        cache_read_input_tokens=900,
-        output_tokens=45,
-        cache_creation_1h_tokens=200,
-        steps=1,
+    assert reply.usage == token_usage(
+        input=120, writes=500, reads=900, output=45, writes_1h=200, steps=1
     )
     assert reply.usage.total_tokens == 120 + 500 + 900 + 45
     assert (reply.text, reply.stop_reason, reply.model) == ("Done.", "end_turn", MODEL)

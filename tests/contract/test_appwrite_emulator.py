@@ -16,6 +16,7 @@ from appwrite.services.account import Account
 from appwrite.services.tables_db import TablesDB
 
 from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
+from tests.support.threads import run_together
 
 DB = "koffers_db"
 SUBS = "subscriptions"
@@ -162,11 +163,7 @@ def test_concurrent_bounded_increments_never_pass_the_max(emulator: AppwriteEmul
                 with lock:
                     successes.append(1)
 
-    threads = [threading.Thread(target=worker) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([worker] * 32)
     assert len(successes) == 50
     assert set(refusals) == {"column_limit_exceeded"}
     assert db.get_row(DB, SUBS, "u1").data["currentTokensUsed"] == 350

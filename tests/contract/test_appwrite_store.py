@@ -13,18 +13,17 @@ import pytest
 from appwrite.exception import AppwriteException
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from metering.account import new_account, plan_reset
+from metering.account import Account, ResetPlan, new_account, plan_reset
 from metering.adapters.appwrite_store import AppwriteStore
 from metering.codec import ROW_ID, row_key
 from metering.errors import NotFound, StoreError
-from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome
 
 from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
+from tests.support.builders import MARCH, NOW, ledger_entry
+from tests.support.threads import run_together
 
-NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
-MARCH = datetime(2026, 3, 1, tzinfo=UTC)
 APRIL = datetime(2026, 4, 1, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
 
@@ -40,20 +39,27 @@ def store(emulator: AppwriteEmulator) -> AppwriteStore:
     return AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
 
 
-def entry(user_id: str, request_id: str) -> LedgerEntry:
-    return LedgerEntry(
-        request_id=request_id,
-        user_id=user_id,
-        status=LedgerStatus.RESERVED,
-        model="claude-sonnet-5-5",
-        period_start=MARCH,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
 def starter(store: AppwriteStore, user_id: str) -> None:
     store.create_account(new_account(user_id, load_default_plans().get("starter"), NOW))
+
+
+def holding(store: AppwriteStore, request_id: str, tokens: int) -> None:
+    """user-1 on Starter, and ``request_id``'s entry holding ``tokens`` of its 50,000."""
+    starter(store, "user-1")
+    store.create_ledger(ledger_entry("user-1", request_id))
+    store.reserve("user-1", request_id, tokens, 50_000)
+
+
+def due_reset(
+    store: AppwriteStore, tokens: int, period_end: datetime | None
+) -> tuple[Account, ResetPlan]:
+    """user-1 on Starter with ``tokens`` held in March, and the reset of that snapshot to April."""
+    holding(store, "req-1", tokens)
+    account = store.get_account("user-1")
+    assert account is not None
+    reset = plan_reset(account, APRIL, period_end, NOW)
+    assert reset is not None
+    return account, reset
 
 
 @settings(max_examples=200)
@@ -91,7 +97,7 @@ def test_a_legacy_row_with_a_random_id_is_found_and_metered_by_user_id(
         },
         row_id="6650f0a2c3d4e5f6a7b8",
     )
-    store.create_ledger(entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
     assert store.reserve("user-1", "req-1", 90, 50_000) == 100
     account = store.add_topup("user-1", 5)
     assert (account.row_id, account.current_tokens_used, account.topup_tokens) == (
@@ -106,9 +112,7 @@ def test_request_ids_appwrite_would_refuse_are_kept_under_a_hashed_row_id(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
     """A requestId such as `_retry.1` is a valid idempotency key but not a row id."""
-    starter(store, "user-1")
-    store.create_ledger(entry("user-1", "_retry.1"))
-    store.reserve("user-1", "_retry.1", 40, 50_000)
+    holding(store, "_retry.1", 40)
     stored = store.get_ledger("_retry.1")
     assert stored is not None
     assert (stored.request_id, stored.reserved_tokens) == ("_retry.1", 40)
@@ -137,11 +141,7 @@ def test_an_expired_claim_is_taken_over_by_exactly_one_of_many_workers(
         with lock:
             outcomes.append(outcome)
 
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([worker] * 16)
     assert outcomes.count(ClaimOutcome.CLAIMED) == 1
     assert outcomes.count(ClaimOutcome.IN_PROGRESS) == 15
 
@@ -150,9 +150,7 @@ def test_release_after_a_concurrent_lowering_gives_back_only_what_is_left(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
     """If the counter went below the hold meanwhile, release empties it and stops at zero."""
-    starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 100, 50_000)
+    holding(store, "req-1", 100)
     emulator.table("subscriptions").rows["user-1"]["currentTokensUsed"] = 30
     store.release("user-1", "req-1", 100)
     account = store.get_account("user-1")
@@ -167,13 +165,7 @@ def test_a_failed_reset_commit_releases_its_claim_so_the_retry_applies_once(
 ) -> None:
     """All changes of a reset commit together: after a failed commit nothing changed, and the
     retry moves the usage to lifetime exactly once."""
-    starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 700, 50_000)
-    account = store.get_account("user-1")
-    assert account is not None
-    reset = plan_reset(account, APRIL, datetime(2026, 5, 1, tzinfo=UTC), NOW)
-    assert reset is not None
+    account, reset = due_reset(store, 700, datetime(2026, 5, 1, tzinfo=UTC))
 
     emulator.fail_next("PATCH", r"^/tablesdb/transactions/", 500, "general_unknown")
     with pytest.raises(StoreError):
@@ -196,13 +188,7 @@ def test_a_reset_commit_refused_because_the_counter_moved_is_retried_and_applied
 ) -> None:
     """A commit refused for a bound or a concurrent change is read again and retried, not a
     failure: the usage moves to lifetime once."""
-    starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 700, 50_000)
-    account = store.get_account("user-1")
-    assert account is not None
-    reset = plan_reset(account, APRIL, datetime(2026, 5, 1, tzinfo=UTC), NOW)
-    assert reset is not None
+    account, reset = due_reset(store, 700, datetime(2026, 5, 1, tzinfo=UTC))
     emulator.fail_next("PATCH", r"^/tablesdb/transactions/", status, error_type)
     applied = store.apply_reset(reset, account.period_start)
     assert applied is not None
@@ -258,7 +244,7 @@ def test_a_warm_reservation_costs_two_calls(
 ) -> None:
     """Once the user's row id is known, a reservation is two atomic increments, nothing more."""
     starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
     emulator.calls.clear()
     store.reserve("user-1", "req-1", 10, 50_000)
     assert [(call.method, call.path.rsplit("/", 1)[-1]) for call in emulator.calls] == [
@@ -286,7 +272,7 @@ def test_appwrite_failures_surface_as_store_errors_only(
 ) -> None:
     """A 5xx from Appwrite becomes StoreError; no AppwriteException escapes the adapter."""
     starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
     for method in ("GET", "POST", "PATCH", "DELETE"):
         emulator.fail_next(method, r".", 503, "general_service_disabled")
     with pytest.raises(StoreError) as caught:
@@ -309,13 +295,7 @@ def test_a_reset_refused_for_a_stale_snapshot_does_not_block_the_fresh_one(
 ) -> None:
     """The reset claim is released when nothing was applied, so the same period can still be
     reached from an up-to-date snapshot."""
-    starter(store, "user-1")
-    store.create_ledger(entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 300, 50_000)
-    account = store.get_account("user-1")
-    assert account is not None
-    reset = plan_reset(account, APRIL, None, NOW)
-    assert reset is not None
+    account, reset = due_reset(store, 300, None)
     assert store.apply_reset(reset, datetime(2026, 2, 1, tzinfo=UTC)) is None
     applied = store.apply_reset(reset, account.period_start)
     assert applied is not None

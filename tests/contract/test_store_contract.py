@@ -7,6 +7,7 @@ import random
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
 from metering.claims import reset_claim
 from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
-from metering.ledger import LedgerEntry, LedgerStatus
+from metering.ledger import LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, UsageStore
 from metering.service import get_or_create_account
@@ -24,9 +25,9 @@ from metering.tokens import TokenUsage
 
 from localruntime.sqlite_store import SQLiteStore
 from tests.strategies import periods
+from tests.support.builders import MARCH, NOW, ledger_entry, token_usage
+from tests.support.threads import run_together
 
-NOW = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
-MARCH = datetime(2026, 3, 1, tzinfo=UTC)
 APRIL = datetime(2026, 4, 1, tzinfo=UTC)
 MAY = datetime(2026, 5, 1, tzinfo=UTC)
 UNLIMITED = 10**12
@@ -44,22 +45,9 @@ def make_account(store: UsageStore, user_id: str, tokens_per_month: int = 1_000)
     return store.update_account(user_id, {"max_tokens_per_month": tokens_per_month})
 
 
-def make_entry(user_id: str, request_id: str, **fields: object) -> LedgerEntry:
-    entry = LedgerEntry(
-        request_id=request_id,
-        user_id=user_id,
-        status=LedgerStatus.RESERVED,
-        model="claude-sonnet-5-5",
-        period_start=MARCH,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-    return replace(entry, **fields)  # type: ignore[arg-type]
-
-
 def charge(store: UsageStore, user_id: str, request_id: str, tokens: int) -> None:
     """Put ``tokens`` on the user's counter through a reservation of its own."""
-    store.create_ledger(make_entry(user_id, request_id))
+    store.create_ledger(ledger_entry(user_id, request_id))
     store.reserve(user_id, request_id, tokens, UNLIMITED)
 
 
@@ -73,6 +61,13 @@ def reserved(store: UsageStore, request_id: str) -> int:
     entry = store.get_ledger(request_id)
     assert entry is not None
     return entry.reserved_tokens
+
+
+def holding(store: UsageStore, tokens: int) -> None:
+    """user-1's fresh account and req-1's entry, holding ``tokens`` of its 1,000."""
+    make_account(store, "user-1")
+    store.create_ledger(ledger_entry("user-1", "req-1"))
+    store.reserve("user-1", "req-1", tokens, 1_000)
 
 
 def charged_and_due(store: UsageStore) -> tuple[Account, ResetPlan]:
@@ -129,11 +124,7 @@ def test_concurrent_creations_leave_one_account(store: UsageStore, plans: PlanCa
         barrier.wait()
         results.append(get_or_create_account(store, plans, "user-1", NOW))
 
-    threads = [threading.Thread(target=touch) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([touch] * 8)
 
     assert len(results) == 8
     assert len({account.row_id for account in results}) == 1
@@ -271,7 +262,7 @@ def test_create_account_under_the_row_id_of_another_user_is_a_store_error(
 def test_reserve_adds_to_the_counter_and_the_entry(store: UsageStore) -> None:
     """A reservation returns the new counter and is held on the ledger entry too."""
     make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
 
     assert store.reserve("user-1", "req-1", 300, 1_000) == 300
     assert store.reserve("user-1", "req-1", 200, 1_000) == 500
@@ -281,19 +272,14 @@ def test_reserve_adds_to_the_counter_and_the_entry(store: UsageStore) -> None:
 
 def test_reserve_up_to_exactly_the_limit_succeeds(store: UsageStore) -> None:
     """The limit is inclusive: used + tokens == limit is allowed."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-
-    store.reserve("user-1", "req-1", 600, 1_000)
+    holding(store, 600)
 
     assert store.reserve("user-1", "req-1", 400, 1_000) == 1_000
 
 
 def test_reserve_past_the_limit_raises_and_changes_nothing(store: UsageStore) -> None:
     """One token past the limit is refused with LimitReached; counter and entry stay put."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 600, 1_000)
+    holding(store, 600)
 
     with pytest.raises(LimitReached):
         store.reserve("user-1", "req-1", 401, 1_000)
@@ -302,35 +288,28 @@ def test_reserve_past_the_limit_raises_and_changes_nothing(store: UsageStore) ->
     assert reserved(store, "req-1") == 600
 
 
-def test_release_gives_back_to_the_counter_and_the_entry(store: UsageStore) -> None:
-    """Releasing part of a reservation lowers both the counter and the entry's hold."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 500, 1_000)
+@pytest.mark.parametrize(
+    ("held", "released", "left"),
+    [
+        pytest.param(500, 180, 320, id="part-of-the-hold"),
+        pytest.param(100, 250, 0, id="more-than-is-held-floors-at-zero"),
+    ],
+)
+def test_release_gives_back_to_the_counter_and_the_entry(
+    store: UsageStore, held: int, released: int, left: int
+) -> None:
+    """A release lowers both the counter and the entry's hold, and never below zero."""
+    holding(store, held)
 
-    store.release("user-1", "req-1", 180)
+    store.release("user-1", "req-1", released)
 
-    assert used(store, "user-1") == 320
-    assert reserved(store, "req-1") == 320
-
-
-def test_release_never_takes_the_counter_below_zero(store: UsageStore) -> None:
-    """Releasing more than is held floors the counter and the entry at zero."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 100, 1_000)
-
-    store.release("user-1", "req-1", 250)
-
-    assert used(store, "user-1") == 0
-    assert reserved(store, "req-1") == 0
+    assert used(store, "user-1") == left
+    assert reserved(store, "req-1") == left
 
 
 def test_negative_amounts_are_refused_and_change_nothing(store: UsageStore) -> None:
     """A negative reservation or top-up is an error; a non-positive release is a no-op."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 100, 1_000)
+    holding(store, 100)
 
     with pytest.raises(InvalidRequest):
         store.reserve("user-1", "req-1", -50, 1_000)
@@ -359,7 +338,7 @@ def test_reserve_without_a_ledger_entry_raises_not_found_and_holds_nothing(
 
 def test_reserve_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
     """Reserving for a user without an account creates nothing and holds nothing."""
-    store.create_ledger(make_entry("nobody", "req-1"))
+    store.create_ledger(ledger_entry("nobody", "req-1"))
 
     with pytest.raises(NotFound):
         store.reserve("nobody", "req-1", 10, 1_000)
@@ -381,18 +360,11 @@ def test_add_topup_for_an_unknown_user_raises_not_found(store: UsageStore) -> No
 
 def test_ledger_entry_round_trips(store: UsageStore) -> None:
     """Every field of a created entry reads back as written."""
-    entry = make_entry(
+    entry = ledger_entry(
         "user-1",
         "req-1",
         status=LedgerStatus.SETTLED,
-        usage=TokenUsage(
-            input_tokens=10,
-            cache_creation_input_tokens=8,
-            cache_read_input_tokens=6,
-            output_tokens=4,
-            cache_creation_1h_tokens=3,
-            steps=2,
-        ),
+        usage=token_usage(input=10, writes=8, reads=6, output=4, writes_1h=3, steps=2),
         cost_micro_usd=1234,
         price_version="2026-11-01",
         reply="Hello, world",
@@ -406,10 +378,10 @@ def test_ledger_entry_round_trips(store: UsageStore) -> None:
 
 def test_create_ledger_twice_raises_already_exists(store: UsageStore) -> None:
     """A request id is an idempotency key: the second creation fails and keeps the first."""
-    store.create_ledger(make_entry("user-1", "req-1", reply="first"))
+    store.create_ledger(ledger_entry("user-1", "req-1", reply="first"))
 
     with pytest.raises(AlreadyExists):
-        store.create_ledger(make_entry("user-1", "req-1", reply="second"))
+        store.create_ledger(ledger_entry("user-1", "req-1", reply="second"))
 
     stored = store.get_ledger("req-1")
     assert stored is not None
@@ -418,9 +390,7 @@ def test_create_ledger_twice_raises_already_exists(store: UsageStore) -> None:
 
 def test_update_ledger_sets_the_patched_fields_only(store: UsageStore) -> None:
     """A settle patch sets status, usage, cost and reply; the hold is left alone."""
-    make_account(store, "user-1")
-    store.create_ledger(make_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", 70, 1_000)
+    holding(store, 70)
     usage = TokenUsage(input_tokens=20, output_tokens=30, steps=1)
 
     updated = store.update_ledger(
@@ -453,13 +423,13 @@ def test_update_ledger_of_an_unknown_request_raises_not_found(store: UsageStore)
 
 def test_discard_ledger_removes_the_entry_and_tolerates_absence(store: UsageStore) -> None:
     """A discarded entry is gone and its id can be used again; discarding twice is harmless."""
-    store.create_ledger(make_entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
 
     store.discard_ledger("req-1")
     store.discard_ledger("req-1")
 
     assert store.get_ledger("req-1") is None
-    store.create_ledger(make_entry("user-1", "req-1"))
+    store.create_ledger(ledger_entry("user-1", "req-1"))
     assert store.get_ledger("req-1") is not None
 
 
@@ -468,11 +438,11 @@ def test_list_stale_reservations_pages_through_exactly_the_stale_ones(store: Usa
     old = NOW - timedelta(hours=1)
     stale = {f"req-stale-{i}" for i in range(7)}
     for request_id in sorted(stale):
-        store.create_ledger(make_entry("user-1", request_id, updated_at=old))
-    store.create_ledger(make_entry("user-1", "req-fresh", updated_at=NOW))
-    store.create_ledger(make_entry("user-1", "req-settled", status=LedgerStatus.SETTLED))
+        store.create_ledger(ledger_entry("user-1", request_id, updated_at=old))
+    store.create_ledger(ledger_entry("user-1", "req-fresh", updated_at=NOW))
+    store.create_ledger(ledger_entry("user-1", "req-settled", status=LedgerStatus.SETTLED))
     store.update_ledger("req-settled", {"updated_at": old})
-    store.create_ledger(make_entry("user-2", "req-reclaimed", updated_at=old))
+    store.create_ledger(ledger_entry("user-2", "req-reclaimed", updated_at=old))
     store.update_ledger("req-reclaimed", {"status": LedgerStatus.RECLAIMED})
 
     seen: list[str] = []
@@ -496,7 +466,7 @@ def test_ledger_total_sums_charged_and_held_tokens_of_one_period(store: UsageSto
     make_account(store, "user-1")
     make_account(store, "user-2")
     store.create_ledger(
-        make_entry(
+        ledger_entry(
             "user-1",
             "req-settled",
             status=LedgerStatus.SETTLED,
@@ -506,7 +476,7 @@ def test_ledger_total_sums_charged_and_held_tokens_of_one_period(store: UsageSto
     charge(store, "user-1", "req-held", 45)
     charge(store, "user-2", "req-other-user", 1_000)
     store.create_ledger(
-        make_entry(
+        ledger_entry(
             "user-1",
             "req-last-period",
             period_start=datetime(2026, 2, 1, tzinfo=UTC),
@@ -865,7 +835,7 @@ def _reserve_and_settle(
 ) -> int:
     """Reserve random amounts and settle each to part of it; the total charged."""
     rng = random.Random(seed)
-    store.create_ledger(make_entry(user_id, request_id))
+    store.create_ledger(ledger_entry(user_id, request_id))
     charged = 0
     for _ in range(rounds):
         amount = rng.randint(1, 200)
@@ -895,11 +865,7 @@ def test_concurrent_reservations_never_pass_the_limit_nor_lose_updates(
         except BaseException as exc:  # surfaced below: a thread cannot fail the test itself
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(index,)) for index in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([partial(worker, index) for index in range(32)])
 
     assert errors == []
     final = used(store, "user-1")

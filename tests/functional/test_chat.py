@@ -15,6 +15,7 @@ from metering.chat import recorded_reply
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.wire import chat_message
 
+from tests.strategies import json_values
 from tests.support.anthropic_fake import (
     MODEL,
     Failure,
@@ -38,6 +39,12 @@ def chat(tmp_path: Path) -> Iterator[Harness]:
 
 def ask(text: str = "Hello there", **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], **extra}
+
+
+def near_the_limit(chat: Harness, left: int, counted: int) -> None:
+    """alice on Starter with ``left`` tokens to go, and every request's exact count ``counted``."""
+    chat.seed("alice", used=STARTER - left)
+    chat.model.count_tokens = lambda body: counted
 
 
 def test_a_reply_is_charged_and_answered_in_the_contract_shape(chat: Harness) -> None:
@@ -217,8 +224,7 @@ def test_near_the_limit_the_exact_count_decides_and_a_refusal_changes_nothing(
     chat: Harness,
 ) -> None:
     """When the local bound does not fit, the free count is asked; too little room is a 429."""
-    chat.seed("alice", used=STARTER - 100)
-    chat.model.count_tokens = lambda body: 95
+    near_the_limit(chat, left=100, counted=95)
     before = chat.snapshot()
 
     result = chat.call(ask(), user="alice")
@@ -233,8 +239,7 @@ def test_near_the_limit_max_tokens_is_capped_and_a_cut_reply_says_truncated(
     chat: Harness,
 ) -> None:
     """100 tokens left, 30 of input: max_tokens becomes 70, the reply is cut there, truncated."""
-    chat.seed("alice", used=STARTER - 100)
-    chat.model.count_tokens = lambda body: 30
+    near_the_limit(chat, left=100, counted=30)
     chat.model.then(text_reply("A very long answer " * 50, input_tokens=30, output_tokens=500))
 
     result = chat.call(ask(), user="alice")
@@ -351,8 +356,7 @@ def test_a_retry_with_the_same_request_id_is_charged_once_and_answers_the_same(
 
 def test_a_replayed_tool_loop_cut_by_the_cap_answers_the_same_body(chat: Harness) -> None:
     """Joined texts, cache tokens, cost, stop reason and truncated all come back unchanged."""
-    chat.seed("alice", used=STARTER - 1_200)
-    chat.model.count_tokens = lambda body: 30
+    near_the_limit(chat, left=1_200, counted=30)
     chat.model.then(
         tool_use_reply("get_my_usage", input_tokens=400, output_tokens=40, cache_write_1h=100),
         text_reply("Ünïcode <b>answer</b> " * 40, input_tokens=30, output_tokens=900),
@@ -591,13 +595,7 @@ def test_the_ledger_reconciles_with_the_counter_after_every_outcome(chat: Harnes
     assert chat.store().ledger_total("alice", account.period_start) == (account.current_tokens_used)
 
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+_json_values = json_values()
 _messages_like = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(["user", "assistant", "system", ""]), "content": _json_values}

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from localruntime.sqlite_store import SQLiteStore
+from tests.strategies import json_values
 from tests.support.function_harness import NOW, Harness, base_environment, running
 from tests.support.stripe_events import SECRET, hold, load_app, sign, unload_app
 
@@ -65,13 +66,7 @@ _header_values = st.sampled_from(
 ) | st.text(max_size=60)
 headers = st.dictionaries(_header_names, _header_values, max_size=6)
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+_json_values = json_values()
 _well_shaped = st.sampled_from(
     [
         {"messages": [{"role": "user", "content": "What is my usage?"}], "requestId": "req-1"},

@@ -22,6 +22,7 @@ from metering.service import get_or_create_account
 
 from localruntime.server import Runtime
 from localruntime.sqlite_store import SQLiteStore
+from tests.strategies import json_values
 from tests.support.runtime import (
     PASSWORD,
     AppwriteHttp,
@@ -537,13 +538,7 @@ def test_data_stays_in_the_data_folder(runtime: Runtime) -> None:
 
 # -- malformed input ---------------------------------------------------------------------------
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+_json_values = json_values(width=3, key_size=8, leaves=8)
 _param_names = st.sampled_from(
     ["userId", "email", "password", "name", "body", "async", "path", "method", "headers",
      "duration", "scheduledAt"]

@@ -76,12 +76,28 @@ def clock() -> FakeClock:
     return FakeClock(at(2024, 12, 20))
 
 
+def start_webhook(db_path: str, clock: FakeClock, **extra: str) -> Webhook:
+    """The function started cold over a SQLite store at ``db_path``; ``extra`` adds settings."""
+    store = SQLiteStore(db_path)
+    main = load_app(FUNCTION, environ(db_path, **extra), clock=clock, store=store)
+    return Webhook(main, store, db_path, clock)
+
+
 @pytest.fixture
 def webhook(tmp_path: Path, clock: FakeClock) -> Iterator[Webhook]:
-    db_path = str(tmp_path / "metering.sqlite3")
-    store = SQLiteStore(db_path)
-    main = load_app(FUNCTION, environ(db_path), clock=clock, store=store)
-    yield Webhook(main, store, db_path, clock)
+    yield start_webhook(str(tmp_path / "metering.sqlite3"), clock)
+    unload_app(FUNCTION)
+
+
+@pytest.fixture
+def api_webhook(tmp_path: Path, clock: FakeClock) -> Iterator[Webhook]:
+    """The webhook with a Stripe API key, reading what an event leaves out from STRIPE_API."""
+    yield start_webhook(
+        str(tmp_path / "m.sqlite3"),
+        clock,
+        STRIPE_SECRET_KEY="sk_test_123",
+        STRIPE_API_BASE=STRIPE_API,
+    )
     unload_app(FUNCTION)
 
 
@@ -730,54 +746,37 @@ def _bare_price_event(created: datetime) -> Event:
 
 
 @responses.activate
-def test_plan_only_on_the_product_is_read_through_the_stripe_api(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    db_path = str(tmp_path / "m.sqlite3")
-    env = environ(db_path, STRIPE_SECRET_KEY="sk_test_123", STRIPE_API_BASE=STRIPE_API)
-    main = load_app(FUNCTION, env, clock=clock, store=SQLiteStore(db_path))
+def test_plan_only_on_the_product_is_read_through_the_stripe_api(api_webhook: Webhook) -> None:
+    """A price without a plan takes the product's, fetched once with the secret key."""
     product = responses.get(
         f"{STRIPE_API}/v1/products/prod_PlainPro",
         json=_product("prod_PlainPro", {"plan": "pro"}),
     )
-    try:
-        execute(main, webhook_context(checkout()))
-        first = execute(main, webhook_context(_bare_price_event(JAN)))
-        second = execute(main, webhook_context(_bare_price_event(FEB)))
-    finally:
-        unload_app(FUNCTION)
+    api_webhook.deliver(checkout())
+    first = api_webhook.deliver(_bare_price_event(JAN))
+    second = api_webhook.deliver(_bare_price_event(FEB))
 
     assert (first.status_code, second.status_code) == (200, 200)
-    account = SQLiteStore(db_path).get_account(USER)
-    assert account is not None
+    account = api_webhook.account()
     assert (account.plan, account.max_tokens_per_month) == ("pro", 200_000)
     assert product.call_count == 1  # cached for the cold start
     assert product.calls[0].request.headers["Authorization"] == "Bearer sk_test_123"
 
 
 @responses.activate
-def test_stripe_api_outage_answers_503_and_releases_the_claim(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    db_path = str(tmp_path / "m.sqlite3")
-    env = environ(db_path, STRIPE_SECRET_KEY="sk_test_123", STRIPE_API_BASE=STRIPE_API)
-    main = load_app(FUNCTION, env, clock=clock, store=SQLiteStore(db_path))
+def test_stripe_api_outage_answers_503_and_releases_the_claim(api_webhook: Webhook) -> None:
+    """A failed product read answers 503 and leaves the event for Stripe's retry to apply."""
     url = f"{STRIPE_API}/v1/products/prod_PlainPro"
     responses.get(url, json={"error": {"type": "api_error", "message": "boom"}}, status=500)
     event = _bare_price_event(JAN)
-    try:
-        execute(main, webhook_context(checkout()))
-        failed = execute(main, webhook_context(event))
-        responses.replace(responses.GET, url, json=_product("prod_PlainPro", {"plan": "pro"}))
-        retried = execute(main, webhook_context(event))
-    finally:
-        unload_app(FUNCTION)
+    api_webhook.deliver(checkout())
+    failed = api_webhook.deliver(event)
+    responses.replace(responses.GET, url, json=_product("prod_PlainPro", {"plan": "pro"}))
+    retried = api_webhook.deliver(event)
 
     assert (failed.status_code, failed.json()["error"]["code"]) == (503, "upstream_unavailable")
     assert retried.status_code == 200
-    account = SQLiteStore(db_path).get_account(USER)
-    assert account is not None
-    assert account.plan == "pro"
+    assert api_webhook.account().plan == "pro"
 
 
 def test_plan_only_on_the_product_without_an_api_key_fails_and_changes_nothing(
@@ -893,10 +892,7 @@ def test_a_year_of_events_in_order_ends_on_demo_with_the_topup(
 def test_a_year_of_events_in_any_order_converges_to_the_same_state(
     tmp_path: Path, clock: FakeClock, seed: int
 ) -> None:
-    db_path = str(tmp_path / "m.sqlite3")
-    store = SQLiteStore(db_path)
-    main = load_app(FUNCTION, environ(db_path), clock=clock, store=store)
-    webhook = Webhook(main, store, db_path, clock)
+    webhook = start_webhook(str(tmp_path / "m.sqlite3"), clock)
     events = year_of_events(".legacy" if seed % 2 else "")
     random.Random(seed).shuffle(events)
     try:

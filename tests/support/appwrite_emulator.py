@@ -23,6 +23,7 @@ from metering.config import Secret, StoreSettings
 from metering.timeutil import parse_timestamp
 from requests import PreparedRequest
 
+from tests.support.identity import user_document
 from tools.schema import ColumnSpec, Schema, TableSpec, load_schema
 
 ENDPOINT = "http://appwrite.emulator.test/v1"
@@ -265,25 +266,7 @@ class AppwriteEmulator:
 
     def register_user(self, jwt: str, user_id: str, email: str = "", name: str = "") -> None:
         """Make ``GET /v1/account`` with ``X-Appwrite-JWT: jwt`` answer this user."""
-        now = self._now()
-        self.users_by_jwt[jwt] = {
-            "$id": user_id,
-            "$createdAt": now,
-            "$updatedAt": now,
-            "name": name or user_id,
-            "registration": now,
-            "status": True,
-            "labels": [],
-            "passwordUpdate": now,
-            "email": email or f"{user_id}@example.test",
-            "phone": "",
-            "emailVerification": True,
-            "phoneVerification": False,
-            "mfa": False,
-            "prefs": {},
-            "targets": [],
-            "accessedAt": now,
-        }
+        self.users_by_jwt[jwt] = user_document(user_id, self._now(), name or user_id, email)
 
     def table(self, table_id: str, database_id: str = "koffers_db") -> Table:
         return self.databases[database_id].tables[table_id]
@@ -507,19 +490,32 @@ class AppwriteEmulator:
     def _route_columns(
         self, method: str, table: Table, tail: list[str], params: dict[str, Any]
     ) -> tuple[int, Any]:
-        if not tail and method == "GET":
-            self._poll(table)
-            columns = [column.document() for column in table.columns.values()]
-            return 200, {"total": len(columns), "columns": columns}
         if len(tail) == 1 and method == "POST":
             return 202, self._create_column(table, tail[0], params)
-        if len(tail) == 1 and method == "GET":
-            self._poll(table)
-            column = table.columns.get(tail[0])
-            if column is None:
-                raise ApiError(404, "column_not_found", "Column with the requested ID not found.")
-            return 200, column.document()
-        raise ApiError(404, "general_route_not_found", "The requested route was not found.")
+        return self._read_schema(method, table, tail, table.columns, ("column", "columns"))
+
+    def _read_schema(
+        self,
+        method: str,
+        table: Table,
+        tail: list[str],
+        items: Mapping[str, Column | Index],
+        kind: tuple[str, str],
+    ) -> tuple[int, Any]:
+        """``GET`` a table's columns or its indexes, or one of them by key; ``kind`` names one
+        and many (``("column", "columns")``)."""
+        one, many = kind
+        if method != "GET" or len(tail) > 1:
+            raise ApiError(404, "general_route_not_found", "The requested route was not found.")
+        self._poll(table)
+        if not tail:
+            documents = [item.document() for item in items.values()]
+            return 200, {"total": len(documents), many: documents}
+        item = items.get(tail[0])
+        if item is None:
+            message = f"{one.capitalize()} with the requested ID not found."
+            raise ApiError(404, f"{one}_not_found", message)
+        return 200, item.document()
 
     def _create_column(self, table: Table, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
         kinds = {
@@ -584,19 +580,9 @@ class AppwriteEmulator:
     def _route_indexes(
         self, method: str, table: Table, tail: list[str], params: dict[str, Any]
     ) -> tuple[int, Any]:
-        if not tail and method == "GET":
-            self._poll(table)
-            indexes = [index.document() for index in table.indexes.values()]
-            return 200, {"total": len(indexes), "indexes": indexes}
         if not tail and method == "POST":
             return 202, self._create_index(table, params)
-        if len(tail) == 1 and method == "GET":
-            self._poll(table)
-            index = table.indexes.get(tail[0])
-            if index is None:
-                raise ApiError(404, "index_not_found", "Index with the requested ID not found.")
-            return 200, index.document()
-        raise ApiError(404, "general_route_not_found", "The requested route was not found.")
+        return self._read_schema(method, table, tail, table.indexes, ("index", "indexes"))
 
     def _create_index(self, table: Table, params: Mapping[str, Any]) -> dict[str, Any]:
         key = params.get("key")

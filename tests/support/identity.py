@@ -18,18 +18,21 @@ PROJECT_ID = "identity-test"
 SERVER_VERSION = "1.8.0"
 
 
-def user_document(user_id: str) -> dict[str, Any]:
-    stamp = "2026-11-01T09:00:00.000+00:00"
+def user_document(
+    user_id: str, stamp: str = "2026-11-01T09:00:00.000+00:00", name: str = "", email: str = ""
+) -> dict[str, Any]:
+    """Appwrite's User document, every timestamp ``stamp``; name and email follow the id unless
+    given."""
     return {
         "$id": user_id,
         "$createdAt": stamp,
         "$updatedAt": stamp,
-        "name": f"User {user_id}",
+        "name": name or f"User {user_id}",
         "registration": stamp,
         "status": True,
         "labels": [],
         "passwordUpdate": stamp,
-        "email": f"{user_id}@example.test",
+        "email": email or f"{user_id}@example.test",
         "phone": "",
         "emailVerification": True,
         "phoneVerification": False,

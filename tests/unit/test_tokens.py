@@ -8,6 +8,7 @@ from metering.errors import InvalidRequest
 from metering.tokens import TokenUsage
 
 from tests.strategies import token_usages
+from tests.support.builders import token_usage
 
 
 @pytest.mark.parametrize(
@@ -33,14 +34,7 @@ def test_invalid_usage_is_refused(fields: dict[str, object]) -> None:
 
 def test_total_counts_each_disjoint_field_once() -> None:
     """The charge is input + cache writes + cache reads + output; 1h writes are not added again."""
-    usage = TokenUsage(
-        input_tokens=100,
-        cache_creation_input_tokens=40,
-        cache_read_input_tokens=300,
-        output_tokens=7,
-        cache_creation_1h_tokens=25,
-        steps=2,
-    )
+    usage = token_usage(input=100, writes=40, reads=300, output=7, writes_1h=25, steps=2)
 
     assert usage.total_tokens == 447
     assert usage.cache_creation_5m_tokens == 15

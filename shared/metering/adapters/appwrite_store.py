@@ -325,6 +325,21 @@ class AppwriteStore:
             self._require(table, row_id)
             raise
 
+    def _decrement(
+        self, table: str, row_id: str, column: str, amount: int
+    ) -> Callable[..., object]:
+        """The call that subtracts ``amount`` (alone or as a transaction's step); the server
+        refuses it (LimitReached) rather than take the counter below zero."""
+        return functools.partial(
+            self._db.decrement_row_column,
+            self._database,
+            table,
+            row_id,
+            column,
+            value=amount,
+            min=0,
+        )
+
     def _decrement_floored(self, table: str, row_id: str, column: str, tokens: int) -> None:
         """Subtract ``tokens`` but never go below zero, even when the counter went down
         concurrently (a reset): then subtract what is left."""
@@ -332,15 +347,7 @@ class AppwriteStore:
         for _ in range(ATTEMPTS * 2):
             if amount <= 0:
                 return
-            decrement = functools.partial(
-                self._db.decrement_row_column,
-                self._database,
-                table,
-                row_id,
-                column,
-                value=amount,
-                min=0,
-            )
+            decrement = self._decrement(table, row_id, column, amount)
             try:
                 call(f"decrementing {table}.{column}", decrement)
             except ColumnMissing:
@@ -410,17 +417,7 @@ class AppwriteStore:
         change = functools.partial
         steps: list[Callable[..., object]] = []
         if used > 0:
-            steps.append(
-                change(
-                    db.decrement_row_column,
-                    database,
-                    table,
-                    row_id,
-                    "currentTokensUsed",
-                    value=used,
-                    min=0,
-                )
-            )
+            steps.append(self._decrement(table, row_id, "currentTokensUsed", used))
         if reset.used > 0:
             steps.append(
                 change(
@@ -433,17 +430,7 @@ class AppwriteStore:
                 )
             )
         if topup > 0:
-            steps.append(
-                change(
-                    db.decrement_row_column,
-                    database,
-                    table,
-                    row_id,
-                    "topupTokens",
-                    value=topup,
-                    min=0,
-                )
-            )
+            steps.append(self._decrement(table, row_id, "topupTokens", topup))
         period = codec.encode_account_fields(
             {
                 "period_start": reset.period_start,

@@ -9,24 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..billing import (
-    ENDED_STATUSES,
-    USER_ID,
-    BillingEvent,
-    CancelSubscription,
-    Command,
-    CreditTopup,
-    EventHeader,
-    Ignore,
-    LinkCustomer,
-    RecordPaymentFailed,
-    ResetPeriod,
-    SetSubscription,
-    entitlement,
-    has_plan_keys,
-    metadata_count,
-    products_to_fetch,
-)
+from .. import billing
 from ..errors import ConfigurationError, InvalidRequest
 from ..plans import PlanCatalog
 from ..ports import BillingProvider, SubscriptionItem, SubscriptionSnapshot
@@ -41,23 +24,25 @@ RESET_BILLING_REASONS = frozenset({"subscription_cycle", "subscription_create"})
 
 class StripeEvents:
     """Verified Stripe events to ``BillingEvent``s; a plan named only on its product is read
-    through ``billing`` (None without an API key: such events then fail)."""
+    through ``provider`` (None without an API key: such events then fail)."""
 
-    def __init__(self, plans: PlanCatalog, billing: BillingProvider | None) -> None:
+    def __init__(self, plans: PlanCatalog, provider: BillingProvider | None) -> None:
         self._plans = plans
-        self._billing = billing
+        self._provider = provider
 
-    def read(self, event: Json) -> BillingEvent:
+    def read(self, event: Json) -> billing.BillingEvent:
         """Raises ``InvalidRequest`` for anything that is not a snapshot event."""
         header = event_header(event)
-        return BillingEvent(header, lambda: parse_command(event, self._plans, self._products))
+        return billing.BillingEvent(
+            header, lambda: parse_command(event, self._plans, self._products)
+        )
 
     def _products(self, wanted: frozenset[str]) -> dict[str, Mapping[str, str]]:
         if not wanted:
             return {}
-        if self._billing is None:
+        if self._provider is None:
             raise ConfigurationError("price metadata is on the product: STRIPE_SECRET_KEY needed")
-        return {product: self._billing.get_product_metadata(product) for product in sorted(wanted)}
+        return {product: self._provider.get_product_metadata(product) for product in sorted(wanted)}
 
 
 def _no_products(wanted: frozenset[str]) -> Mapping[str, Mapping[str, str]]:
@@ -106,7 +91,7 @@ def _object(payload: object) -> Json | None:
     return obj if isinstance(obj, Mapping) else None
 
 
-def event_header(payload: object) -> EventHeader:
+def event_header(payload: object) -> billing.EventHeader:
     """The fields every snapshot event has; anything else is not an event (400)."""
     if not isinstance(payload, Mapping):
         raise InvalidRequest("body is not a Stripe event")
@@ -118,7 +103,7 @@ def event_header(payload: object) -> EventHeader:
         raise InvalidRequest("body is not a Stripe event: id and type are required")
     if isinstance(created, bool) or not isinstance(created, int):
         raise InvalidRequest("body is not a Stripe event: created must be an integer")
-    return EventHeader(event_id, event_type, created, _id_of(obj) or "")
+    return billing.EventHeader(event_id, event_type, created, _id_of(obj) or "")
 
 
 def parse_subscription(obj: Json) -> SubscriptionSnapshot:
@@ -142,7 +127,9 @@ def parse_subscription(obj: Json) -> SubscriptionSnapshot:
                 lookup_key=price.get("lookup_key") or None,
                 price_metadata=_metadata(price.get("metadata")),
                 product_id=_id_of(product),
-                product_metadata=product_metadata if has_plan_keys(product_metadata) else None,
+                product_metadata=(
+                    product_metadata if billing.has_plan_keys(product_metadata) else None
+                ),
                 quantity=quantity if isinstance(quantity, int) and quantity >= 0 else 1,
             )
         )
@@ -216,7 +203,7 @@ def service_period(invoice: Json) -> tuple[datetime, datetime | None] | None:
 
 def parse_command(
     event: Json, plans: PlanCatalog, products: ProductLookup = _no_products
-) -> Command:
+) -> billing.Command:
     """The one command a snapshot event asks for; ``products`` answers the metadata of the
     products a subscription's prices leave unsaid."""
     header = event_header(event)
@@ -232,26 +219,28 @@ def parse_command(
     if kind == "invoice.payment_failed":
         subscription_id = _subscription_of_invoice(obj)
         if subscription_id is None:
-            return Ignore(kind, "invoice without subscription")
-        return RecordPaymentFailed(subscription_id, _id_of(obj.get("customer")), header.created)
-    return Ignore(kind)
+            return billing.Ignore(kind, "invoice without subscription")
+        return billing.RecordPaymentFailed(
+            subscription_id, _id_of(obj.get("customer")), header.created
+        )
+    return billing.Ignore(kind)
 
 
 def _subscription(
     snapshot: SubscriptionSnapshot,
-    header: EventHeader,
+    header: billing.EventHeader,
     plans: PlanCatalog,
     products: ProductLookup,
-) -> Command:
+) -> billing.Command:
     # Every subscription event but the deletion reads the products its prices leave unsaid
     # before its type or status tells whether the plan is needed: a failed look-up fails it.
-    fetched = products(products_to_fetch(snapshot, plans))
+    fetched = products(billing.products_to_fetch(snapshot, plans))
     if header.type not in ("customer.subscription.created", "customer.subscription.updated"):
-        return Ignore(header.type)
-    if snapshot.status in ENDED_STATUSES:
+        return billing.Ignore(header.type)
+    if snapshot.status in billing.ENDED_STATUSES:
         return _cancel(snapshot, header)
-    granted = entitlement(snapshot, plans, fetched)
-    return SetSubscription(
+    granted = billing.entitlement(snapshot, plans, fetched)
+    return billing.SetSubscription(
         subscription_id=snapshot.id,
         customer_id=snapshot.customer_id,
         plan=granted.plan,
@@ -264,39 +253,43 @@ def _subscription(
     )
 
 
-def _cancel(snapshot: SubscriptionSnapshot, header: EventHeader) -> CancelSubscription:
+def _cancel(
+    snapshot: SubscriptionSnapshot, header: billing.EventHeader
+) -> billing.CancelSubscription:
     # The end is the subscription's `ended_at`, as the cron reads it, so that every cancellation
     # of one subscription (deleted, updated to an ended status, the cron's) closes the same
     # period; the event's `created`, sent as it ends, when the object has none.
     ended = snapshot.ended_at or _time(header.created)
-    return CancelSubscription(snapshot.id, snapshot.customer_id, header.created, ended)
+    return billing.CancelSubscription(snapshot.id, snapshot.customer_id, header.created, ended)
 
 
-def _checkout(session: Json, kind: str) -> Command:
+def _checkout(session: Json, kind: str) -> billing.Command:
     user_id = session.get("client_reference_id")
     if not isinstance(user_id, str) or not user_id:
-        return Ignore(kind, "checkout without client_reference_id")
-    if not USER_ID.fullmatch(user_id):
-        return Ignore(kind, "client_reference_id is not a user id")
+        return billing.Ignore(kind, "checkout without client_reference_id")
+    if not billing.USER_ID.fullmatch(user_id):
+        return billing.Ignore(kind, "client_reference_id is not a user id")
     customer_id = _id_of(session.get("customer"))
     topup = _metadata(session.get("metadata")).get("topup_tokens")
     paid = session.get("payment_status") in ("paid", "no_payment_required")
     if session.get("mode") == "payment" and topup is not None and paid:
-        tokens = metadata_count(topup, "topup_tokens")
+        tokens = billing.metadata_count(topup, "topup_tokens")
         session_id = _id_of(session)
         if session_id is None:
             raise InvalidRequest("checkout session has no id")
-        return CreditTopup(user_id, customer_id, tokens, session_id)
+        return billing.CreditTopup(user_id, customer_id, tokens, session_id)
     if kind == "checkout.session.async_payment_succeeded":
-        return Ignore(kind, "not a top-up")
-    return LinkCustomer(user_id, customer_id, _id_of(session.get("subscription")))
+        return billing.Ignore(kind, "not a top-up")
+    return billing.LinkCustomer(user_id, customer_id, _id_of(session.get("subscription")))
 
 
-def _paid_invoice(invoice: Json, kind: str) -> Command:
+def _paid_invoice(invoice: Json, kind: str) -> billing.Command:
     if invoice.get("billing_reason") not in RESET_BILLING_REASONS:
-        return Ignore(kind, f"billing_reason {invoice.get('billing_reason')!r}")
+        return billing.Ignore(kind, f"billing_reason {invoice.get('billing_reason')!r}")
     subscription_id = _subscription_of_invoice(invoice)
     period = service_period(invoice)
     if subscription_id is None or period is None:
-        return Ignore(kind, "invoice without subscription period")
-    return ResetPeriod(subscription_id, _id_of(invoice.get("customer")), period[0], period[1])
+        return billing.Ignore(kind, "invoice without subscription period")
+    return billing.ResetPeriod(
+        subscription_id, _id_of(invoice.get("customer")), period[0], period[1]
+    )
