@@ -24,6 +24,14 @@ def banner(runtime: Runtime) -> str:
             f" at {settings.anthropic_base_url}" if settings.anthropic_base_url else ""
         )
     secret = settings.stripe_webhook_secret.value if settings.webhook_secret_is_default else "(set)"
+    if runtime.stripe is not None:
+        stripe_api = (
+            f"LOCAL test Stripe at {runtime.stripe_base_url}: no money moves\n"
+            "                  (test checkout and portal pages; STRIPE_SECRET_KEY for an account)"
+        )
+    else:
+        given = runtime.environ.get("STRIPE_API_BASE")
+        stripe_api = "Stripe API" + (f" at {given}" if given else "") + " (STRIPE_SECRET_KEY set)"
     lines = [
         "",
         f"  Local runtime on {url}",
@@ -34,8 +42,8 @@ def banner(runtime: Runtime) -> str:
         f"    data          {runtime.data_dir}",
         f"    model         {model}",
         f"    webhook secret {secret}",
-        f"    stripe API    {'configured' if settings.stripe_secret_key else 'not configured'}"
-        " (without STRIPE_SECRET_KEY the cron skips Stripe look-ups)",
+        f"    stripe        {stripe_api}",
+        f"    outbox        {url}/outbox  (the emails the functions send)",
         f"    cron          {runtime.cron_schedule or 'no schedule'} (ran once at start)",
         "",
         f"  Demo accounts (password: {settings.demo_password.value}):",
@@ -45,6 +53,8 @@ def banner(runtime: Runtime) -> str:
         f"   user id {demo.user_id}"
         for demo in runtime.demo_accounts
     ]
+    if runtime.stripe is not None:
+        lines += ["", "  To buy a plan: log in, choose one, press Pay on the test checkout page."]
     lines += [
         "",
         "  Sample Stripe events, signed with the webhook secret, for a user:",

@@ -1,4 +1,5 @@
-"""The Appwrite-compatible surface: account, sessions, JWTs, executions and function domains.
+"""The Appwrite-compatible surface: account, sessions, JWTs, executions, function domains and
+Messaging (the local outbox).
 
 Shapes, status codes and error types follow Appwrite 1.8 so that the unchanged Web SDK (and the
 Python SDK inside the functions) talk to it as to a real project.
@@ -26,6 +27,7 @@ from .functions import (
     appwrite_headers,
     console_lines,
 )
+from .messaging import Outbox
 from .settings import PROJECT_ID
 from .wire import AppwriteError, Headers, Reply, Request, invalid_param, json_reply, timestamp
 
@@ -63,6 +65,7 @@ class AppwriteSurface:
         specs: Mapping[str, FunctionSpec],
         executions: ExecutionLog,
         clock: Callable[[], datetime],
+        outbox: Outbox | None = None,
     ) -> None:
         self.auth = auth
         self.runner = runner
@@ -100,6 +103,9 @@ class AppwriteSurface:
                 self.get_execution,
             ),
         ]
+        if outbox is not None:
+            # Messaging: the emails the functions send, kept in the local outbox.
+            self.routes += outbox.routes()
 
     # -- dispatch ------------------------------------------------------------------------------
 

@@ -253,6 +253,11 @@ class ExecutionLog:
         with self._lock:
             return self._records.get(execution_id)
 
+    def of_function(self, function_id: str) -> list[ExecutionRecord]:
+        """Oldest first: what a function was sent, in order (the webhook's deliveries)."""
+        with self._lock:
+            return [r for r in self._records.values() if r.invocation.function_id == function_id]
+
     def of_user(self, function_id: str, user_id: str) -> list[ExecutionRecord]:
         with self._lock:
             return [

@@ -28,14 +28,19 @@ from .auth import AuthStore, utc_now
 from .cron import CronExpression, Scheduler
 from .functions import ExecutionLog, FunctionRunner, FunctionSpec, discover
 from .loader import ROOT
+from .messaging import Outbox
 from .offline_model import ModelApiError, OfflineModel
 from .seed import DemoAccount, seed
-from .settings import OFFLINE_MODEL_KEY, PROJECT_ID, RuntimeSettings
+from .settings import LOCAL_STRIPE_KEY, OFFLINE_MODEL_KEY, PROJECT_ID, RuntimeSettings
+from .stripe_local import PREFIX as STRIPE_PREFIX
+from .stripe_local import WEBHOOK_USER_AGENT, LocalStripe
 from .wire import AppwriteError, Reply, Request, json_reply
 
 log = logging.getLogger("localruntime")
 
 CRON_FUNCTION = "monthly-reset-cron"
+# Where the local Stripe delivers its events: the function domain `stripe listen` forwards to.
+WEBHOOK_FUNCTION = "stripe-webhook"
 MAX_REQUEST_BODY = 32 * 1024 * 1024
 SHUTDOWN_POLL_SECONDS = 0.05
 OFFLINE_PREFIX = "/_offline/anthropic"
@@ -70,6 +75,8 @@ class Runtime:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._scheduler: Scheduler | None = None
+        # Served at STRIPE_PREFIX when no Stripe key is set (from start on).
+        self.stripe: LocalStripe | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -85,6 +92,11 @@ class Runtime:
         return f"[{host}]" if ":" in host else host
 
     @property
+    def stripe_base_url(self) -> str:
+        """The local Stripe's base (the SDK's ``api`` base address; pages below it)."""
+        return f"{self.base_url}{STRIPE_PREFIX}"
+
+    @property
     def metering_path(self) -> Path:
         return self.data_dir / "metering.sqlite3"
 
@@ -97,7 +109,19 @@ class Runtime:
         self.port = server.server_address[1]
         try:
             self.auth = AuthStore(self.data_dir / "auth.sqlite3")
+            self.outbox = Outbox(
+                self.data_dir / "outbox.sqlite3", email_of=self._email_of, clock=utc_now
+            )
             self.store = SQLiteStore(str(self.metering_path))
+            if self.settings.local_stripe:
+                self.stripe = LocalStripe(
+                    path=self.data_dir / "stripe.sqlite3",
+                    plans=load_default_plans(),
+                    base_url=self.stripe_base_url,
+                    webhook_secret=self.settings.stripe_webhook_secret.value,
+                    deliver=self._deliver_stripe_event,
+                    clock=utc_now,
+                )
             self.runner = FunctionRunner(
                 self.specs,
                 host=self.public_host,
@@ -112,6 +136,7 @@ class Runtime:
                 specs=self.specs,
                 executions=self.executions,
                 clock=utc_now,
+                outbox=self.outbox,
             )
             # A new runtime is a new container: every function starts cold with this environment.
             self.runner.cold_reset()
@@ -177,6 +202,8 @@ class Runtime:
         auth: AuthStore | None = getattr(self, "auth", None)
         if auth is not None:
             auth.close()
+        if self.stripe is not None:
+            self.stripe.close()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
@@ -210,7 +237,12 @@ class Runtime:
             "APPWRITE_REGION": "local",
             "STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret.value,
             "STRIPE_SECRET_KEY": settings.stripe_secret_key.value or None,
+            # Checkout and the portal send the buyer back to the page.
+            "BILLING_RETURN_URL": self.environ.get("BILLING_RETURN_URL") or f"{self.base_url}/",
         }
+        if settings.local_stripe:
+            env["STRIPE_SECRET_KEY"] = LOCAL_STRIPE_KEY
+            env["STRIPE_API_BASE"] = self.stripe_base_url
         if settings.offline_model:
             env["ANTHROPIC_API_KEY"] = OFFLINE_MODEL_KEY
             env["ANTHROPIC_BASE_URL"] = f"{self.base_url}{OFFLINE_PREFIX}"
@@ -218,6 +250,32 @@ class Runtime:
             env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.value
             env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
         return {key: value for key, value in env.items() if value is not None}
+
+    def _deliver_stripe_event(self, payload: bytes, signature: str) -> tuple[int, bytes]:
+        """One event of the local Stripe to the webhook's function domain, in process, as
+        Stripe's POST would arrive there."""
+        request = Request(
+            method="POST",
+            path=f"/functions/{WEBHOOK_FUNCTION}/",
+            query_string="",
+            headers=[
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("Stripe-Signature", signature),
+                ("User-Agent", WEBHOOK_USER_AGENT),
+            ],
+            body=payload,
+            client_ip="127.0.0.1",
+        )
+        try:
+            reply = self.api.domain(request, WEBHOOK_FUNCTION, "/")
+        except AppwriteError as error:
+            return error.status, error.message.encode("utf-8")
+        return reply.status, reply.body
+
+    def _email_of(self, user_id: str) -> str | None:
+        """Where the local Messaging delivers a user's email: their sign-up address."""
+        user = self.auth.user(user_id)
+        return user.email if user is not None else None
 
     # -- the cron ------------------------------------------------------------------------------
 
@@ -232,6 +290,10 @@ class Runtime:
         path = request.path
         if path == "/v1" or path.startswith("/v1/"):
             return self._with_cors(request, self._appwrite(request))
+        if self.stripe is not None and (
+            path == STRIPE_PREFIX or path.startswith(STRIPE_PREFIX + "/")
+        ):
+            return self.stripe.handle(request, path[len(STRIPE_PREFIX) :])
         if path.startswith(OFFLINE_PREFIX + "/"):
             return self._offline(request, path[len(OFFLINE_PREFIX) :])
         if path == "/functions" or path.startswith("/functions/"):
@@ -241,6 +303,8 @@ class Runtime:
             raise AppwriteError(405, "general_not_allowed", "Method not allowed.")
         if path == "/config.json":
             return self._config(request)
+        if path == "/outbox":
+            return self.outbox.page()
         return self._static(path)
 
     def _appwrite(self, request: Request) -> Reply:

@@ -18,10 +18,13 @@ from metering.settings import LOCAL_RUNTIME, Setting, declared_in
 
 from .cron import CronExpression
 
-# Printed at start; `stripe listen --forward-to` and the sample-event command sign with it.
-DEV_WEBHOOK_SECRET = "whsec_dev_local_only_0123456789abcdef"  # noqa: S105 -- public dev value
+# Printed at start; `stripe listen --forward-to` and the sample-event command sign with it. The
+# webhook knows it too, to refuse it anywhere but on the embedded store.
+DEV_WEBHOOK_SECRET = functions.DEV_WEBHOOK_SECRET
 # What the chat function is given as its key when it talks to the built-in offline model.
 OFFLINE_MODEL_KEY = "offline-local-key"
+# What the functions are given as their Stripe key when they talk to the local Stripe.
+LOCAL_STRIPE_KEY = "sk_test_local"
 PROJECT_ID = "local"
 
 HOST = Setting.text(
@@ -88,6 +91,11 @@ class RuntimeSettings:
     @property
     def offline_model(self) -> bool:
         return not self.anthropic_api_key
+
+    @property
+    def local_stripe(self) -> bool:
+        """Without a Stripe key the runtime serves a local Stripe and points the functions at it."""
+        return not self.stripe_secret_key
 
     @property
     def webhook_secret_is_default(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from metering import codec
 from metering.account import Account, AccountPatch, ResetPlan
+from metering.alerts import Notice
 from metering.claims import reset_applies, reset_once
 from metering.errors import (
     AlreadyExists,
@@ -26,7 +27,7 @@ from metering.errors import (
 )
 from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import AccountQuery, ClaimOutcome, Page
+from metering.ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
 
 from tools.schema import ColumnSpec, TableSpec, load_schema
 
@@ -287,6 +288,16 @@ class SQLiteStore:
             )
             return self._account_after_write(connection, user_id)
 
+    def remove_topup(self, user_id: str, tokens: int) -> Account:
+        if tokens < 0:
+            raise InvalidRequest("cannot remove a negative amount")
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE subscriptions SET topupTokens = MAX(0, topupTokens - ?) WHERE userId = ?",
+                (tokens, user_id),
+            )
+            return self._account_after_write(connection, user_id)
+
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         _check_limit(limit)
         where = ["seq > ?"]
@@ -366,6 +377,7 @@ class SQLiteStore:
                     "period_start": reset.period_start,
                     "period_end": reset.period_end,
                     "last_token_reset_at": reset.reset_at,
+                    "alert_threshold_sent": 0,
                 }
             )
             _update(connection, codec.SUBSCRIPTIONS, period, "id = ?", (row["$id"],))
@@ -474,4 +486,81 @@ class SQLiteStore:
             self._connection().execute(
                 "DELETE FROM claims WHERE id = ? AND status = ?",
                 (codec.row_key(event_id), codec.PENDING),
+            )
+
+    # -- payments ------------------------------------------------------------------------------
+
+    def record_payment(self, payment: Payment) -> bool:
+        row_id = codec.row_key(payment.stripe_id)
+        with self._write() as connection:
+            if connection.execute("SELECT 1 FROM payments WHERE id = ?", (row_id,)).fetchone():
+                return False
+            _insert(connection, codec.PAYMENTS, row_id, codec.encode_payment(payment))
+            return True
+
+    def get_payment(self, stripe_id: str) -> Payment | None:
+        rows = self._read("SELECT * FROM payments WHERE id = ?", (codec.row_key(stripe_id),))
+        return codec.decode_payment(rows[0]) if rows else None
+
+    def find_payment_by_intent(self, payment_intent: str) -> Payment | None:
+        rows = self._read(
+            "SELECT * FROM payments WHERE paymentIntent = ? ORDER BY seq LIMIT 1", (payment_intent,)
+        )
+        return codec.decode_payment(rows[0]) if rows else None
+
+    def update_payment(self, stripe_id: str, patch: PaymentPatch) -> Payment:
+        data = codec.encode_payment_patch(patch)
+        row_id = codec.row_key(stripe_id)
+        with self._write() as connection:
+            _update(connection, codec.PAYMENTS, data, "id = ?", (row_id,))
+            found: Document | None = connection.execute(
+                "SELECT * FROM payments WHERE id = ?", (row_id,)
+            ).fetchone()
+            if found is None:
+                raise NotFound(f"no payment {stripe_id!r}")
+            return codec.decode_payment(found)
+
+    def list_payments(
+        self, paid_from: datetime, paid_before: datetime, limit: int, cursor: str | None
+    ) -> Page[Payment]:
+        _check_limit(limit)
+        rows = self._read(
+            "SELECT * FROM payments WHERE seq > ? AND paidAt >= ? AND paidAt < ?"
+            " ORDER BY seq LIMIT ?",
+            (
+                _cursor_seq(cursor),
+                codec.encode_time(paid_from),
+                codec.encode_time(paid_before),
+                limit + 1,
+            ),
+        )
+        return _page(rows, limit, codec.decode_payment)
+
+    # -- usage alerts --------------------------------------------------------------------------
+
+    def create_notice(self, notice: Notice) -> None:
+        # Who may read a row is Appwrite's business; here the functions read for their caller.
+        with self._write() as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM notices WHERE id = ?", (codec.row_key(notice.id),)
+            ).fetchone()
+            if exists is None:
+                _insert(
+                    connection, codec.NOTICES, codec.row_key(notice.id), codec.encode_notice(notice)
+                )
+
+    def list_notices(self, user_id: str, period_start: datetime) -> Sequence[Notice]:
+        rows = self._read(
+            "SELECT * FROM notices WHERE userId = ? AND periodStart = ?"
+            " ORDER BY raisedAt DESC, seq DESC",
+            (user_id, codec.encode_time(period_start)),
+        )
+        return [codec.decode_notice(row) for row in rows]
+
+    def mark_alert_sent(self, user_id: str, period_start: datetime, threshold: int) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE subscriptions SET alertThresholdSent = ?, updatedAt = ?"
+                " WHERE userId = ? AND periodStart = ? AND COALESCE(alertThresholdSent, 0) < ?",
+                (threshold, _now(), user_id, codec.encode_time(period_start), threshold),
             )

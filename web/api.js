@@ -38,7 +38,10 @@ export async function loadConfig(url = "config.json") {
     offlineModel: config.offlineModel === true,
     // The chat function accepts 50 messages by default (CHAT_MAX_MESSAGES).
     historyMessages: Number.isInteger(config.historyMessages) ? config.historyMessages : 40,
-    functions: { chat: "chat", usage: "usage", ...(config.functions ?? {}) },
+    // Below this many tokens of allowance no reply is possible (the system prompt, the tool
+    // definitions and a minimal answer cost more): the Demo plan's 30 tokens, for instance.
+    minChatTokens: Number.isInteger(config.minChatTokens) ? config.minChatTokens : 256,
+    functions: { chat: "chat", usage: "usage", billing: "billing", ...(config.functions ?? {}) },
   };
 }
 
@@ -102,10 +105,56 @@ function functionError(status, body) {
   if (status === 408 || status === 409 || status >= 500 || status === 0) {
     // 408: the synchronous execution timed out; 409: the same request is still running.
     const text =
-      status === 409 ? "Still working on your previous message. Try again in a moment." : SERVER_MESSAGE;
+      status === 409
+        ? "Still working on your previous message. Try again in a moment."
+        : SERVER_MESSAGE;
     return new ApiError(ErrorKind.RETRYABLE, text, { status, code });
   }
   return new ApiError(ErrorKind.INVALID, message || "The request was refused.", { status, code });
+}
+
+const BILLING_UNAVAILABLE =
+  "Billing is unavailable right now and nothing was charged. Please try again in a moment.";
+
+// The billing function's answers, worded for the action the user took.
+function billingError(action, status, body) {
+  const code = body?.error?.code ?? "";
+  if (status === 401) return functionError(status, body);
+  if (status === 409) {
+    const text = {
+      portal: "There is no billing account to manage yet: it is created with your first purchase.",
+      plan: "You already have this plan. Use Manage billing to change or cancel it.",
+    }[action];
+    return new ApiError(ErrorKind.INVALID, text ?? body?.error?.message ?? "Already done.", {
+      status,
+      code,
+    });
+  }
+  if (status === 400 || status === 404) {
+    const text =
+      action === "plans"
+        ? "The plans could not be loaded."
+        : "This plan or pack is no longer offered. Reload the page to see the current ones.";
+    return new ApiError(ErrorKind.INVALID, text, { status, code });
+  }
+  if (status === 408 || status === 429 || status >= 500 || status === 0) {
+    return new ApiError(ErrorKind.RETRYABLE, BILLING_UNAVAILABLE, { status, code });
+  }
+  return new ApiError(ErrorKind.INVALID, body?.error?.message || "The request was refused.", {
+    status,
+    code,
+  });
+}
+
+// Checkout and portal answers are followed with a navigation: only an http(s) address is.
+function redirectUrl(answer) {
+  try {
+    const url = new URL(String(answer?.url ?? ""), window.location.href);
+    if (url.protocol === "https:" || url.protocol === "http:") return url.href;
+  } catch {
+    // Fall through: an answer without a usable address.
+  }
+  throw new ApiError(ErrorKind.RETRYABLE, BILLING_UNAVAILABLE, { status: 502 });
 }
 
 export function createBackend(config) {
@@ -113,25 +162,43 @@ export function createBackend(config) {
   const account = new Account(client);
   const functions = new Functions(client);
 
-  async function execute(functionId, method, body) {
+  async function execute(
+    functionId,
+    method,
+    body,
+    { path = "/", toError = functionError, toTransportError = transportError } = {},
+  ) {
     let execution;
     try {
       execution = await functions.createExecution(
         functionId,
         body === undefined ? "" : JSON.stringify(body),
         false,
-        "/",
+        path,
         method,
         { "content-type": "application/json" },
       );
     } catch (error) {
-      throw transportError(error);
+      throw toTransportError(error);
     }
     const status = Number(execution?.responseStatusCode ?? 0);
     const parsed = parseJson(execution?.responseBody);
     if (status >= 200 && status < 300 && parsed !== null) return parsed;
-    throw functionError(status >= 200 && status < 300 ? 502 : status, parsed);
+    throw toError(status >= 200 && status < 300 ? 502 : status, parsed);
   }
+
+  const billing = (action, method, path, body) =>
+    execute(config.functions.billing, method, body, {
+      path,
+      toError: (status, parsed) => billingError(action, status, parsed),
+      // Appwrite's own refusals (no such function, not allowed to run it) are not the user's to
+      // fix: to them billing is simply unavailable.
+      toTransportError: (error) => {
+        const mapped = transportError(error);
+        if (mapped.kind !== ErrorKind.INVALID) return mapped;
+        return new ApiError(ErrorKind.RETRYABLE, BILLING_UNAVAILABLE, { status: mapped.status });
+      },
+    });
 
   async function accountCall(call) {
     try {
@@ -155,9 +222,14 @@ export function createBackend(config) {
     signUp: (email, password, name) =>
       accountCall(() => account.create(ID.unique(), email, password, name || undefined)),
     logOut: () => accountCall(() => account.deleteSession("current")),
-    chat: (messages, requestId) =>
-      execute(config.functions.chat, "POST", { messages, requestId }),
+    chat: (messages, requestId) => execute(config.functions.chat, "POST", { messages, requestId }),
     usage: () => execute(config.functions.usage, "GET"),
+    // GET /plans: {plans: [{id, name, tokens, price, current}], topups: [...], currentPlan}.
+    plans: () => billing("plans", "GET", "/plans"),
+    // `purchase` is {plan: id} or {topup: id}; the answer is the Checkout page to go to.
+    checkout: async (purchase) =>
+      redirectUrl(await billing(purchase.plan ? "plan" : "topup", "POST", "/checkout", purchase)),
+    portal: async () => redirectUrl(await billing("portal", "POST", "/portal", {})),
   };
 }
 

@@ -61,11 +61,15 @@ export function usageNotice(usage) {
   const remaining = formatTokens(tokens.remaining);
   const percent = formatPercent(tokens.percent);
   const reset = resetPhrase(usage);
+  // With a threshold alert, whose wording names the percent and the reset itself, the banner
+  // shows `alertTitle`, the alert and `left`.
   if (level === "warning") {
     return {
       level,
       title: `You've used ${percent} of this month's tokens`,
       text: `${remaining} tokens left. Your allowance resets ${reset}.`,
+      left: `${remaining} tokens left.`,
+      alertTitle: "Usage alert",
     };
   }
   if (level === "critical") {
@@ -73,6 +77,8 @@ export function usageNotice(usage) {
       level,
       title: `Almost out of tokens: ${percent} used`,
       text: `Only ${remaining} tokens left, so long replies may be cut short. Your allowance resets ${reset}.`,
+      left: `Only ${remaining} tokens left, so long replies may be cut short.`,
+      alertTitle: "Almost out of tokens",
     };
   }
   return null;
@@ -81,7 +87,7 @@ export function usageNotice(usage) {
 export function limitNotice(usage) {
   const tokens = usage?.tokens ?? {};
   const plan = planName(usage?.plan);
-  const paused = `Chat is paused until your allowance resets ${resetPhrase(usage)}.`;
+  const paused = `Chat is paused until your allowance resets ${resetPhrase(usage)}, or until you add tokens below.`;
   if (tokens.remaining > 0) {
     // Refused before the bar is full: what is left cannot pay for even a short reply.
     return {
@@ -105,4 +111,119 @@ export function messageBreakdown(usage) {
     ["Steps", formatTokens(usage?.steps)],
     ["Cost", formatCost(usage?.costUsd)],
   ];
+}
+
+// -- buying ---------------------------------------------------------------------------------------
+
+// Stripe amounts are in the currency's minor unit (cents; yen have none).
+export function formatPrice(price) {
+  const amount = Number(price?.amount);
+  const currency = typeof price?.currency === "string" ? price.currency.toUpperCase() : "";
+  if (!Number.isFinite(amount) || !/^[A-Z]{3}$/.test(currency)) return "";
+  try {
+    const money = new Intl.NumberFormat(undefined, { style: "currency", currency });
+    const digits = money.resolvedOptions().maximumFractionDigits;
+    return money.format(amount / 10 ** digits);
+  } catch {
+    return "";
+  }
+}
+
+// The allowance cannot pay for any reply at all: the Demo plan's case.
+export function cannotChat(usage, minChatTokens) {
+  const limit = Number(usage?.tokens?.limit);
+  return Number.isFinite(limit) && limit < minChatTokens;
+}
+
+// A 429 means the request's worst case did not fit in what is left. When what is left is too
+// little for any reply, or the conversation sent was small beside it, the allowance is spent;
+// otherwise this one request was too big and a shorter one can still go through. `sentChars` is
+// the size of what was sent (about four characters a token).
+export function limitKind(usage, sentChars, minChatTokens) {
+  const remaining = Number(usage?.tokens?.remaining);
+  if (!Number.isFinite(remaining) || remaining < minChatTokens) return "spent";
+  return sentChars / 4 >= remaining / 2 ? "too_long" : "spent";
+}
+
+export function tooLongNotice(usage) {
+  const remaining = formatTokens(usage?.tokens?.remaining);
+  return {
+    title: `This message is too long for the ${remaining} tokens left`,
+    text: "Shorten it, or start a new chat so that less of the conversation is sent with it.",
+  };
+}
+
+export function demoNotice(usage) {
+  const plan = planName(usage?.plan) || "Demo";
+  const limit = formatTokens(usage?.tokens?.limit);
+  return {
+    title: `The ${plan} plan cannot chat`,
+    text:
+      `Its allowance of ${limit} tokens a month is too small for any reply: even a short ` +
+      "question and its answer use more. Pick a plan below: you pay on a secure checkout " +
+      "page and come straight back here to chat.",
+  };
+}
+
+export function planTokens(tokens) {
+  return `${formatTokens(tokens)} tokens a month`;
+}
+
+export function purchaseLabel(item, kind) {
+  const price = formatPrice(item?.price);
+  if (kind === "plan") {
+    return `Choose ${item.name}: ${planTokens(item.tokens)}${price ? ` for ${price} a month` : ""}`;
+  }
+  return `Buy ${formatTokens(item.tokens)} tokens once${price ? ` for ${price}` : ""}`;
+}
+
+// What the page says about a Checkout it was sent back from.
+export function checkoutMessage(phase, purchase, usage) {
+  const tokens = usage?.tokens ?? {};
+  if (phase === "cancelled") {
+    return { title: "Checkout cancelled", text: "Nothing was charged." };
+  }
+  if (phase === "confirming") {
+    return {
+      title: "Payment received: confirming it",
+      text: "Your new allowance appears here as soon as the payment is confirmed.",
+    };
+  }
+  if (phase === "returned") {
+    return {
+      title: "Back from checkout",
+      text: "The meter shows a purchase as soon as its payment is confirmed; this can take a minute.",
+    };
+  }
+  if (phase === "confirmed") {
+    const text =
+      purchase?.kind === "topup"
+        ? `${formatTokens(purchase.tokens)} tokens were added. You have ${formatTokens(tokens.remaining)} tokens to use.`
+        : `You are on the ${planName(usage?.plan)} plan: ${formatTokens(tokens.remaining)} tokens to use this period.`;
+    return { title: "Payment confirmed", text };
+  }
+  return {
+    title: "Your payment is not confirmed yet",
+    text:
+      "This can take a minute. Nothing is lost: the meter updates when the confirmation " +
+      "arrives. Check again in a moment, or reload the page later.",
+  };
+}
+
+// Threshold alerts (75, 90, 100 %) each name a level; the page shows the one of the current level
+// and treats those of lower levels as superseded, so the same news is never shown twice.
+const THRESHOLD_LEVELS = { 75: "warning", 90: "critical", 100: "exceeded" };
+
+function noticeLevel(notice) {
+  return LEVELS.includes(notice?.level) ? notice.level : THRESHOLD_LEVELS[notice?.threshold];
+}
+
+export function currentAlert(usage, dismissed) {
+  const level = levelOf(usage);
+  const notices = Array.isArray(usage?.notices) ? usage.notices : [];
+  const ofLevel = notices.filter((notice) => notice?.id && noticeLevel(notice) === level);
+  return {
+    alert: ofLevel.find((notice) => !dismissed.has(String(notice.id))) ?? null,
+    dismissed: ofLevel.length > 0 && ofLevel.every((notice) => dismissed.has(String(notice.id))),
+  };
 }

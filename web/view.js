@@ -3,13 +3,19 @@
 
 import {
   barPercent,
+  checkoutMessage,
+  demoNotice,
   formatDate,
   formatPercent,
+  formatPrice,
   formatTokens,
   levelOf,
   limitNotice,
   messageBreakdown,
   planName,
+  planTokens,
+  purchaseLabel,
+  tooLongNotice,
   usageNotice,
 } from "./format.js";
 
@@ -165,7 +171,7 @@ export function renderUsage(usage) {
 }
 
 function notice(testId, className, title, text, ...extra) {
-  const usageRelated = testId !== "error-banner";
+  const usageRelated = testId !== "error-banner" && testId !== "billing-error";
   return el(
     "div",
     { className: `notice ${className}`, role: "alert", "data-testid": testId },
@@ -180,13 +186,149 @@ function notice(testId, className, title, text, ...extra) {
   );
 }
 
-// Notices, most urgent first: the limit, then a request error, then the usage warning.
-export function renderNotices({ usage, blocked, error, status, onRetry, onNewChat }) {
-  const container = byTestId("notices");
+function button(testId, label, onClick, { className = "button button-secondary", ...rest } = {}) {
+  const node = el("button", {
+    type: "button",
+    className,
+    "data-testid": testId,
+    "data-focus-key": rest["data-focus-key"] ?? testId,
+    text: label,
+    ...rest,
+  });
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+// Rebuilding a region must not drop the keyboard user's place: the control that had focus gets
+// it back when the new content has one with the same key.
+function rebuild(container, build) {
+  const active = document.activeElement;
+  const key = container.contains(active) ? active?.dataset?.focusKey : undefined;
   container.replaceChildren();
-  if (blocked) {
+  build();
+  if (key) container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
+}
+
+function checkoutNotice(checkout, usage, { onDismiss, onCheckAgain }) {
+  const { title, text } = checkoutMessage(
+    checkout.phase,
+    checkout.purchase,
+    checkout.usage ?? usage,
+  );
+  const working = checkout.phase === "confirming";
+  const className =
+    {
+      slow: "notice-warning",
+      confirmed: "notice-success",
+    }[checkout.phase] ?? "notice-info";
+  const node = el(
+    "div",
+    {
+      className: `notice ${className}`,
+      // Progress is a status; an outcome the user should act on or know about is an alert.
+      role: working ? "status" : "alert",
+      "data-testid": "checkout-status",
+      "data-phase": checkout.phase,
+    },
+    el("p", { className: "notice-title", text: title }),
+    el("p", { className: "notice-text", text }),
+  );
+  if (!working) {
+    const actions = el("div", { className: "notice-actions" });
+    if (checkout.phase === "slow")
+      actions.append(button("checkout-check-again", "Check again", onCheckAgain));
+    actions.append(
+      button("checkout-dismiss", "Dismiss", onDismiss, { className: "button button-quiet" }),
+    );
+    node.append(actions);
+  }
+  return node;
+}
+
+// Notices, most urgent first: the limit, then a request error, then the usage warning.
+export function renderNotices({
+  usage,
+  blocked,
+  demo = false,
+  tooLong = null,
+  checkout = null,
+  billingError = null,
+  alert = { alert: null, dismissed: false },
+  error,
+  status,
+  onRetry,
+  onNewChat,
+  onDismissAlert = () => {},
+  onShowOffer = () => {},
+  onDismissCheckout = () => {},
+  onCheckAgain = () => {},
+  onDismissBillingError = () => {},
+  hasMessages = false,
+}) {
+  const container = byTestId("notices");
+  rebuild(container, () =>
+    buildNotices(container, {
+      usage,
+      blocked,
+      demo,
+      tooLong,
+      checkout,
+      billingError,
+      alert,
+      error,
+      status,
+      onRetry,
+      onNewChat,
+      onDismissAlert,
+      onShowOffer,
+      onDismissCheckout,
+      onCheckAgain,
+      onDismissBillingError,
+      hasMessages,
+    }),
+  );
+}
+
+function buildNotices(container, options) {
+  const { usage, blocked, demo, tooLong, checkout, billingError, alert, error, status } = options;
+  const { onRetry, onNewChat, hasMessages } = options;
+  if (checkout) {
+    container.append(
+      checkoutNotice(checkout, usage, {
+        onDismiss: options.onDismissCheckout,
+        onCheckAgain: options.onCheckAgain,
+      }),
+    );
+  }
+  if (billingError) {
+    const dismiss = button("billing-error-dismiss", "Dismiss", options.onDismissBillingError, {
+      className: "button button-quiet",
+    });
+    container.append(
+      notice(
+        "billing-error",
+        "notice-error",
+        "Billing",
+        billingError,
+        el("div", { className: "notice-actions" }, dismiss),
+      ),
+    );
+  }
+  if (demo) {
+    // The offer below explains the Demo plan; a limit notice on top would say it twice.
+  } else if (blocked) {
     const { title, text } = limitNotice(usage);
     container.append(notice("limit-notice", "notice-exceeded", title, text));
+  } else if (tooLong) {
+    const { title, text } = tooLongNotice(tooLong);
+    const actions = hasMessages
+      ? el(
+          "div",
+          { className: "notice-actions" },
+          button("too-long-new-chat", "Start a new chat", onNewChat),
+        )
+      : null;
+    container.append(notice("too-long-notice", "notice-warning", title, text, actions));
   }
   if (error) {
     const actions = el("div", { className: "notice-actions" });
@@ -222,14 +364,223 @@ export function renderNotices({ usage, blocked, error, status, onRetry, onNewCha
   }
   if (status) {
     container.append(
-      el("p", { className: "status-note", role: "status", "data-testid": "status-note", text: status }),
+      el("p", {
+        className: "status-note",
+        role: "status",
+        "data-testid": "status-note",
+        text: status,
+      }),
     );
   }
-  const warning = blocked ? null : usageNotice(usage);
+  // The banner of the current level; the server's alert for that level, when there is one, is
+  // the same news once per period, so it is folded into the banner and dismissing it hides both.
+  const warning = blocked || demo || alert.dismissed ? null : usageNotice(usage);
   if (warning) {
-    container.append(
-      notice("usage-banner", `notice-${warning.level}`, warning.title, warning.text),
+    const backed = Boolean(alert.alert?.message);
+    const title = backed ? warning.alertTitle : warning.title;
+    const text = backed ? `${alert.alert.message} ${warning.left}` : warning.text;
+    const actions = el(
+      "div",
+      { className: "notice-actions" },
+      button("show-offer", "Get more tokens", options.onShowOffer),
     );
-    byTestId("usage-banner").dataset.level = warning.level;
+    if (alert.alert) {
+      actions.append(
+        button("dismiss-alert", "Dismiss", () => options.onDismissAlert(alert.alert.id), {
+          className: "button button-quiet",
+          "aria-label": "Dismiss this usage alert",
+        }),
+      );
+    }
+    const banner = notice("usage-banner", `notice-${warning.level}`, title, text, actions);
+    banner.dataset.level = warning.level;
+    if (alert.alert) banner.dataset.noticeId = String(alert.alert.id);
+    container.append(banner);
   }
+}
+
+// -- the offer: plans, packs and billing -------------------------------------------------------
+
+function planCard(plan, { busy, compact, onPlan }) {
+  const price = formatPrice(plan.price);
+  const key = `plan:${plan.id}`;
+  // Beside the plan's name, as a row, the button needs no name of its own; its label has it.
+  const label = busy === key ? "Opening checkout…" : compact ? "Choose" : `Choose ${plan.name}`;
+  const choose = button("plan-choose", label, () => onPlan(plan), {
+    className: "button button-primary button-wide",
+    "data-plan": plan.id,
+    "data-focus-key": key,
+    "aria-label": purchaseLabel(plan, "plan"),
+    disabled: busy !== null,
+  });
+  return el(
+    "li",
+    { className: "plan-card", "data-testid": "plan-card", "data-plan": plan.id },
+    el(
+      "div",
+      { className: "plan-info" },
+      el("h3", { className: "plan-name", text: plan.name }),
+      el("p", {
+        className: "plan-tokens",
+        "data-testid": "plan-tokens",
+        text: planTokens(plan.tokens),
+      }),
+      el(
+        "p",
+        { className: "plan-price", "data-testid": "plan-price" },
+        el("span", { className: "plan-amount", text: price || "Price at checkout" }),
+        price ? el("span", { className: "plan-interval", text: " a month" }) : null,
+      ),
+    ),
+    choose,
+  );
+}
+
+function packButton(pack, { busy, onTopup }) {
+  const key = `topup:${pack.id}`;
+  const price = formatPrice(pack.price);
+  const node = el(
+    "button",
+    {
+      type: "button",
+      className: "button button-secondary pack-button",
+      "data-testid": "topup-buy",
+      "data-topup": pack.id,
+      "data-focus-key": key,
+      "aria-label": purchaseLabel(pack, "topup"),
+      disabled: busy !== null,
+    },
+    el("span", {
+      className: "pack-tokens",
+      text: busy === key ? "Opening checkout…" : `+${formatTokens(pack.tokens)} tokens`,
+    }),
+    price ? el("span", { className: "pack-price", text: price }) : null,
+  );
+  node.addEventListener("click", () => onTopup(pack));
+  return el("li", {}, node);
+}
+
+const OFFER_TITLES = {
+  demo: "Choose a plan to start chatting",
+  limit: "Add tokens to keep chatting",
+  browse: "Get more tokens",
+};
+
+// `mode` is null (no offer), "demo" (the plan cannot chat), "limit" (the allowance is spent) or
+// "browse" (asked for from a usage warning).
+export function renderOffer({ mode, usage, catalog, busy, handlers }) {
+  const section = byTestId("offer");
+  section.hidden = mode === null;
+  section.dataset.mode = mode ?? "";
+  if (mode === null) {
+    section.replaceChildren();
+    return;
+  }
+  rebuild(section, () => buildOffer(section, { mode, usage, catalog, busy, handlers }));
+}
+
+function buildOffer(section, { mode, usage, catalog, busy, handlers }) {
+  const head = el(
+    "div",
+    { className: "offer-head" },
+    el("h2", { id: "offer-title", className: "offer-title", text: OFFER_TITLES[mode] }),
+  );
+  if (mode === "browse") {
+    head.append(
+      button("offer-close", "Close", handlers.onClose, { className: "button button-quiet" }),
+    );
+  }
+  section.append(head);
+  if (mode === "demo") {
+    const { title, text } = demoNotice(usage);
+    section.append(
+      el(
+        "div",
+        { className: "demo-explainer", "data-testid": "demo-explainer" },
+        el("p", { className: "demo-title", text: title }),
+        el("p", { className: "demo-text", text }),
+      ),
+    );
+  }
+  if (catalog.status !== "ready") {
+    if (catalog.status === "failed") {
+      section.append(
+        el(
+          "div",
+          { className: "offer-failed", role: "alert", "data-testid": "plans-error" },
+          el("p", { text: catalog.error || "The plans could not be loaded." }),
+          button("plans-retry", "Try again", handlers.onRetryPlans),
+        ),
+      );
+    } else {
+      section.append(
+        el("p", { className: "offer-loading", role: "status", text: "Loading plans…" }),
+      );
+    }
+    if (usage?.plan && usage.plan !== "demo") section.append(billingRow(busy, handlers));
+    return;
+  }
+  const planTokensNow = Number(usage?.tokens?.planTokens) || 0;
+  // Only bigger plans are an upgrade; moving down or cancelling is the billing portal's job.
+  const plans = catalog.plans.filter(
+    (plan) => !plan.current && plan.id !== "demo" && plan.tokens > planTokensNow,
+  );
+  const planPart = [];
+  if (plans.length) {
+    if (mode !== "demo") {
+      const subtitle = usage?.plan === "demo" ? "Choose a plan" : "Upgrade your plan";
+      planPart.push(el("h3", { className: "offer-subtitle", text: subtitle }));
+    }
+    planPart.push(
+      el(
+        "ul",
+        { className: "plan-list", "data-testid": "plans" },
+        ...plans.map((plan) =>
+          planCard(plan, { busy, compact: mode !== "demo", onPlan: handlers.onPlan }),
+        ),
+      ),
+    );
+  }
+  const packPart = [];
+  if (catalog.topups.length) {
+    packPart.push(
+      el(
+        "div",
+        { className: "offer-subhead" },
+        el("h3", {
+          className: "offer-subtitle",
+          text: mode === "demo" ? "Or buy tokens once" : "Buy a pack of tokens",
+        }),
+        el("p", {
+          className: "offer-note",
+          text: "Paid once, used after your monthly allowance, kept across resets.",
+        }),
+      ),
+      el(
+        "ul",
+        { className: "pack-list", "data-testid": "topups" },
+        ...catalog.topups.map((pack) => packButton(pack, { busy, onTopup: handlers.onTopup })),
+      ),
+    );
+  }
+  // Demo needs a plan first; at the limit a pack is the quickest way back to the chat.
+  section.append(...(mode === "demo" ? [...planPart, ...packPart] : [...packPart, ...planPart]));
+  if (usage?.plan && usage.plan !== "demo") section.append(billingRow(busy, handlers));
+}
+
+function billingRow(busy, handlers) {
+  return el(
+    "p",
+    { className: "offer-billing" },
+    el("span", { text: "Change or cancel your plan, or see your invoices:" }),
+    button(
+      "manage-billing",
+      busy === "portal" ? "Opening billing…" : "Manage billing",
+      handlers.onPortal,
+      {
+        "data-focus-key": "portal",
+        disabled: busy !== null,
+      },
+    ),
+  );
 }

@@ -41,10 +41,18 @@ class Account:
     stripe_subscription_id: str | None = None
     # `created` (Unix seconds) of the newest Stripe subscription event applied: older ones lose.
     stripe_updated_at: int = 0
+    # A raise of the allowance waiting for the invoice that charges it (paid before granted):
+    # what it grants, and the (price id, quantity) pairs that paid invoice must charge.
+    pending_plan: str | None = None
+    pending_tokens_per_month: int = 0
+    pending_addon_tokens: int = 0
+    pending_charges: tuple[tuple[str, int], ...] = ()
     storage_bytes_used: int = 0
     storage_bytes_limit: int = 0
     bank_connections_used: int = 0
     bank_connections_limit: int = 0
+    # The highest usage alert (75, 90, 100) already sent this period; a reset sets it to 0.
+    alert_threshold_sent: int = 0
 
     @property
     def limit(self) -> int:
@@ -76,6 +84,10 @@ class AccountPatch(TypedDict, total=False):
     stripe_customer_id: str | None
     stripe_subscription_id: str | None
     stripe_updated_at: int
+    pending_plan: str | None
+    pending_tokens_per_month: int
+    pending_addon_tokens: int
+    pending_charges: tuple[tuple[str, int], ...]
     period_start: datetime
     period_end: datetime | None
     storage_bytes_limit: int
@@ -161,6 +173,8 @@ def apply_reset(account: Account, reset: ResetPlan) -> Account:
         period_start=reset.period_start,
         period_end=reset.period_end,
         last_token_reset_at=reset.reset_at,
+        # A new period re-arms the usage alerts.
+        alert_threshold_sent=0,
     )
 
 

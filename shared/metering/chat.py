@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .account import Account
+from .alert_service import AlertOutcome, Alerts
 from .errors import (
     AlreadyExists,
     InvalidRequest,
@@ -35,7 +36,7 @@ from .model import (
     request_input_bound,
 )
 from .plans import PlanCatalog
-from .ports import ModelClient, UsageStore
+from .ports import ModelClient, Notifier, UsageStore
 from .pricing import PriceTable, pico_to_micro_usd
 from .reservation import CallBudget, budget_call, settle
 from .service import get_or_create_account
@@ -82,6 +83,8 @@ class ChatResult:
     # Read after the request settled: its figures already include the reply.
     account: Account
     replayed: bool = False
+    # The usage alert this request found due, if any (None for nearly every request).
+    alert: AlertOutcome | None = None
 
     @property
     def usage(self) -> TokenUsage:
@@ -172,8 +175,10 @@ class ChatService:
         settings: ChatSettings,
         new_request_id: Callable[[], str],
         tools: Mapping[str, Tool] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
+        self.alerts = Alerts(store, notifier) if notifier is not None else None
         self.model = model
         self.plans = plans
         self.prices = prices
@@ -214,7 +219,11 @@ class ChatService:
         except BaseException:
             self._abandon(run, now)
             raise
-        return ChatResult(run.request_id, reply, self._account(run.user_id))
+        result = ChatResult(run.request_id, reply, self._account(run.user_id))
+        if self.alerts is not None:
+            # The account read after settling: a pure check, no store call below 75 %.
+            result = replace(result, alert=self.alerts.after_usage(result.account, now))
+        return result
 
     # -- idempotency ---------------------------------------------------------------------------
 

@@ -11,17 +11,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from .account import Account, AccountPatch
+from .account import Account, AccountPatch, Level
+from .alerts import Notice
 from .errors import InvalidRequest, StoreError
 from .ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from .plans import Plan, PlanCatalog
-from .ports import ClaimOutcome
+from .ports import Charges, ClaimOutcome, Payment, PaymentKind, PaymentPatch
 from .timeutil import month_start, parse_timestamp
 from .tokens import TokenUsage
 
 SUBSCRIPTIONS = "subscriptions"
 LEDGER = "usage_events"
 CLAIMS = "claims"
+NOTICES = "notices"
+PAYMENTS = "payments"
 
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,6 +79,26 @@ TIME = Kind(
 STATUS = Kind(
     encode=lambda value: LedgerStatus(value).value,
     decode=lambda value: LedgerStatus(value) if value else None,
+)
+_CHARGE = re.compile(r"(?P<price>[^,*]+)\*(?P<quantity>[0-9]{1,9})")
+
+
+def _decode_charges(value: Any) -> Charges | None:
+    if not isinstance(value, str) or not value:
+        return None
+    pairs: list[tuple[str, int]] = []
+    for part in value.split(","):
+        match = _CHARGE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"not a charge: {part!r}")
+        pairs.append((match["price"], int(match["quantity"])))
+    return tuple(pairs)
+
+
+# (price id, quantity) pairs as "price_a*1,price_b*3"; Stripe ids never hold "," or "*".
+CHARGES = Kind(
+    encode=lambda value: ",".join(f"{price}*{quantity}" for price, quantity in value) or None,
+    decode=_decode_charges,
 )
 
 
@@ -136,10 +159,15 @@ ACCOUNT_FIELDS: tuple[Field[AccountRow], ...] = (
     Field("stripe_customer_id", "stripeCustomerId", TEXT),
     Field("stripe_subscription_id", "stripeSubscriptionId", TEXT),
     Field("stripe_updated_at", "stripeUpdatedAt", INT, _zero),
+    Field("pending_plan", "pendingPlan", TEXT),
+    Field("pending_tokens_per_month", "pendingTokensPerMonth", INT, _zero),
+    Field("pending_addon_tokens", "pendingAddonTokens", INT, _zero),
+    Field("pending_charges", "pendingCharges", CHARGES, lambda _: ()),
     Field("storage_bytes_used", "storageBytesUsed", INT, _zero),
     Field("storage_bytes_limit", "storageBytesLimit", INT, FromPlan("storage_bytes")),
     Field("bank_connections_used", "bankConnectionsUsed", INT, _zero),
     Field("bank_connections_limit", "bankConnectionsLimit", INT, FromPlan("bank_connections")),
+    Field("alert_threshold_sent", "alertThresholdSent", INT, _zero),
 )
 
 USAGE_FIELDS: tuple[Field[object], ...] = (
@@ -325,3 +353,84 @@ def held_claim(row: Row, now: datetime, lease: timedelta | None) -> ClaimOutcome
 
 def claim_attempt(row: Row) -> int:
     return _int(row.get("attempt")) or 0
+
+
+# -- payments ----------------------------------------------------------------------------------
+
+PAYMENT_KIND = Kind(
+    encode=lambda value: PaymentKind(value).value,
+    decode=lambda value: PaymentKind(value) if value else None,
+)
+PAYMENT_FIELDS: tuple[Field[object], ...] = (
+    Field("stripe_id", "stripeId", TEXT),
+    Field("kind", "kind", PAYMENT_KIND),
+    Field("user_id", "userId", TEXT),
+    Field("amount", "amount", INT, _zero),
+    Field("currency", "currency", TEXT, lambda _: ""),
+    Field("paid_at", "paidAt", TIME),
+    Field("customer_id", "customerId", TEXT),
+    Field("subscription_id", "subscriptionId", TEXT),
+    Field("billing_reason", "billingReason", TEXT),
+    Field("period_start", "periodStart", TIME),
+    Field("period_end", "periodEnd", TIME),
+    Field("payment_intent", "paymentIntent", TEXT),
+    Field("tokens", "tokens", INT, _zero),
+    Field("tokens_revoked", "tokensRevoked", INT, _zero),
+    Field("charges", "charges", CHARGES, lambda _: ()),
+)
+PAYMENT_PATCH_FIELDS = PaymentPatch.__optional_keys__ | PaymentPatch.__required_keys__
+
+
+def encode_payment(payment: Payment) -> dict[str, Any]:
+    """Every column of the payment's ``payments`` row (its row id is ``row_key(stripe_id)``)."""
+    return _encode(PAYMENT_FIELDS, payment)
+
+
+def encode_payment_patch(patch: PaymentPatch) -> dict[str, Any]:
+    """The columns a patch sets; ``StoreError`` for a field that is not patchable."""
+    return _encode_patch("payment", PAYMENT_FIELDS, PAYMENT_PATCH_FIELDS, patch)
+
+
+def decode_payment(row: Row) -> Payment:
+    """The payment of a ``payments`` row."""
+    try:
+        values = _decode(PAYMENT_FIELDS, row, None)
+    except (KeyError, ValueError) as exc:
+        raise _malformed(PAYMENTS, row) from exc
+    if None in (values["stripe_id"], values["kind"], values["user_id"], values["paid_at"]):
+        raise _malformed(PAYMENTS, row)
+    return Payment(**values)
+
+
+# -- usage alerts ------------------------------------------------------------------------------
+
+LEVEL = Kind(
+    encode=lambda value: Level(value).value,
+    decode=lambda value: Level(value) if value else None,
+)
+NOTICE_FIELDS: tuple[Field[object], ...] = (
+    Field("user_id", "userId", TEXT),
+    Field("threshold", "threshold", INT),
+    Field("level", "level", LEVEL),
+    Field("message", "message", TEXT, lambda _: ""),
+    Field("period_start", "periodStart", TIME),
+    Field("created_at", "raisedAt", TIME),
+)
+
+
+def encode_notice(notice: Notice) -> dict[str, Any]:
+    """Every column of the notice's ``notices`` row (its id is the row id)."""
+    return _encode(NOTICE_FIELDS, notice)
+
+
+def decode_notice(row: Row) -> Notice:
+    """The notice of a ``notices`` row (with ``$id``)."""
+    try:
+        values = _decode(NOTICE_FIELDS, row, None)
+        row_id = str(row["$id"])
+    except (KeyError, ValueError) as exc:
+        raise _malformed(NOTICES, row) from exc
+    # Every column but the message is required: a row without one is not a notice.
+    if any(value is None for value in values.values()):
+        raise _malformed(NOTICES, row)
+    return Notice(id=row_id, **values)

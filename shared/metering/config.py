@@ -135,6 +135,9 @@ class StoreSettings:
     subscriptions_table: str
     usage_events_table: str
     claims_table: str
+    # Defaulted so that settings written before the alerts existed still describe a store.
+    notices_table: str = "notices"
+    payments_table: str = "payments"
 
     @classmethod
     def read(cls, env: EnvReader) -> StoreSettings:
@@ -146,4 +149,6 @@ class StoreSettings:
             subscriptions_table=env.read(declared.APPWRITE_SUBSCRIPTIONS_TABLE),
             usage_events_table=env.read(declared.APPWRITE_USAGE_EVENTS_TABLE),
             claims_table=env.read(declared.APPWRITE_CLAIMS_TABLE),
+            notices_table=env.read(declared.APPWRITE_NOTICES_TABLE),
+            payments_table=env.read(declared.APPWRITE_PAYMENTS_TABLE),
         )

@@ -42,6 +42,14 @@ class RequestInProgress(MeteringError):
     status = 409
 
 
+class Conflict(MeteringError):
+    """The request contradicts the caller's state (buying the plan one has, a portal without a
+    billing account): retrying the same request cannot succeed."""
+
+    code = "conflict"
+    status = 409
+
+
 class PayloadTooLarge(MeteringError):
     code = "payload_too_large"
     status = 413

@@ -1,4 +1,4 @@
-"""Plan definitions are data: loaded from a JSON plans file, validated once."""
+"""Plan and top-up pack definitions are data: loaded from a JSON plans file, validated once."""
 
 from __future__ import annotations
 
@@ -23,10 +23,21 @@ class Plan:
     bank_connections: int
 
 
+@dataclass(frozen=True, slots=True)
+class TopupPack:
+    """A one-time purchase of ``tokens``, kept until used (never reset with the period)."""
+
+    id: str
+    name: str
+    tokens: int
+
+
 @dataclass(frozen=True)
 class PlanCatalog:
     plans: Mapping[str, Plan]
     default_id: str
+    # In the file's order, which is the order they are offered in.
+    topups: tuple[TopupPack, ...] = ()
 
     @property
     def default(self) -> Plan:
@@ -41,12 +52,47 @@ class PlanCatalog:
     def find(self, plan_id: str | None) -> Plan | None:
         return self.plans.get(plan_id.lower()) if plan_id else None
 
+    def find_topup(self, pack_id: str | None) -> TopupPack | None:
+        wanted = pack_id.lower() if pack_id else None
+        return next((pack for pack in self.topups if pack.id == wanted), None)
+
 
 def _non_negative_int(entry: Mapping[str, Any], key: str, where: str) -> int:
     value = entry.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PlanError(f"{where}: {key} must be a non-negative integer, got {value!r}")
     return value
+
+
+def _identity(entry: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """The entry's id (lower case) and its name, which defaults to the id."""
+    entry_id = entry.get("id")
+    if not isinstance(entry_id, str) or not entry_id.strip():
+        raise PlanError(f"{where}: id must be a non-empty string")
+    entry_id = entry_id.strip().lower()
+    name = entry.get("name", entry_id)
+    if not isinstance(name, str) or not name:
+        raise PlanError(f"{where}: name must be a non-empty string")
+    return entry_id, name
+
+
+def _parse_topups(entries: object, plans: Mapping[str, Plan]) -> tuple[TopupPack, ...]:
+    if not isinstance(entries, list):
+        raise PlanError("plans file: 'topups' must be a list")
+    packs: dict[str, TopupPack] = {}
+    for index, entry in enumerate(entries):
+        where = f"topups[{index}]"
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where} must be an object")
+        pack_id, name = _identity(entry, where)
+        # Plan and pack ids are both Stripe lookup keys, which Stripe keeps unique.
+        if pack_id in packs or pack_id in plans:
+            raise PlanError(f"{where}: id {pack_id!r} is already a plan or pack id")
+        tokens = _non_negative_int(entry, "tokens", where)
+        if tokens == 0:
+            raise PlanError(f"{where}: tokens must be positive")
+        packs[pack_id] = TopupPack(id=pack_id, name=name, tokens=tokens)
+    return tuple(packs.values())
 
 
 def parse_plans(text: str) -> PlanCatalog:
@@ -62,15 +108,9 @@ def parse_plans(text: str) -> PlanCatalog:
         where = f"plans[{index}]"
         if not isinstance(entry, dict):
             raise PlanError(f"{where} must be an object")
-        plan_id = entry.get("id")
-        if not isinstance(plan_id, str) or not plan_id.strip():
-            raise PlanError(f"{where}: id must be a non-empty string")
-        plan_id = plan_id.strip().lower()
+        plan_id, name = _identity(entry, where)
         if plan_id in plans:
             raise PlanError(f"{where}: duplicate plan id {plan_id!r}")
-        name = entry.get("name", plan_id)
-        if not isinstance(name, str) or not name:
-            raise PlanError(f"{where}: name must be a non-empty string")
         plans[plan_id] = Plan(
             id=plan_id,
             name=name,
@@ -83,9 +123,10 @@ def parse_plans(text: str) -> PlanCatalog:
     default_id = document.get("default")
     if not isinstance(default_id, str) or default_id.lower() not in plans:
         raise PlanError(f"default plan {default_id!r} is not defined")
-    return PlanCatalog(plans=plans, default_id=default_id.lower())
+    topups = _parse_topups(document.get("topups", []), plans)
+    return PlanCatalog(plans=plans, default_id=default_id.lower(), topups=topups)
 
 
 def load_default_plans() -> PlanCatalog:
-    """The packaged plan set (the seed's table)."""
+    """The packaged plan set (the seed's table) and its top-up packs."""
     return parse_plans((DATA_DIR / DEFAULT_PLANS_FILE).read_text(encoding="utf-8"))

@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypedDict, TypeVar
 
 from .account import Account, AccountPatch, ResetPlan
+from .alerts import Email, Notice
 from .ledger import LedgerEntry, LedgerPatch
 from .model import ModelReply, ModelRequest
 
@@ -41,6 +42,42 @@ class ClaimOutcome(StrEnum):
     IN_PROGRESS = "in_progress"  # another worker holds an unexpired claim
 
 
+class PaymentKind(StrEnum):
+    INVOICE = "invoice"  # a paid invoice (a subscription's, or any other of a linked customer)
+    TOPUP = "topup"  # a paid top-up checkout
+
+
+# (price id, quantity) pairs: what an invoice charged, or what a pending raise needs charged.
+Charges = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """Money received, recorded once per Stripe object (the revenue the operator reports on);
+    a top-up's record also says how many of its tokens refunds and lost disputes took back."""
+
+    stripe_id: str  # the invoice id, or the top-up's checkout session id
+    kind: PaymentKind
+    user_id: str
+    amount: int  # minor units (cents) actually paid
+    currency: str
+    paid_at: datetime
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    billing_reason: str | None = None
+    # The service period an invoice pays for (from its subscription lines).
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    payment_intent: str | None = None
+    tokens: int = 0  # a top-up's credited tokens
+    tokens_revoked: int = 0
+    charges: Charges = ()
+
+
+class PaymentPatch(TypedDict, total=False):
+    tokens_revoked: int
+
+
 class UsageStore(Protocol):
     """Subscriptions, the usage ledger and event claims.
 
@@ -66,6 +103,10 @@ class UsageStore(Protocol):
 
     def add_topup(self, user_id: str, tokens: int) -> Account:
         """Atomically credit ``tokens`` of one-time top-up balance."""
+
+    def remove_topup(self, user_id: str, tokens: int) -> Account:
+        """Atomically take back up to ``tokens`` of top-up balance, never below zero (what is
+        left of a refunded pack); the plan's and add-ons' tokens are untouched."""
 
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         """One page of matching accounts in a stable order."""
@@ -131,6 +172,39 @@ class UsageStore(Protocol):
         """Drop a pending claim so that a retry can run (the effect did not happen). A completed
         claim is kept: dropping it would let a duplicate apply the effect again."""
 
+    # -- payments (revenue, and the top-ups a refund takes back) -------------------------------
+
+    def record_payment(self, payment: Payment) -> bool:
+        """Insert ``payment`` keyed by its Stripe id; False (the stored one kept) when it exists."""
+
+    def get_payment(self, stripe_id: str) -> Payment | None: ...
+
+    def find_payment_by_intent(self, payment_intent: str) -> Payment | None:
+        """The payment its PaymentIntent paid (the one a charge, refund or dispute names)."""
+
+    def update_payment(self, stripe_id: str, patch: PaymentPatch) -> Payment:
+        """Set plain fields; raises ``NotFound`` when there is no such payment."""
+
+    def list_payments(
+        self, paid_from: datetime, paid_before: datetime, limit: int, cursor: str | None
+    ) -> Page[Payment]:
+        """One page, in a stable order, of the payments made from ``paid_from`` (inclusive) to
+        ``paid_before`` (exclusive): a month's revenue."""
+
+    # -- usage alerts (the in-app notices and the highest threshold sent) ------------------------
+
+    def create_notice(self, notice: Notice) -> None:
+        """Insert ``notice`` keyed by its id, readable by its user only; one that exists already
+        is kept as it is (a retried alert)."""
+
+    def list_notices(self, user_id: str, period_start: datetime) -> Sequence[Notice]:
+        """The user's notices of the period starting at ``period_start``, newest first."""
+
+    def mark_alert_sent(self, user_id: str, period_start: datetime, threshold: int) -> None:
+        """Raise the account's ``alert_threshold_sent`` to ``threshold``, only if its stored
+        period still starts at ``period_start`` (a reset in between wins) and only upwards; no
+        change for a user without an account."""
+
 
 class IdentityVerifier(Protocol):
     """Turns an execution's JWT into the verified user id."""
@@ -185,3 +259,75 @@ class BillingProvider(Protocol):
         """The subscription as it is now; raises ``UpstreamError``/``UpstreamUnavailable``."""
 
     def get_product_metadata(self, product_id: str) -> Mapping[str, str]: ...
+
+
+# -- selling: prices, hosted checkout and the customer portal (the billing function) -----------
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A price as the billing system holds it, found by its lookup key."""
+
+    id: str
+    lookup_key: str
+    # Minor units (cents); None when the price has no fixed amount (tiers, customer-chosen).
+    unit_amount: int | None
+    currency: str
+    recurring: bool
+
+
+class CheckoutMode(StrEnum):
+    SUBSCRIPTION = "subscription"
+    PAYMENT = "payment"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    """A hosted checkout of one unit of one price for one user, every field decided by the server.
+
+    ``metadata`` goes on the session and on what it creates (the subscription, or the payment
+    of a top-up), so that each later event names its user and pack by itself.
+    """
+
+    mode: CheckoutMode
+    price_id: str
+    user_id: str
+    # The caller's linked customer, reused so that one user stays one customer.
+    customer_id: str | None
+    metadata: Mapping[str, str]
+    success_url: str
+    cancel_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortalRequest:
+    customer_id: str
+    return_url: str
+    # Open the portal at this subscription's plan change rather than at its home page.
+    change_subscription: str | None = None
+
+
+class CheckoutProvider(Protocol):
+    """Where users pay. Failures surface as ``UpstreamError`` (refused) or
+    ``UpstreamUnavailable`` (overloaded, timed out, unreachable)."""
+
+    def find_prices(self, lookup_keys: Sequence[str]) -> Mapping[str, Price]:
+        """The active price of each lookup key that has one; keys without one are left out."""
+
+    def create_checkout(self, request: CheckoutRequest) -> str:
+        """The URL of a new hosted checkout page for ``request``."""
+
+    def create_portal(self, request: PortalRequest) -> str:
+        """The URL of a new customer portal session for ``request``."""
+
+
+# -- notifications -----------------------------------------------------------------------------
+
+
+class Notifier(Protocol):
+    """Sends a user the emails the domain decides on (usage alerts)."""
+
+    def send_email(self, email: Email) -> None:
+        """Send ``email`` to its user. An id already sent is not sent again and is no error, so a
+        retry after a lost answer is safe; other failures raise ``UpstreamError`` (refused) or
+        ``UpstreamUnavailable`` (unreachable)."""

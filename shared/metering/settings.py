@@ -19,7 +19,8 @@ CHAT = "chat"
 USAGE = "usage"
 WEBHOOK = "stripe-webhook"
 CRON = "monthly-reset-cron"
-FUNCTIONS = (CHAT, USAGE, WEBHOOK, CRON)
+BILLING = "billing"
+FUNCTIONS = (CHAT, USAGE, WEBHOOK, CRON, BILLING)
 MIGRATE = "tools.migrate"
 LOCAL_RUNTIME = "make dev"
 
@@ -251,16 +252,41 @@ STRIPE_WEBHOOK_SECRET = Setting.secret(
 )
 STRIPE_SECRET_KEY = Setting.secret(
     "STRIPE_SECRET_KEY",
-    (WEBHOOK, CRON, LOCAL_RUNTIME),
-    "Stripe API key: the webhook reads plan metadata kept on products with it, the cron "
-    "looks up missed renewals; without it those look-ups are skipped (the cron's summary says so)",
-    shown_default="unset",
+    (WEBHOOK, CRON, BILLING, LOCAL_RUNTIME),
+    "Stripe API key: billing finds prices and creates Checkout and portal sessions with it, the "
+    "webhook reads plan metadata kept on products, the cron looks up missed renewals; without "
+    "it billing answers 500 and the others skip those look-ups (the cron's summary says so)",
+    shown_default="unset; billing: required",
 )
 STRIPE_API_BASE = Setting.optional(
     "STRIPE_API_BASE",
-    (WEBHOOK, CRON),
+    (WEBHOOK, CRON, BILLING),
     "another Stripe API base (tests, local mocks)",
     shown_default="Stripe's",
+)
+STRIPE_MAX_TOKENS = Setting.integer(
+    "STRIPE_MAX_TOKENS",
+    100_000_000,
+    (WEBHOOK,),
+    "largest token amount an event may carry (a top-up pack, a plan's or the add-ons' monthly "
+    "tokens); an event past it is invalid: it changes nothing and is logged as an error",
+    minimum=1,
+    maximum=10**15,
+)
+# Public (printed by `make dev`): the webhook accepts it only with the embedded store the local
+# runtime injects, so that a deployed endpoint never trusts events anyone could sign.
+DEV_WEBHOOK_SECRET = "whsec_dev_local_only_0123456789abcdef"  # noqa: S105 -- public dev value
+
+# -- billing (the page's checkout and portal) -------------------------------------------------
+
+BILLING_RETURN_URL = Setting.text(
+    "BILLING_RETURN_URL",
+    None,
+    (BILLING,),
+    "the chat page's URL (`http://` or `https://`): Checkout returns to it with "
+    "`?checkout=success` or `?checkout=cancel`, the Customer Portal as it is; without it "
+    "billing answers 500",
+    shown_default="required",
 )
 
 # -- the cron ----------------------------------------------------------------------------------
@@ -322,6 +348,18 @@ APPWRITE_CLAIMS_TABLE = Setting.text(
     "claims",
     FUNCTIONS,
     "table id of the claims (Stripe events, top-ups, resets)",
+)
+APPWRITE_NOTICES_TABLE = Setting.text(
+    "APPWRITE_NOTICES_TABLE",
+    "notices",
+    FUNCTIONS,
+    "table id of the usage alerts' in-app notices (rows each user may read)",
+)
+APPWRITE_PAYMENTS_TABLE = Setting.text(
+    "APPWRITE_PAYMENTS_TABLE",
+    "payments",
+    FUNCTIONS,
+    "table id of the payments: paid invoices and top-ups (revenue), refunds taken back",
 )
 
 # -- tools.migrate -----------------------------------------------------------------------------

@@ -3,16 +3,18 @@ TypedDict next to the serialiser that builds it from domain results."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from .account import Account, level, percent
+from .alerts import Notice
 from .timeutil import format_timestamp
 from .tokens import TokenUsage
 
 if TYPE_CHECKING:
     # Types only: the chat's usage tool answers the model with UsageStats built here.
     from .chat import ChatReply, ChatResult
+    from .checkout import PricedOffer, Shelf
 
 # A JSON object built for an answer.
 Json = dict[str, Any]
@@ -39,8 +41,20 @@ class Metric(TypedDict):
     percent: float
 
 
+class NoticeItem(TypedDict):
+    """One usage alert's in-app notice."""
+
+    id: str
+    threshold: int
+    level: str
+    message: str
+    createdAt: str
+
+
 class UsageStats(TypedDict):
-    """The caller's usage: the body of ``usage``, and ``usage`` of a chat reply or its 429."""
+    """The caller's usage: the body of ``usage``, and ``usage`` of a chat reply or its 429.
+    ``notices`` (the period's usage alerts, newest first) is in the ``usage`` answer only: the
+    chat does not read them, so that a request below 75 % costs no extra store call."""
 
     userId: str
     plan: str
@@ -48,6 +62,7 @@ class UsageStats(TypedDict):
     tokens: TokenFigures
     storage: Metric
     banks: Metric
+    notices: NotRequired[list[NoticeItem]]
 
 
 class MessageUsage(TypedDict):
@@ -131,3 +146,82 @@ def chat_message(reply: ChatReply) -> ChatMessage:
 
 def chat_response(result: ChatResult) -> ChatResponse:
     return {"message": chat_message(result.reply), "usage": usage_stats(result.account)}
+
+
+# -- billing -------------------------------------------------------------------------------------
+
+
+class PriceFigures(TypedDict):
+    """A price as the billing system holds it: minor units (cents) and its currency code."""
+
+    amount: int
+    currency: str
+
+
+class TopupOffer(TypedDict):
+    id: str
+    name: str
+    tokens: int
+    price: PriceFigures
+
+
+class PlanOffer(TopupOffer):
+    current: bool
+
+
+class PlansAnswer(TypedDict):
+    """The body of billing's GET /plans: what the caller can buy, and the caller's plan."""
+
+    plans: list[PlanOffer]
+    topups: list[TopupOffer]
+    currentPlan: str
+
+
+class SessionUrl(TypedDict):
+    """The body of billing's POST /checkout and POST /portal: where to send the browser."""
+
+    url: str
+
+
+def _topup_offer(item: PricedOffer) -> TopupOffer:
+    return {
+        "id": item.offer.id,
+        "name": item.offer.name,
+        "tokens": item.offer.tokens,
+        "price": {"amount": item.amount, "currency": item.currency},
+    }
+
+
+def plans_answer(shelf: Shelf) -> PlansAnswer:
+    return {
+        "plans": [
+            {**_topup_offer(item), "current": item.offer.id == shelf.current_plan}
+            for item in shelf.plans
+        ],
+        "topups": [_topup_offer(item) for item in shelf.topups],
+        "currentPlan": shelf.current_plan,
+    }
+
+
+def session_url(url: str) -> SessionUrl:
+    return {"url": url}
+
+
+# -- usage alerts ------------------------------------------------------------------------------
+
+
+def notice_item(notice: Notice) -> NoticeItem:
+    return {
+        "id": notice.id,
+        "threshold": notice.threshold,
+        "level": notice.level.value,
+        "message": notice.message,
+        "createdAt": format_timestamp(notice.created_at),
+    }
+
+
+def usage_answer(account: Account, notices: Iterable[Notice]) -> UsageStats:
+    """The body of ``usage``: the account's UsageStats and its notices of the period."""
+    stats = usage_stats(account)
+    stats["notices"] = [notice_item(notice) for notice in notices]
+    return stats

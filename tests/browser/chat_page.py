@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import urllib.request
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class Backend:
             request_id, {"status": LedgerStatus.SETTLED, "usage": usage, "updated_at": now}
         )
 
+    def add_topup(self, user: User, tokens: int) -> None:
+        """Credit a pack the way the webhook does once its payment is confirmed."""
+        self.store.add_topup(user.user_id, tokens)
+
     def used(self, user: User) -> int:
         account = self.store.get_account(user.user_id)
         assert account is not None
@@ -100,6 +105,30 @@ def log_in(page: Page, base_url: str, user: User) -> None:
     expect(page.get_by_test_id("usage-meter")).to_be_visible()
 
 
+def sign_up_in_page(page: Page, base_url: str, email: str) -> None:
+    """A visitor creates an account through the page's own form and lands in the chat."""
+    page.goto(base_url + "/")
+    expect(page.get_by_test_id("auth-view")).to_be_visible()
+    page.get_by_test_id("auth-toggle").click()
+    page.get_by_test_id("auth-email").fill(email)
+    page.get_by_test_id("auth-password").fill(PASSWORD)
+    page.get_by_test_id("auth-submit").click()
+    expect(page.get_by_test_id("chat-view")).to_be_visible()
+    expect(page.get_by_test_id("usage-meter")).to_be_visible()
+
+
+def user_id_of(base_url: str, email: str) -> str:
+    """The id the runtime gave the account of ``email``, asked as its owner would."""
+    body = json.dumps({"email": email, "password": PASSWORD}).encode()
+    headers = {"content-type": "application/json", "x-appwrite-project": "local"}
+    request = urllib.request.Request(  # noqa: S310 -- the runtime's own http:// URL
+        f"{base_url}/v1/account/sessions/email", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        session = json.load(response)
+    return str(session["userId"])
+
+
 def send(page: Page, text: str) -> None:
     page.get_by_test_id("message-input").fill(text)
     page.get_by_test_id("message-input").press("Enter")
@@ -112,3 +141,9 @@ def assistant_messages(page: Page) -> list[str]:
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / f"{name}.png", animations="disabled", caret="hide")
+
+
+def showcase(page: Page, name: str) -> None:
+    """A screenshot for the docs, written only when asked for (``SCREENSHOTS=1``)."""
+    if os.environ.get("SCREENSHOTS") == "1":
+        screenshot(page, name)

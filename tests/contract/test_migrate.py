@@ -63,16 +63,19 @@ def empty_project() -> Iterator[AppwriteEmulator]:
 # -- appwrite.json -------------------------------------------------------------------------------
 
 
-def test_appwrite_json_declares_the_three_tables_with_zero_default_counters() -> None:
+def test_appwrite_json_declares_the_tables_with_zero_default_counters() -> None:
     """Every counter column defaults to 0 and can hold 64-bit values."""
     counters = {
         "subscriptions": ["currentTokensUsed", "lifetimeTokensUsed", "addonTokens", "topupTokens"],
         "usage_events": ["inputTokens", "outputTokens", "totalTokens", "reservedTokens"],
+        "payments": ["amount", "tokens", "tokensRevoked"],
     }
     assert {table.id for table in SCHEMA.tables} == {
         "subscriptions",
         "usage_events",
         "claims",
+        "notices",
+        "payments",
     }
     for table_id, keys in counters.items():
         for key in keys:
@@ -89,6 +92,10 @@ def test_appwrite_json_indexes_the_lookups_the_store_makes() -> None:
     assert indexes[("usage_events", ("userId", "$createdAt"))] == "key"
     for column in ("stripeCustomerId", "stripeSubscriptionId", "periodStart", "periodEnd"):
         assert ("subscriptions", (column,)) in indexes
+    # A payment is recorded once per Stripe object, found by what a refund names, listed by month.
+    assert indexes[("payments", ("stripeId",))] == "unique"
+    assert ("payments", ("paymentIntent",)) in indexes
+    assert ("payments", ("paidAt",)) in indexes
 
 
 @pytest.mark.parametrize(
@@ -104,7 +111,8 @@ def test_appwrite_json_indexes_the_lookups_the_store_makes() -> None:
 def test_appwrite_json_deploys_each_function_with_least_privilege(
     function_id: str, execute: list[str], schedule: str, timeout: int
 ) -> None:
-    """Each function: python-3.12, its own folder, who may execute it, rows scopes only."""
+    """Each function: python-3.12, its own folder, who may execute it, rows scopes only (and
+    the chat's one Messaging scope)."""
     function = next(f for f in DOCUMENT["functions"] if f["$id"] == function_id)
     assert function["runtime"] == "python-3.12"
     assert function["path"] == f"functions/{function_id}"
@@ -115,7 +123,9 @@ def test_appwrite_json_deploys_each_function_with_least_privilege(
         schedule,
         timeout,
     )
-    assert sorted(function["scopes"]) == ["rows.read", "rows.write"]
+    # The chat sends the usage alerts' emails through Appwrite Messaging; nothing else does.
+    messaging = ["messages.write"] if function_id == "chat" else []
+    assert sorted(function["scopes"]) == sorted(["rows.read", "rows.write", *messaging])
     assert {"__pycache__", "*.pyc", ".venv", "tests"} <= set(function["ignore"])
 
 

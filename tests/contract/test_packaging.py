@@ -28,8 +28,8 @@ from fake_context import RuntimeContext, RuntimeRequest, execute
 from function.src.main import main
 
 case = json.loads(sys.argv[1])
-request = RuntimeRequest(method=case["method"], path="/", headers=case["headers"],
-                         body=case["body"].encode())
+request = RuntimeRequest(method=case["method"], path=case.get("path", "/"),
+                         headers=case["headers"], body=case["body"].encode())
 result = execute(main, RuntimeContext(req=request))
 print(json.dumps({"status": result.status_code, "body": result.body.decode(),
                   "modules": sorted(m for m in sys.modules if m.split(".")[0] in
@@ -48,6 +48,7 @@ CASES = {
         {"method": "POST", "headers": {"x-appwrite-trigger": "http"}, "body": ""},
         403,
     ),
+    "billing": ({"method": "GET", "path": "/plans", "headers": {}, "body": ""}, 401),
 }
 
 ENVIRONMENT = {
@@ -55,6 +56,8 @@ ENVIRONMENT = {
     "APPWRITE_FUNCTION_PROJECT_ID": "packaging-test",
     "ANTHROPIC_API_KEY": "sk-test-packaging",
     "STRIPE_WEBHOOK_SECRET": "whsec_packaging_test",
+    "STRIPE_SECRET_KEY": "sk_test_packaging",
+    "BILLING_RETURN_URL": "http://127.0.0.1:9/",
     "PATH": "/usr/bin:/bin",
 }
 

@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from metering.account import new_account, plan_reset
+from metering.account import Level, new_account, plan_reset
 from metering.adapters.appwrite_store import AppwriteStore
+from metering.alerts import Notice
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
-from metering.ports import UsageStore
+from metering.ports import Payment, PaymentKind, UsageStore
 from metering.tokens import TokenUsage
 
 from localruntime.sqlite_store import SYSTEM_COLUMNS, SQLiteStore
@@ -107,6 +108,20 @@ def _exercise(store: UsageStore) -> None:
     store.claim_event("evt_1", "invoice.paid", "in_1", NOW, timedelta(minutes=2))
     store.complete_event("evt_1", "x" * 300, NOW)
     store.claim_event("topup_1", "topup", "cs_1", NOW, None)
+    notice = Notice("alert-1", "user-1", 90, Level.CRITICAL, "90 %", MARCH, NOW)
+    store.create_notice(notice)
+    store.mark_alert_sent("user-1", MARCH, 90)
+    store.update_account(
+        "user-1",
+        {"pending_plan": "pro", "pending_charges": (("price_pro", 1), ("price_addon", 3))},
+    )
+    store.remove_topup("user-1", 200)
+    paid = Payment("cs_" + "x" * 60, PaymentKind.TOPUP, "user-1", 500, "usd", NOW, tokens=500)
+    store.record_payment(paid)
+    store.update_payment(paid.stripe_id, {"tokens_revoked": 200})
+    store.record_payment(
+        Payment("in_1", PaymentKind.INVOICE, "user-1", 900, "usd", NOW, period_start=MARCH)
+    )
     account = store.get_account("user-1")
     assert account is not None
     reset = plan_reset(account, datetime(2026, 4, 1, tzinfo=UTC), None, NOW)

@@ -19,7 +19,7 @@ from metering.claims import reset_claim
 from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
 from metering.ledger import LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import AccountQuery, ClaimOutcome, UsageStore
+from metering.ports import AccountQuery, ClaimOutcome, Payment, PaymentKind, UsageStore
 from metering.service import get_or_create_account
 from metering.tokens import TokenUsage
 
@@ -823,6 +823,164 @@ def test_an_outcome_is_recorded_even_when_its_claim_was_released(store: UsageSto
     store.complete_event("evt_1", "reset", NOW)
 
     assert store.claim_event("evt_1", "invoice.paid", "in_1", NOW, LEASE) is ClaimOutcome.DONE
+
+
+# -- payments and top-up removal ---------------------------------------------------------------
+
+INVOICE_PAID = Payment(
+    stripe_id="in_1S2kWqLkdIwHu7ixV2cXyPqA",
+    kind=PaymentKind.INVOICE,
+    user_id="user-1",
+    amount=900,
+    currency="usd",
+    paid_at=NOW,
+    customer_id="cus_1",
+    subscription_id="sub_1",
+    billing_reason="subscription_cycle",
+    period_start=MARCH,
+    period_end=APRIL,
+    charges=(("price_addon", 3), ("price_starter", 1)),
+)
+# A checkout session id is longer than a row id may be.
+TOPUP_PAID = Payment(
+    stripe_id="cs_test_b1Q9ZkT4mXyR3vN8pWq2LsD6fHj0KcE5uAo7GiBtp",
+    kind=PaymentKind.TOPUP,
+    user_id="user-1",
+    amount=500,
+    currency="usd",
+    paid_at=NOW,
+    payment_intent="pi_3S2kZxLkdIwHu7ix1Tp9Qa3d",
+    tokens=100_000,
+)
+
+
+def test_a_payment_round_trips_and_is_recorded_once(store: UsageStore) -> None:
+    """Recording keys a payment by its Stripe id; a second record keeps the first as it was."""
+    first = store.record_payment(INVOICE_PAID)
+    again = store.record_payment(replace(INVOICE_PAID, amount=1))
+
+    assert (first, again) == (True, False)
+    assert store.get_payment(INVOICE_PAID.stripe_id) == INVOICE_PAID
+    assert store.get_payment("in_unknown") is None
+
+
+def test_a_top_up_payment_is_found_by_its_payment_intent(store: UsageStore) -> None:
+    """A refund names the payment intent: it finds the top-up it paid for, with no period."""
+    store.record_payment(TOPUP_PAID)
+    store.record_payment(INVOICE_PAID)
+
+    assert store.find_payment_by_intent("pi_3S2kZxLkdIwHu7ix1Tp9Qa3d") == TOPUP_PAID
+    assert store.find_payment_by_intent("pi_other") is None
+
+
+def test_update_payment_sets_the_revoked_tokens(store: UsageStore) -> None:
+    """The tokens a refund took back are kept on the top-up's record."""
+    store.record_payment(TOPUP_PAID)
+
+    updated = store.update_payment(TOPUP_PAID.stripe_id, {"tokens_revoked": 25_000})
+
+    assert updated == replace(TOPUP_PAID, tokens_revoked=25_000)
+    assert store.get_payment(TOPUP_PAID.stripe_id) == updated
+
+
+def test_update_payment_of_an_unknown_payment_raises_not_found(store: UsageStore) -> None:
+    """There is nothing to revoke on a payment never recorded."""
+    with pytest.raises(NotFound):
+        store.update_payment("cs_unknown", {"tokens_revoked": 1})
+
+
+def test_a_payment_patch_of_a_field_that_cannot_be_patched_is_a_store_error(
+    store: UsageStore,
+) -> None:
+    """Only the revoked tokens change after recording: the revenue is what was paid."""
+    store.record_payment(INVOICE_PAID)
+
+    with pytest.raises(StoreError):
+        store.update_payment(INVOICE_PAID.stripe_id, {"amount": 0})  # type: ignore[typeddict-unknown-key]
+
+    assert store.get_payment(INVOICE_PAID.stripe_id) == INVOICE_PAID
+
+
+def test_list_payments_pages_through_exactly_one_month(store: UsageStore) -> None:
+    """A month's payments: from its first instant, up to (not including) the next month's."""
+    paid = {
+        "before": MARCH - timedelta(milliseconds=1),
+        "first": MARCH,
+        "mid": NOW,
+        "last": APRIL - timedelta(milliseconds=1),
+        "after": APRIL,
+    }
+    for index, (name, when) in enumerate(paid.items()):
+        store.record_payment(replace(INVOICE_PAID, stripe_id=f"in_{index}_{name}", paid_at=when))
+
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_payments(MARCH, APRIL, 2, cursor)
+        seen += [payment.stripe_id for payment in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == ["in_1_first", "in_2_mid", "in_3_last"]
+
+
+def test_remove_topup_takes_what_is_left_and_never_the_plan(store: UsageStore) -> None:
+    """Removing more top-up than is left empties it; the plan's and add-ons' tokens stay."""
+    make_account(store, "user-1")
+    store.update_account("user-1", {"addon_tokens": 2_000})
+    store.add_topup("user-1", 3_000)
+
+    partly = store.remove_topup("user-1", 1_000)
+    emptied = store.remove_topup("user-1", 10_000)
+    again = store.remove_topup("user-1", 5)
+
+    assert (partly.topup_tokens, emptied.topup_tokens, again.topup_tokens) == (2_000, 0, 0)
+    assert (again.max_tokens_per_month, again.addon_tokens) == (1_000, 2_000)
+
+
+def test_remove_topup_refuses_negative_amounts_and_unknown_users(store: UsageStore) -> None:
+    """A negative removal would credit; a user without an account has nothing to remove."""
+    make_account(store, "user-1")
+    store.add_topup("user-1", 10)
+
+    with pytest.raises(InvalidRequest):
+        store.remove_topup("user-1", -5)
+    with pytest.raises(NotFound):
+        store.remove_topup("nobody", 5)
+
+    account = store.get_account("user-1")
+    assert account is not None
+    assert account.topup_tokens == 10
+
+
+def test_a_pending_raise_round_trips_and_clears(store: UsageStore) -> None:
+    """What a paid invoice will grant is kept on the account until it is granted or dropped."""
+    make_account(store, "user-1")
+
+    pending = store.update_account(
+        "user-1",
+        {
+            "pending_plan": "pro",
+            "pending_tokens_per_month": 200_000,
+            "pending_addon_tokens": 30_000,
+            "pending_charges": (("price_pro", 1), ("price_addon", 3)),
+        },
+    )
+    cleared = store.update_account(
+        "user-1",
+        {
+            "pending_plan": None,
+            "pending_tokens_per_month": 0,
+            "pending_addon_tokens": 0,
+            "pending_charges": (),
+        },
+    )
+
+    assert (pending.pending_plan, pending.pending_tokens_per_month) == ("pro", 200_000)
+    assert pending.pending_charges == (("price_pro", 1), ("price_addon", 3))
+    assert store.get_account("user-1") == cleared
+    assert (cleared.pending_plan, cleared.pending_charges) == (None, ())
 
 
 # -- concurrency -------------------------------------------------------------------------------

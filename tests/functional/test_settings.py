@@ -30,6 +30,7 @@ REQUIRED = {
     "usage": {},
     "stripe-webhook": {"STRIPE_WEBHOOK_SECRET": "whsec_settings_test"},
     "monthly-reset-cron": {},
+    "billing": {"STRIPE_SECRET_KEY": "sk_test_settings", "BILLING_RETURN_URL": "https://a.test/"},
 }
 # EnvReader's methods that take a variable's name rather than its declaration.
 BY_NAME = {"text", "optional", "secret", "integer", "number", "choice", "flag"}

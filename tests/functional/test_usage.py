@@ -27,7 +27,8 @@ def test_a_new_user_gets_demo_stats_and_a_demo_row(usage: Harness) -> None:
     assert (stats["userId"], stats["plan"], stats["level"]) == ("newcomer", "demo", "ok")
     assert stats["tokens"]["limit"] == 30
     assert stats["tokens"]["resetsAt"] == "2026-12-01T00:00:00.000Z"
-    assert set(stats) == {"userId", "plan", "level", "tokens", "storage", "banks"}
+    assert set(stats) == {"userId", "plan", "level", "tokens", "storage", "banks", "notices"}
+    assert stats["notices"] == []
     assert usage.store().get_account("newcomer") is not None
 
 

@@ -1,5 +1,6 @@
 """Run a function's real ``main(context)`` against an SQLite store, a fake Account API and,
-for chat, a fake Anthropic transport; inspect the store before and after."""
+for chat, a fake Anthropic transport, for billing, Stripe's API at the HTTP edge; inspect the
+store before and after."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from localruntime.loader import bootstrap_of, load_function
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic
 from tests.support.identity import ENDPOINT, PROJECT_ID, FakeAccounts
+from tests.support.stripe_api import FakeStripe
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -43,6 +45,7 @@ class Harness:
     sqlite_path: Path
     accounts: FakeAccounts
     model: FakeAnthropic = field(default_factory=FakeAnthropic)
+    stripe: FakeStripe = field(default_factory=FakeStripe)
 
     @property
     def main(self) -> Callable[[RuntimeContext], Any]:
@@ -59,6 +62,7 @@ class Harness:
         method: str = "POST",
         headers: dict[str, str] | None = None,
         query_string: str = "",
+        path: str = "/",
     ) -> RuntimeResult:
         """Execute ``main`` as Appwrite does for a signed-in ``user`` (JWT and user-id headers)."""
         sent = {"content-type": "application/json", "x-appwrite-trigger": "http"}
@@ -68,7 +72,7 @@ class Harness:
         sent.update(headers or {})
         raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
         request = RuntimeRequest(
-            method=method, path="/", headers=sent, body=raw, query_string=query_string
+            method=method, path=path, headers=sent, body=raw, query_string=query_string
         )
         return execute(self.main, RuntimeContext(req=request))
 
@@ -106,6 +110,14 @@ class Harness:
             }
 
 
+def billing_environment(stripe: FakeStripe) -> dict[str, str]:
+    return {
+        "STRIPE_SECRET_KEY": stripe.api_key,
+        "STRIPE_API_BASE": stripe.base,
+        "BILLING_RETURN_URL": "https://app.example.test/chat",
+    }
+
+
 @contextmanager
 def running(
     function_id: str,
@@ -124,8 +136,13 @@ def running(
     extra: dict[str, Any] = {"clock": lambda: NOW, "store": store or harness.store()}
     if function_id == "chat":
         extra["anthropic_http_client"] = harness.model.client()
+    if function_id == "billing":
+        # Billing reads no clock: it never creates or changes an account.
+        del extra["clock"]
+        env = {**billing_environment(harness.stripe), **env}
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         harness.accounts.register(mock)
+        harness.stripe.register(mock)
         bootstrap.configure(env, **extra)
         try:
             yield harness

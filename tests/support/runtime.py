@@ -2,7 +2,8 @@
 
 ``running(tmp_path)`` yields a started ``Runtime`` (its ``base_url`` is what a browser opens);
 ``AppwriteHttp`` signs up, logs in and executes functions over plain HTTP with Appwrite's paths,
-headers and cookies. Probe functions (written to a temporary folder) report what they received.
+headers and cookies; ``local_stripe`` is the Stripe SDK on the runtime's local Stripe. Probe
+functions (written to a temporary folder) report what they received.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
+import stripe
+from metering.plans import load_default_plans
+from stripe.params.checkout import SessionCreateParams
 
 from localruntime.functions import FunctionSpec, discover
 from localruntime.loader import ROOT
@@ -142,6 +146,52 @@ def running(
         yield runtime
     finally:
         runtime.stop()
+
+
+def local_stripe(runtime: Runtime) -> stripe.StripeClient:
+    """The real Stripe SDK on the runtime's local Stripe, with the key the functions get."""
+    env = runtime.function_environment()
+    return stripe.StripeClient(
+        env["STRIPE_SECRET_KEY"],
+        base_addresses={"api": env["STRIPE_API_BASE"]},
+        max_network_retries=0,
+    )
+
+
+def checkout_session(
+    runtime: Runtime,
+    user_id: str,
+    *,
+    plan: str | None = None,
+    topup: str | None = None,
+    customer: str | None = None,
+) -> stripe.checkout.Session:
+    """A Checkout Session for ``user_id`` with what the billing function puts on one: the price
+    by its lookup key (the plan or pack id), ``client_reference_id`` and ``metadata.user_id``,
+    ``subscription_data.metadata.user_id`` or the pack's ``topup_tokens`` and ``topup_id``."""
+    client = local_stripe(runtime)
+    if bool(plan) == bool(topup):
+        raise ValueError("a plan or a top-up pack")
+    lookup_key = str(plan or topup)
+    price = client.v1.prices.list(params={"lookup_keys": [lookup_key], "active": True}).data[0]
+    back = runtime.function_environment()["BILLING_RETURN_URL"]
+    params: dict[str, Any] = {
+        "line_items": [{"price": price.id, "quantity": 1}],
+        "client_reference_id": user_id,
+        "metadata": {"user_id": user_id},
+        "success_url": back + "?checkout=success",
+        "cancel_url": back + "?checkout=cancel",
+    }
+    if customer:
+        params["customer"] = customer
+    if plan:
+        params.update(mode="subscription", subscription_data={"metadata": {"user_id": user_id}})
+    else:
+        pack = load_default_plans().find_topup(topup)
+        assert pack is not None
+        params.update(mode="payment")
+        params["metadata"].update(topup_tokens=str(pack.tokens), topup_id=pack.id)
+    return client.v1.checkout.sessions.create(params=cast("SessionCreateParams", params))
 
 
 class AppwriteHttp:

@@ -15,7 +15,7 @@ from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest
 from localruntime.loader import bootstrap_of, load_function, package_name
-from tools.stripe_events import FIXTURES_DIR, Event, encode, load_event, retarget
+from tools.stripe_events import FIXTURES_DIR, Event, encode, invoice_id_for, load_event, retarget
 
 __all__ = [
     "CUS",
@@ -29,6 +29,7 @@ __all__ = [
     "fixture_names",
     "function_module",
     "hold",
+    "invoice_id_for",
     "load_app",
     "load_event",
     "retarget",

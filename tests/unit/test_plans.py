@@ -1,4 +1,4 @@
-"""Plans are data: the packaged set, lookups, and refusal of malformed plan files."""
+"""Plans and top-up packs are data: the packaged set, lookups, and refusal of malformed files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from metering.errors import PlanError
 from metering.plans import load_default_plans, parse_plans
 
 
-def plan_file(plans: list[dict[str, Any]], default: object = "demo") -> str:
-    return json.dumps({"default": default, "plans": plans})
+def plan_file(plans: list[dict[str, Any]], default: object = "demo", **extra: object) -> str:
+    return json.dumps({"default": default, "plans": plans, **extra})
+
+
+def pack(pack_id: object = "topup_1k", tokens: object = 1000, **extra: object) -> dict[str, Any]:
+    return {"id": pack_id, "tokens": tokens, **extra}
 
 
 def plan(plan_id: object = "demo", tokens: object = 30, **extra: object) -> dict[str, Any]:
@@ -101,9 +105,56 @@ def test_a_minimal_plan_file_parses_with_name_defaulting_to_id() -> None:
         pytest.param(plan_file([plan("demo"), plan("Demo")]), id="duplicate-id"),
         pytest.param(plan_file([plan("demo")], default="gold"), id="unknown-default"),
         pytest.param(plan_file([plan("demo")], default=None), id="missing-default"),
+        pytest.param(plan_file([plan()], topups={}), id="topups-not-a-list"),
+        pytest.param(plan_file([plan()], topups=["topup_1k"]), id="pack-not-an-object"),
+        pytest.param(plan_file([plan()], topups=[pack(pack_id="")]), id="pack-empty-id"),
+        pytest.param(plan_file([plan()], topups=[pack(pack_id=7)]), id="pack-numeric-id"),
+        pytest.param(plan_file([plan()], topups=[{"id": "topup_1k"}]), id="pack-missing-tokens"),
+        pytest.param(plan_file([plan()], topups=[pack(tokens=0)]), id="pack-zero-tokens"),
+        pytest.param(plan_file([plan()], topups=[pack(tokens=-5)]), id="pack-negative-tokens"),
+        pytest.param(plan_file([plan()], topups=[pack(tokens="1000")]), id="pack-string-tokens"),
+        pytest.param(plan_file([plan()], topups=[pack(tokens=True)]), id="pack-bool-tokens"),
+        pytest.param(plan_file([plan()], topups=[pack(name=3)]), id="pack-bad-name"),
+        pytest.param(plan_file([plan()], topups=[pack(), pack("TOPUP_1K")]), id="pack-duplicate"),
+        pytest.param(plan_file([plan()], topups=[pack("Demo")]), id="pack-named-like-a-plan"),
     ],
 )
 def test_malformed_plan_files_raise_plan_error(text: str) -> None:
     """Every defect in a plans file is a PlanError, never a silent default."""
     with pytest.raises(PlanError):
         parse_plans(text)
+
+
+def test_default_packs_are_the_contract_packs_in_file_order() -> None:
+    """plans.json sells 25,000 and 100,000 token packs, offered in that order."""
+    packs = load_default_plans().topups
+
+    assert [(p.id, p.name, p.tokens) for p in packs] == [
+        ("topup_25k", "25,000 tokens", 25_000),
+        ("topup_100k", "100,000 tokens", 100_000),
+    ]
+
+
+def test_pack_lookup_ignores_case_and_is_none_when_unknown() -> None:
+    """``find_topup`` names a pack by id in any case; unknown, empty or missing ids find none."""
+    catalog = load_default_plans()
+
+    found = catalog.find_topup("TOPUP_25K")
+    assert found is not None
+    assert found.tokens == 25_000
+    assert catalog.find_topup("topup_1m") is None
+    assert catalog.find_topup("starter") is None
+    assert catalog.find_topup("") is None
+    assert catalog.find_topup(None) is None
+
+
+def test_a_plan_file_without_packs_sells_none() -> None:
+    """``topups`` is optional: a file without it parses with no packs."""
+    assert parse_plans(plan_file([plan()])).topups == ()
+
+
+def test_a_pack_without_a_name_is_named_by_its_lower_case_id() -> None:
+    """Pack ids are normalised like plan ids; the name defaults to the id."""
+    (only,) = parse_plans(plan_file([plan()], topups=[pack("Topup_1K")])).topups
+
+    assert (only.id, only.name, only.tokens) == ("topup_1k", "topup_1k", 1000)

@@ -11,6 +11,7 @@ from typing import Any
 from metering import settings as declared
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.appwrite_messaging import NotifierOpener, notifier_opener
 from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.chat import ChatSettings
 from metering.coldstart import ColdStart, utc_now
@@ -18,7 +19,7 @@ from metering.config import EnvReader, Secret, StoreSettings
 from metering.errors import ConfigurationError
 from metering.identity import CachedVerifier
 from metering.plans import PlanCatalog, load_default_plans
-from metering.ports import IdentityVerifier, ModelClient, UsageStore
+from metering.ports import IdentityVerifier, ModelClient, Notifier, UsageStore
 from metering.pricing import PriceTable, load_default_prices
 
 from .schema import BodyLimits
@@ -79,6 +80,8 @@ class ChatConfig:
 class ChatApp:
     config: ChatConfig
     stores: StoreOpener
+    # Where the usage alerts' emails go (Appwrite Messaging), per execution like the store.
+    notifiers: NotifierOpener
     model: ModelClient
     verifier: IdentityVerifier
     plans: PlanCatalog
@@ -98,6 +101,7 @@ def build(
     verifier: IdentityVerifier | None = None,
     anthropic_http_client: Any = None,
     store: UsageStore | None = None,
+    notifier: Notifier | None = None,
 ) -> ChatApp:
     """Everything an execution needs; ``anthropic_http_client`` carries a test transport."""
     config = ChatConfig.read(environ)
@@ -117,6 +121,7 @@ def build(
     return ChatApp(
         config=config,
         stores=store_opener(config.store, store),
+        notifiers=notifier_opener(config.store, notifier),
         model=model,
         verifier=CachedVerifier(identity),
         plans=load_default_plans(),

@@ -33,12 +33,20 @@ def build(
     billing: BillingProvider | None = None,
     store: UsageStore | None = None,
 ) -> WebhookApp:
-    """Raises ConfigurationError (answered 500) without STRIPE_WEBHOOK_SECRET."""
+    """Raises ConfigurationError (answered 500) without STRIPE_WEBHOOK_SECRET, or with the
+    public development secret outside the local runtime (which injects its ``store``)."""
     env = EnvReader(environ)
     secret = env.read(declared.STRIPE_WEBHOOK_SECRET)
     api_key = env.read(declared.STRIPE_SECRET_KEY)
     api_base = env.read(declared.STRIPE_API_BASE)
+    max_tokens = env.read(declared.STRIPE_MAX_TOKENS)
     settings = StoreSettings.read(env)
+    if secret.value == declared.DEV_WEBHOOK_SECRET and store is None:
+        # Anyone can sign with it: only the embedded store of `make dev` may trust it.
+        env.problems.append(
+            "STRIPE_WEBHOOK_SECRET is the public development secret, accepted only by the local"
+            " runtime: set the endpoint's own signing secret"
+        )
     env.finish()
     if billing is None and api_key:
         billing = StripeBilling(api_key.value, api_base)
@@ -46,7 +54,7 @@ def build(
     return WebhookApp(
         stores=store_opener(settings, store),
         verifier=StripeWebhookVerifier(secret.value),
-        events=StripeEvents(plans, billing),
+        events=StripeEvents(plans, billing, max_tokens),
         plans=plans,
         clock=clock,
     )

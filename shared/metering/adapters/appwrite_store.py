@@ -13,11 +13,14 @@ from typing import Any, TypeVar
 
 from appwrite.client import Client
 from appwrite.exception import AppwriteException
+from appwrite.permission import Permission
 from appwrite.query import Query
+from appwrite.role import Role
 from appwrite.services.tables_db import TablesDB
 
 from .. import codec
 from ..account import Account, AccountPatch, ResetPlan
+from ..alerts import Notice
 from ..claims import reset_applies, reset_once
 from ..config import StoreSettings
 from ..errors import (
@@ -30,7 +33,7 @@ from ..errors import (
 )
 from ..ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
-from ..ports import AccountQuery, ClaimOutcome, Page
+from ..ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
 
 T = TypeVar("T")
 
@@ -121,6 +124,8 @@ class AppwriteStore:
         self._subscriptions = settings.subscriptions_table
         self._ledger = settings.usage_events_table
         self._claims = settings.claims_table
+        self._payments = settings.payments_table
+        self._notices = settings.notices_table
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
@@ -290,6 +295,17 @@ class AppwriteStore:
             return self._account(row)
         return self._account(self._increment(self._subscriptions, row_id, "topupTokens", tokens))
 
+    def remove_topup(self, user_id: str, tokens: int) -> Account:
+        if tokens < 0:
+            raise InvalidRequest("cannot remove a negative amount")
+        row_id = self._row_id(user_id)
+        if tokens > 0:
+            self._decrement_floored(self._subscriptions, row_id, "topupTokens", tokens)
+        row = self._get(self._subscriptions, row_id)
+        if row is None:
+            raise NotFound(f"no account for user {user_id}")
+        return self._account(row)
+
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         filters: list[str] = []
         if query.subscribed is True:
@@ -436,6 +452,7 @@ class AppwriteStore:
                 "period_start": reset.period_start,
                 "period_end": reset.period_end,
                 "last_token_reset_at": reset.reset_at,
+                "alert_threshold_sent": 0,
             }
         )
         steps.append(change(db.update_row, database, table, row_id, period))
@@ -545,3 +562,95 @@ class AppwriteStore:
         # commit conflict, so a completed claim is never dropped.
         with contextlib.suppress(NotFound, Conflict):
             self._transaction("releasing a claim", [delete], abandon=settled)
+
+    # -- payments --------------------------------------------------------------------------------
+
+    def record_payment(self, payment: Payment) -> bool:
+        row_id = codec.row_key(payment.stripe_id)
+        try:
+            self._create(self._payments, row_id, codec.encode_payment(payment))
+        except AlreadyExists:
+            return False
+        return True
+
+    def get_payment(self, stripe_id: str) -> Payment | None:
+        row = self._get(self._payments, codec.row_key(stripe_id))
+        return codec.decode_payment(row) if row is not None else None
+
+    def find_payment_by_intent(self, payment_intent: str) -> Payment | None:
+        if not payment_intent:
+            return None
+        filters = [Query.equal("paymentIntent", payment_intent), Query.limit(1)]
+        rows = self._list(self._payments, filters)
+        return codec.decode_payment(rows[0]) if rows else None
+
+    def update_payment(self, stripe_id: str, patch: PaymentPatch) -> Payment:
+        data = codec.encode_payment_patch(patch)
+        return codec.decode_payment(self._update(self._payments, codec.row_key(stripe_id), data))
+
+    def list_payments(
+        self, paid_from: datetime, paid_before: datetime, limit: int, cursor: str | None
+    ) -> Page[Payment]:
+        filters = [
+            Query.greater_than_equal("paidAt", codec.encode_time(paid_from)),
+            Query.less_than("paidAt", codec.encode_time(paid_before)),
+        ]
+        rows, next_cursor = self._page(self._payments, filters, limit, cursor)
+        return Page(items=[codec.decode_payment(row) for row in rows], next_cursor=next_cursor)
+
+    # -- usage alerts ----------------------------------------------------------------------------
+
+    def create_notice(self, notice: Notice) -> None:
+        # The table has row security: this permission is the only way anyone reads the row.
+        permissions = [Permission.read(Role.user(notice.user_id))]
+        create = functools.partial(
+            self._db.create_row,
+            self._database,
+            self._notices,
+            codec.row_key(notice.id),
+            codec.encode_notice(notice),
+            permissions,
+        )
+        with contextlib.suppress(AlreadyExists):
+            call(f"creating a row of {self._notices}", create)
+
+    def list_notices(self, user_id: str, period_start: datetime) -> Sequence[Notice]:
+        filters = [
+            Query.equal("userId", user_id),
+            Query.equal("periodStart", codec.encode_time(period_start)),
+            Query.order_desc("raisedAt"),
+            Query.limit(PAGE_SIZE),
+        ]
+        return [codec.decode_notice(row) for row in self._list(self._notices, filters)]
+
+    def mark_alert_sent(self, user_id: str, period_start: datetime, threshold: int) -> None:
+        try:
+            row_id = self._row_id(user_id)
+        except NotFound:
+            return
+        period = codec.encode_time(period_start)
+        # Not a bare update_row, which writes back the whole merged row and could undo the
+        # increment of a request in flight: staged, its commit fails if the row changed since.
+        update = functools.partial(
+            self._db.update_row,
+            self._database,
+            self._subscriptions,
+            row_id,
+            codec.encode_account_fields({"alert_threshold_sent": threshold}),
+        )
+
+        def needless() -> bool:
+            row = self._get(self._subscriptions, row_id)
+            if row is None:
+                return True
+            account = self._account(row)
+            moved = codec.encode_time(account.period_start) != period
+            return moved or account.alert_threshold_sent >= threshold
+
+        for _ in range(ATTEMPTS):
+            try:
+                self._transaction("marking an alert sent", [update], abandon=needless)
+            except Conflict:
+                continue  # a request in flight changed the row: read it again
+            return
+        raise StoreError("the account kept changing while an alert was marked sent")
