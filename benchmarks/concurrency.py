@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -103,20 +103,9 @@ class _Tally:
             self.ledger_drift = (self.ledger_drift or 0) + drift
 
     def outcome(self, flow: str, backend: str, started: float) -> Outcome:
+        """The tally as the flow's outcome on ``backend``, timed from ``started``."""
         return Outcome(
-            flow=flow,
-            backend=backend,
-            requests=self.requests,
-            served=self.served,
-            refused=self.refused,
-            errors=self.errors,
-            limit=self.limit,
-            overshoot=self.overshoot,
-            worst_overshoot=self.worst_overshoot,
-            counter_past_limit=self.counter_past_limit,
-            lost_updates=self.lost_updates,
-            ledger_drift=self.ledger_drift,
-            seconds=time.perf_counter() - started,
+            flow=flow, backend=backend, seconds=time.perf_counter() - started, **asdict(self)
         )
 
 

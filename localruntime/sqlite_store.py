@@ -281,19 +281,18 @@ class SQLiteStore:
     def add_topup(self, user_id: str, tokens: int) -> Account:
         if tokens < 0:
             raise InvalidRequest("a top-up cannot be negative")
-        with self._write() as connection:
-            connection.execute(
-                "UPDATE subscriptions SET topupTokens = topupTokens + ? WHERE userId = ?",
-                (tokens, user_id),
-            )
-            return self._account_after_write(connection, user_id)
+        return self._set_topup(user_id, "topupTokens + ?", tokens)
 
     def remove_topup(self, user_id: str, tokens: int) -> Account:
         if tokens < 0:
             raise InvalidRequest("cannot remove a negative amount")
+        return self._set_topup(user_id, "MAX(0, topupTokens - ?)", tokens)
+
+    def _set_topup(self, user_id: str, expression: str, tokens: int) -> Account:
+        # One UPDATE computes the balance from the stored one, so concurrent changes all count.
         with self._write() as connection:
             connection.execute(
-                "UPDATE subscriptions SET topupTokens = MAX(0, topupTokens - ?) WHERE userId = ?",
+                f"UPDATE subscriptions SET topupTokens = {expression} WHERE userId = ?",
                 (tokens, user_id),
             )
             return self._account_after_write(connection, user_id)

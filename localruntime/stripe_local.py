@@ -11,6 +11,7 @@ import copy
 import html
 import json
 import logging
+import operator
 import re
 import secrets
 import sqlite3
@@ -167,6 +168,11 @@ def _lists(value: Any, key: str | None) -> Any:
 
 def _name(where: str, key: str) -> str:
     return f"{where}[{key}]" if where else key
+
+
+def _fields(*keys: str) -> dict[str, Callable[[Json], Any]]:
+    """List filters that each match the object's top-level field of the same name."""
+    return {key: operator.itemgetter(key) for key in keys}
 
 
 def _only(params: Mapping[str, Any], allowed: Iterable[str], where: str = "") -> None:
@@ -537,6 +543,20 @@ class LocalStripe:
         page = items[start : min(end, start + limit)]
         return {"object": "list", "data": page, "has_more": more, "url": url}
 
+    def _list_where(
+        self, kind: str, url: str, params: Json, fields: Mapping[str, Callable[[Json], Any]]
+    ) -> Json:
+        """A page of the objects of ``kind`` whose fields equal every filter given, the filters
+        being ``fields``' keys, read in their order; an unset filter lets every object pass."""
+        _only(params, {*fields, *_PAGING})
+        wanted = [(read, _string(params, key)) for key, read in fields.items()]
+        items = [
+            item
+            for item in self._objects.all(kind)
+            if all(value in (None, read(item)) for read, value in wanted)
+        ]
+        return self._listing(url, items, params)
+
     # prices and products
 
     def list_prices(self, params: Json) -> Json:
@@ -584,10 +604,7 @@ class LocalStripe:
         return customer
 
     def list_customers(self, params: Json) -> Json:
-        _only(params, {"email", *_PAGING})
-        email = _string(params, "email")
-        customers = [c for c in self._objects.all("customer") if email in (None, c["email"])]
-        return self._listing("/v1/customers", customers, params)
+        return self._list_where("customer", "/v1/customers", params, _fields("email"))
 
     def _new_customer(
         self, *, email: str | None, name: str | None = None, metadata: Json | None = None
@@ -799,17 +816,8 @@ class LocalStripe:
         return items
 
     def list_checkout_sessions(self, params: Json) -> Json:
-        _only(params, {"customer", "payment_intent", "status", "subscription", *_PAGING})
-        wanted = {
-            key: _string(params, key)
-            for key in ("customer", "payment_intent", "status", "subscription")
-        }
-        sessions = [
-            session
-            for session in self._objects.all("checkout.session")
-            if all(value in (None, session[key]) for key, value in wanted.items())
-        ]
-        return self._listing("/v1/checkout/sessions", sessions, params)
+        fields = _fields("customer", "payment_intent", "status", "subscription")
+        return self._list_where("checkout.session", "/v1/checkout/sessions", params, fields)
 
     def list_session_line_items(self, params: Json, object_id: str) -> Json:
         _only(params, _PAGING)
@@ -915,27 +923,17 @@ class LocalStripe:
         return self._listing("/v1/subscriptions", subscriptions, params)
 
     def list_invoices(self, params: Json) -> Json:
-        _only(params, {"customer", "status", "subscription", *_PAGING})
-        customer, status = _string(params, "customer"), _string(params, "status")
-        subscription = _string(params, "subscription")
-        invoices = [
-            invoice
-            for invoice in self._objects.all("invoice")
-            if customer in (None, invoice["customer"])
-            and status in (None, invoice["status"])
-            and subscription in (None, invoice["parent"]["subscription_details"]["subscription"])
-        ]
-        return self._listing("/v1/invoices", invoices, params)
+        fields = {
+            **_fields("customer", "status"),
+            "subscription": lambda invoice: invoice["parent"]["subscription_details"][
+                "subscription"
+            ],
+        }
+        return self._list_where("invoice", "/v1/invoices", params, fields)
 
     def list_charges(self, params: Json) -> Json:
-        _only(params, {"customer", "payment_intent", *_PAGING})
-        customer, intent = _string(params, "customer"), _string(params, "payment_intent")
-        charges = [
-            charge
-            for charge in self._objects.all("charge")
-            if customer in (None, charge["customer"]) and intent in (None, charge["payment_intent"])
-        ]
-        return self._listing("/v1/charges", charges, params)
+        fields = _fields("customer", "payment_intent")
+        return self._list_where("charge", "/v1/charges", params, fields)
 
     def list_events(self, params: Json) -> Json:
         _only(params, {"delivery_success", "type", "types", *_PAGING})

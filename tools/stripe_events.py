@@ -404,6 +404,27 @@ def scenario_events(
     period = (now, one_month_later(now))
     ids: dict[str, Any] = {"customer_id": customer, "subscription_id": subscription}
     mine: dict[str, Any] = {"user_id": user_id, **ids}
+
+    def subscription_event(kind: str, created: int, reason: str) -> Event:
+        return retarget(
+            load_event(kind),
+            created=created,
+            period=period,
+            items=[(plan, 1)],
+            latest_invoice=invoice_id_for(subscription, now, reason),
+            **mine,
+        )
+
+    def invoice_paid(reason: str) -> Event:
+        return retarget(
+            load_event("invoice.paid"),
+            created=stamp,
+            period=period,
+            items=[(plan, 1)],
+            billing_reason=reason,
+            **mine,
+        )
+
     if scenario == "subscribe":
         return [
             retarget(
@@ -412,32 +433,11 @@ def scenario_events(
                 session_id="cs_dev_" + secrets.token_hex(16),
                 **mine,
             ),
-            retarget(
-                load_event("customer.subscription.created"),
-                created=stamp - 1,
-                period=period,
-                items=[(plan, 1)],
-                latest_invoice=invoice_id_for(subscription, now, "subscription_create"),
-                **mine,
-            ),
-            retarget(
-                load_event("invoice.paid"),
-                created=stamp,
-                period=period,
-                items=[(plan, 1)],
-                billing_reason="subscription_create",
-                **mine,
-            ),
+            subscription_event("customer.subscription.created", stamp - 1, "subscription_create"),
+            invoice_paid("subscription_create"),
         ]
     if scenario == "renew":
-        paid = retarget(
-            load_event("invoice.paid"),
-            created=stamp,
-            period=period,
-            items=[(plan, 1)],
-            billing_reason="subscription_cycle",
-            **mine,
-        )
+        paid = invoice_paid("subscription_cycle")
         # Stripe sends both for one payment; the reset must happen once.
         succeeded = copy.deepcopy(paid)
         succeeded.update(id=new_event_id(), type="invoice.payment_succeeded")
@@ -445,22 +445,8 @@ def scenario_events(
     if scenario == "change-plan":
         # A raise takes effect once its prorated invoice is paid (portal: invoice at once).
         return [
-            retarget(
-                load_event("customer.subscription.updated"),
-                created=stamp,
-                period=period,
-                items=[(plan, 1)],
-                latest_invoice=invoice_id_for(subscription, now, "subscription_update"),
-                **mine,
-            ),
-            retarget(
-                load_event("invoice.paid"),
-                created=stamp,
-                period=period,
-                items=[(plan, 1)],
-                billing_reason="subscription_update",
-                **mine,
-            ),
+            subscription_event("customer.subscription.updated", stamp, "subscription_update"),
+            invoice_paid("subscription_update"),
         ]
     if scenario == "topup":
         session_id = "cs_dev_" + secrets.token_hex(16)

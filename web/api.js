@@ -12,13 +12,14 @@ export const ErrorKind = Object.freeze({
 });
 
 export class ApiError extends Error {
-  constructor(kind, message, { status = 0, code = "", usage = null } = {}) {
+  constructor(kind, message, { status = 0, code = "", usage = null, details = null } = {}) {
     super(message);
     this.name = "ApiError";
     this.kind = kind;
     this.status = status;
     this.code = code;
     this.usage = usage;
+    this.details = details;
   }
 }
 
@@ -93,6 +94,8 @@ function functionError(status, body) {
       status,
       code,
       usage: body?.usage ?? null,
+      // The chat's 429 says which refusal it is: details[0].reason.
+      details: Array.isArray(body?.error?.details) ? body.error.details : null,
     });
   }
   if (status === 413) {

@@ -599,7 +599,8 @@ function failed(pending, error) {
     const usage = error.usage?.tokens ? error.usage : state.usage;
     const sent = historyFor(pending.text).reduce((sum, message) => sum + message.content.length, 0);
     state.error = null;
-    if (usage?.tokens && limitKind(usage, sent, state.config.minChatTokens) === "too_long") {
+    const kind = limitKind(usage, sent, state.config.minChatTokens, error.details);
+    if (usage?.tokens && kind === "too_long") {
       // A shorter message still fits: the box stays on with the text in it to shorten.
       state.tooLong = usage;
       applyUsage(usage);

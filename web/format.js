@@ -135,11 +135,15 @@ export function cannotChat(usage, minChatTokens) {
   return Number.isFinite(limit) && limit < minChatTokens;
 }
 
-// A 429 means the request's worst case did not fit in what is left. When what is left is too
-// little for any reply, or the conversation sent was small beside it, the allowance is spent;
-// otherwise this one request was too big and a shorter one can still go through. `sentChars` is
-// the size of what was sent (about four characters a token).
-export function limitKind(usage, sentChars, minChatTokens) {
+// Which refusal a 429 is: "too_long" (a shorter message still fits) or "spent" (nothing does).
+// The chat says so in `details[0].reason`, decided against its real prompt and tools. Only an
+// answer without it falls back to a guess: when what is left is too little for any reply, or
+// the conversation sent was small beside it, the allowance is spent; otherwise this one request
+// was too big. `sentChars` is the size of what was sent (about four characters a token).
+export function limitKind(usage, sentChars, minChatTokens, details = null) {
+  const reason = Array.isArray(details) ? details[0]?.reason : undefined;
+  if (reason === "message_too_long") return "too_long";
+  if (reason === "allowance_spent") return "spent";
   const remaining = Number(usage?.tokens?.remaining);
   if (!Number.isFinite(remaining) || remaining < minChatTokens) return "spent";
   return sentChars / 4 >= remaining / 2 ? "too_long" : "spent";

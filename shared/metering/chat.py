@@ -17,6 +17,7 @@ from .errors import (
     AlreadyExists,
     InvalidRequest,
     LimitReached,
+    LimitReason,
     MeteringError,
     RequestInProgress,
     TokenLimitExceeded,
@@ -45,6 +46,8 @@ from .wire import Json, usage_stats
 
 # Attempts to reserve a call when concurrent requests keep taking the room it was planned from.
 RESERVE_ATTEMPTS = 3
+# The shortest message a user could still send: what "a shorter message would fit" is tried with.
+MINIMAL_MESSAGE = "hi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ class ChatService:
         # Decided before anything is written: a refused request leaves no trace.
         budget = self._budget(first, run.remaining)
         if budget is None:
-            raise TokenLimitExceeded(account=account)
+            raise TokenLimitExceeded(account=account, reason=self._refusal(first, run.remaining))
         if not self._claim(run, account, now):
             # A concurrent request with the same id won the race: answer as a retry would be.
             replayed = self._replay(user_id, run.request_id)
@@ -307,11 +310,15 @@ class ChatService:
             tool_choice="none" if last else "auto",
         )
 
-    def _budget(self, request: ModelRequest, remaining: int) -> CallBudget | None:
+    def _budget(
+        self, request: ModelRequest, remaining: int, *, ask_count: bool = True
+    ) -> CallBudget | None:
+        """The call's budget; ``ask_count=False`` trusts the local bound alone, never asking
+        the model for a count."""
         settings = self.settings
         estimate = request_input_bound(request)
         budget = budget_call(remaining, estimate, settings.max_tokens, settings.min_output_tokens)
-        if budget is not None:
+        if budget is not None or not ask_count:
             return budget
         # Close to the limit the local bound is too coarse; the provider's count is exact.
         if remaining < settings.min_output_tokens:
@@ -340,8 +347,22 @@ class ChatService:
             run.remaining = max(0, run.limit - used)
             return budget
         if first_call:
-            raise TokenLimitExceeded(account=self._account(run.user_id))
+            account = self._account(run.user_id)
+            raise TokenLimitExceeded(
+                account=account, reason=self._refusal(request, account.remaining)
+            )
         return None
+
+    def _refusal(self, request: ModelRequest, remaining: int) -> LimitReason:
+        """Why the first call does not fit: a minimal request (same system prompt and tools, the
+        conversation reduced to one short message) that would fit means a shorter message goes
+        through. The local bound alone decides, so a refusal costs no extra model call; near the
+        limit it overcounts and says "spent" where a one-word message might just fit.
+        """
+        minimal = replace(request, messages=(Message.text("user", MINIMAL_MESSAGE),))
+        if self._budget(minimal, remaining, ask_count=False) is not None:
+            return "message_too_long"
+        return "allowance_spent"
 
     def _settle(self, run: _Run, reply: ModelReply, now: datetime) -> None:
         usage = reply.usage if reply.usage.steps else replace(reply.usage, steps=1)

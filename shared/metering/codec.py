@@ -76,10 +76,17 @@ TIME = Kind(
     encode=lambda value: encode_time(value) if value is not None else None,
     decode=lambda value: parse_timestamp(value) if value else None,
 )
-STATUS = Kind(
-    encode=lambda value: LedgerStatus(value).value,
-    decode=lambda value: LedgerStatus(value) if value else None,
-)
+
+
+def _enum(kind: Callable[[Any], Any]) -> Kind:
+    """An enum stored as its value; NULL or "" reads as None."""
+    return Kind(
+        encode=lambda value: kind(value).value,
+        decode=lambda value: kind(value) if value else None,
+    )
+
+
+STATUS = _enum(LedgerStatus)
 _CHARGE = re.compile(r"(?P<price>[^,*]+)\*(?P<quantity>[0-9]{1,9})")
 
 
@@ -357,10 +364,7 @@ def claim_attempt(row: Row) -> int:
 
 # -- payments ----------------------------------------------------------------------------------
 
-PAYMENT_KIND = Kind(
-    encode=lambda value: PaymentKind(value).value,
-    decode=lambda value: PaymentKind(value) if value else None,
-)
+PAYMENT_KIND = _enum(PaymentKind)
 PAYMENT_FIELDS: tuple[Field[object], ...] = (
     Field("stripe_id", "stripeId", TEXT),
     Field("kind", "kind", PAYMENT_KIND),
@@ -404,10 +408,7 @@ def decode_payment(row: Row) -> Payment:
 
 # -- usage alerts ------------------------------------------------------------------------------
 
-LEVEL = Kind(
-    encode=lambda value: Level(value).value,
-    decode=lambda value: Level(value) if value else None,
-)
+LEVEL = _enum(Level)
 NOTICE_FIELDS: tuple[Field[object], ...] = (
     Field("user_id", "userId", TEXT),
     Field("threshold", "threshold", INT),

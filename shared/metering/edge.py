@@ -83,8 +83,12 @@ def error_body(error: MeteringError) -> tuple[int, Json]:
     body: Json = {"error": {"code": code, "message": message}}
     if error.details and status < 500:
         body["error"]["details"] = error.details
-    if isinstance(error, TokenLimitExceeded) and error.account is not None:
-        body["usage"] = usage_stats(error.account)
+    if isinstance(error, TokenLimitExceeded):
+        if error.reason is not None:
+            remaining = error.account.remaining if error.account is not None else 0
+            body["error"]["details"] = [{"reason": error.reason, "remaining": remaining}]
+        if error.account is not None:
+            body["usage"] = usage_stats(error.account)
     return status, body
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .account import Account
+
+# Why a chat request was refused, as the page words it: "message_too_long" when a minimal
+# request would still fit in what is left (a shorter message goes through), "allowance_spent"
+# when nothing fits.
+LimitReason = Literal["message_too_long", "allowance_spent"]
 
 
 class MeteringError(Exception):
@@ -56,15 +61,23 @@ class PayloadTooLarge(MeteringError):
 
 
 class TokenLimitExceeded(MeteringError):
-    """Nothing could be reserved: the caller's allowance is used up. ``account`` is the account
-    the refusal was decided on; the edge answers its usage figures beside the error."""
+    """Nothing could be reserved for the request. ``account`` is the account the refusal was
+    decided on; the edge answers its usage figures beside the error. ``reason`` says whether a
+    shorter message would still fit, so the client need not guess; None when undecided."""
 
     code = "token_limit_exceeded"
     status = 429
 
-    def __init__(self, message: str = "", *, account: Account | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        account: Account | None = None,
+        reason: LimitReason | None = None,
+    ) -> None:
         super().__init__(message or "Monthly token limit reached")
         self.account = account
+        self.reason = reason
 
 
 class UpstreamError(MeteringError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .reservation import input_upper_bound
 from .tokens import TokenUsage
@@ -92,6 +92,36 @@ class ModelReply:
     @property
     def tool_uses(self) -> tuple[ToolUseBlock, ...]:
         return tuple(block for block in self.blocks if isinstance(block, ToolUseBlock))
+
+
+class StreamSink(Protocol):
+    """Where a streamed call delivers what it receives, and how its caller asks it to stop."""
+
+    def text(self, delta: str) -> None:
+        """A piece of reply text, in order."""
+
+    def tool_input(self, delta: str) -> None:
+        """A piece of a tool call's input JSON (partial, not parseable on its own)."""
+
+    def should_stop(self) -> bool:
+        """Polled between events; True cuts the call (Stop, the user left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedCall:
+    """One streamed model call as it ended.
+
+    ``reply`` holds the blocks received (partial when cut). Its input and cache usage are exact
+    (from ``message_start``); its output is the last cumulative ``message_delta`` count, 0 when
+    none arrived, which ``output_reported`` tells apart from a reported 0 so the caller knows when
+    the output must be measured instead. ``cut`` is True when the call closed before
+    ``message_stop`` (Stop, deadline, lost connection, an error event): the provider still
+    billed what it generated.
+    """
+
+    reply: ModelReply
+    cut: bool
+    output_reported: bool
 
 
 def _block_texts(block: Block) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Generic, Protocol, TypedDict, TypeVar
 from .account import Account, AccountPatch, ResetPlan
 from .alerts import Email, Notice
 from .ledger import LedgerEntry, LedgerPatch
-from .model import ModelReply, ModelRequest
+from .model import ModelReply, ModelRequest, StreamedCall, StreamSink
 
 T = TypeVar("T")
 
@@ -222,6 +222,20 @@ class ModelClient(Protocol):
 
     def count_tokens(self, request: ModelRequest) -> int:
         """The input tokens ``request`` would use (the provider's free count)."""
+
+
+class StreamingModelClient(ModelClient, Protocol):
+    """A model provider whose calls stream, so that a call can be cut at any moment."""
+
+    def stream(
+        self, request: ModelRequest, sink: StreamSink, deadline_seconds: float
+    ) -> StreamedCall:
+        """One model call, streamed into ``sink`` for at most ``deadline_seconds``.
+
+        Raises ``UpstreamError`` / ``UpstreamUnavailable`` only when the provider refused before
+        generating (nothing to charge). Once generation started, every ending is returned, cut or
+        not, and never retried: the provider bills what it generated.
+        """
 
 
 # -- the billing system ------------------------------------------------------------------------

@@ -196,6 +196,33 @@ def test_limit_reached_mid_conversation_disables_input(
     assert backend.used(user) == 49_995
 
 
+def test_a_429_that_says_too_long_keeps_the_box_even_for_a_short_message(
+    page: Page, runtime: Runtime, backend: Backend
+) -> None:
+    """The page follows the 429's own reason: a short message (which the size guess would call
+    'spent') refused as message_too_long asks to shorten it and keeps the box enabled."""
+    user = backend.sign_up("reasoned")
+    backend.use_tokens(user, 48_000)
+    log_in(page, runtime.base_url, user)
+    refusal = {
+        "code": "token_limit_exceeded",
+        "message": "Monthly token limit reached",
+        "details": [{"reason": "message_too_long", "remaining": 2_000}],
+    }
+    page.route(
+        CHAT_EXECUTIONS,
+        lambda route: route.fulfill(
+            status=201, content_type="application/json", body=execution(429, {"error": refusal})
+        ),
+    )
+    send(page, "Short")
+    expect(page.get_by_test_id("too-long-notice")).to_contain_text(
+        "This message is too long for the 2,000 tokens left"
+    )
+    expect(page.get_by_test_id("message-input")).to_be_enabled()
+    expect(page.get_by_test_id("limit-notice")).to_have_count(0)
+
+
 def test_markup_in_model_output_renders_as_text(
     page: Page, runtime: Runtime, backend: Backend
 ) -> None:

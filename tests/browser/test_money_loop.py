@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from localruntime.server import Runtime
 from tests.browser.chat_page import (
@@ -81,6 +81,15 @@ def wait_until_home(page: Page, runtime: Runtime) -> None:
     page.wait_for_url(re.compile(re.escape(runtime.base_url) + r"/(\?.*)?$"))
 
 
+def through_stripe(
+    page: Page, runtime: Runtime, start: Locator, confirm: str = "checkout-pay"
+) -> None:
+    """Click ``start``, then ``confirm`` on Stripe's page, and wait to be back on the chat."""
+    start.click()
+    page.get_by_test_id(confirm).click()
+    wait_until_home(page, runtime)
+
+
 def no_horizontal_scroll(page: Page) -> None:
     widths = page.evaluate(
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
@@ -144,9 +153,9 @@ def test_demo_to_starter_to_a_pack_to_cancelled(
     expect(offer.locator('[data-testid="plan-choose"][data-plan="starter"]')).to_have_count(0)
     showcase(page, "limit-buy")
 
-    offer.locator('[data-testid="topup-buy"][data-topup="topup_25k"]').click()
-    page.get_by_test_id("checkout-pay").click()
-    wait_until_home(page, runtime)
+    through_stripe(
+        page, runtime, offer.locator('[data-testid="topup-buy"][data-topup="topup_25k"]')
+    )
     expect(page.get_by_test_id("checkout-status")).to_contain_text("25,000 tokens were added")
     expect(page.get_by_test_id("usage-tokens")).to_have_text("49,995 / 75,000 tokens")
     expect(page.get_by_test_id("limit-notice")).to_have_count(0)
@@ -156,9 +165,7 @@ def test_demo_to_starter_to_a_pack_to_cancelled(
     box.press("Enter")
     expect(page.get_by_test_id("message-tokens")).to_have_count(2)
 
-    page.get_by_test_id("billing-button").click()
-    page.get_by_test_id("portal-cancel").click()
-    wait_until_home(page, runtime)
+    through_stripe(page, runtime, page.get_by_test_id("billing-button"), "portal-cancel")
     expect(page.get_by_test_id("usage-plan")).to_have_text("Demo plan")
     expect(page.get_by_test_id("billing-button")).to_be_hidden()
 
@@ -172,17 +179,14 @@ def test_a_subscriber_upgrades_at_the_limit_through_the_portal(
     email = "upgrader@browser.test"
     sign_up_in_page(page, runtime.base_url, email)
     user = User(user_id_of(runtime.base_url, email), email)
-    page.locator('[data-testid="plan-choose"][data-plan="starter"]').click()
-    page.get_by_test_id("checkout-pay").click()
-    wait_until_home(page, runtime)
+    through_stripe(page, runtime, page.locator('[data-testid="plan-choose"][data-plan="starter"]'))
     expect(page.get_by_test_id("usage-plan")).to_have_text("Starter plan")
     backend.use_tokens(user, 50_000)
     page.reload()
     expect(page.get_by_test_id("limit-notice")).to_be_visible()
 
-    page.locator('[data-testid="plan-choose"][data-plan="pro"]').click()
-    page.get_by_test_id("portal-plan-pro").click()
-    wait_until_home(page, runtime)
+    pro = page.locator('[data-testid="plan-choose"][data-plan="pro"]')
+    through_stripe(page, runtime, pro, "portal-plan-pro")
     expect(page.get_by_test_id("usage-plan")).to_have_text("Pro plan")
     expect(page.get_by_test_id("checkout-status")).to_contain_text("You are on the Pro plan")
     expect(page.get_by_test_id("limit-notice")).to_have_count(0)

@@ -827,13 +827,16 @@ def test_an_outcome_is_recorded_even_when_its_claim_was_released(store: UsageSto
 
 # -- payments and top-up removal ---------------------------------------------------------------
 
-INVOICE_PAID = Payment(
-    stripe_id="in_1S2kWqLkdIwHu7ixV2cXyPqA",
-    kind=PaymentKind.INVOICE,
-    user_id="user-1",
-    amount=900,
-    currency="usd",
-    paid_at=NOW,
+
+def paid(stripe_id: str, kind: PaymentKind, amount: int, **fields: Any) -> Payment:
+    """A payment of ``user-1`` in US cents at ``NOW``; ``fields`` add the kind's own."""
+    return Payment(stripe_id, kind, "user-1", amount, "usd", NOW, **fields)
+
+
+INVOICE_PAID = paid(
+    "in_1S2kWqLkdIwHu7ixV2cXyPqA",
+    PaymentKind.INVOICE,
+    900,
     customer_id="cus_1",
     subscription_id="sub_1",
     billing_reason="subscription_cycle",
@@ -842,13 +845,10 @@ INVOICE_PAID = Payment(
     charges=(("price_addon", 3), ("price_starter", 1)),
 )
 # A checkout session id is longer than a row id may be.
-TOPUP_PAID = Payment(
-    stripe_id="cs_test_b1Q9ZkT4mXyR3vN8pWq2LsD6fHj0KcE5uAo7GiBtp",
-    kind=PaymentKind.TOPUP,
-    user_id="user-1",
-    amount=500,
-    currency="usd",
-    paid_at=NOW,
+TOPUP_PAID = paid(
+    "cs_test_b1Q9ZkT4mXyR3vN8pWq2LsD6fHj0KcE5uAo7GiBtp",
+    PaymentKind.TOPUP,
+    500,
     payment_intent="pi_3S2kZxLkdIwHu7ix1Tp9Qa3d",
     tokens=100_000,
 )

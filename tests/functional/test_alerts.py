@@ -30,6 +30,7 @@ from localruntime.loader import bootstrap_of
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import text_reply
 from tests.support.function_harness import NOW, Harness, base_environment, running
+from tests.support.recording import Recording
 from tests.support.threads import run_together
 
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
@@ -89,25 +90,6 @@ class Model:
 
     def count_tokens(self, request: ModelRequest) -> int:
         return 50
-
-
-class Recording:
-    """The store, with the name of every call made through it."""
-
-    def __init__(self, inner: SQLiteStore) -> None:
-        self._inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            return attribute(*args, **kwargs)
-
-        return call
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ caller only, with Stripe's API at the HTTP edge; bad requests create nothing any
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import json_values
-from tests.support.function_harness import ROOT_DIR, Harness, running
+from tests.support.function_harness import Harness, modules_after_build, running
 
 PAGE = "https://app.example.test/chat"
 
@@ -494,19 +492,10 @@ def test_without_its_configuration_billing_answers_500_and_says_why(
 @pytest.mark.slow
 def test_billing_never_imports_the_anthropic_sdk() -> None:
     """Loading and wiring billing leaves anthropic out of the process."""
-    code = (
-        "import sys\n"
-        "from localruntime.loader import load_function\n"
-        "load_function('billing')\n"
-        "import fn_billing.src.bootstrap as b\n"
-        "b.build({'APPWRITE_FUNCTION_API_ENDPOINT': 'http://127.0.0.1:9/v1',"
-        " 'APPWRITE_FUNCTION_PROJECT_ID': 'p', 'STRIPE_SECRET_KEY': 'sk_test_x',"
-        " 'BILLING_RETURN_URL': 'https://a.test/'})\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    loaded = modules_after_build(
+        "billing",
+        STRIPE_SECRET_KEY="sk_test_x",
+        BILLING_RETURN_URL="https://a.test/",
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT_DIR, capture_output=True, text=True, check=True
-    )
-    loaded = set(completed.stdout.split())
     assert {"appwrite", "stripe"} <= loaded
     assert "anthropic" not in loaded

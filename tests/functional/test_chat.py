@@ -216,6 +216,7 @@ def test_at_the_limit_the_answer_is_429_with_usage_and_nothing_changes(chat: Har
     assert body["error"]["code"] == "token_limit_exceeded"
     assert body["usage"]["level"] == "exceeded"
     assert body["usage"]["tokens"]["remaining"] == 0
+    assert body["error"]["details"] == [{"reason": "allowance_spent", "remaining": 0}]
     assert chat.model.requests == []
     assert chat.snapshot() == before
 
@@ -230,6 +231,24 @@ def test_near_the_limit_the_exact_count_decides_and_a_refusal_changes_nothing(
     result = chat.call(ask(), user="alice")
 
     assert result.status_code == 429
+    assert result.json()["error"]["details"] == [{"reason": "allowance_spent", "remaining": 100}]
+    assert len(chat.model.count_requests) == 1
+    assert chat.model.requests == []
+    assert chat.snapshot() == before
+
+
+def test_a_message_too_long_for_what_is_left_is_a_429_that_says_so(chat: Harness) -> None:
+    """2,000 tokens left and a message that needs more: the 429 says a shorter one would fit."""
+    near_the_limit(chat, left=2_000, counted=5_000)
+    before = chat.snapshot()
+
+    result = chat.call(ask("Please read this carefully. " * 400), user="alice")
+
+    assert result.status_code == 429
+    body = result.json()
+    assert body["error"]["code"] == "token_limit_exceeded"
+    assert body["error"]["details"] == [{"reason": "message_too_long", "remaining": 2_000}]
+    assert body["usage"]["tokens"]["remaining"] == 2_000
     assert len(chat.model.count_requests) == 1
     assert chat.model.requests == []
     assert chat.snapshot() == before

@@ -240,7 +240,39 @@ def test_a_refusal_carries_the_account_it_was_decided_on(store: SQLiteStore) -> 
         service(store, ScriptedModel([])).handle("u", ask("r-none"), NOW)
 
     assert refused.value.account == store.get_account("u")
+    assert refused.value.reason == "allowance_spent"
     assert store.get_ledger("r-none") is None
+
+
+def test_a_refusal_with_room_for_a_short_message_says_the_message_is_too_long(
+    store: SQLiteStore,
+) -> None:
+    """A long message refused while a one-word one would fit is 'message_too_long'; deciding
+    it asks the model nothing more than the refused call's own count."""
+    seed(store, "u", 100_000, used=98_000)
+    model = ScriptedModel([], counted=5_000)
+    long = ChatRequest((Message.text("user", "Please read this carefully. " * 400),), "r-long")
+
+    with pytest.raises(TokenLimitExceeded) as refused:
+        service(store, model).handle("u", long, NOW)
+
+    assert refused.value.reason == "message_too_long"
+    assert (model.counts, model.requests) == (1, [])
+    assert store.get_ledger("r-long") is None
+
+
+def test_a_refusal_without_room_for_any_message_says_the_allowance_is_spent(
+    store: SQLiteStore,
+) -> None:
+    """With too little left for even a one-word message, the same refusal is 'allowance_spent'."""
+    seed(store, "u", 100_000, used=100_000 - 40)
+    model = ScriptedModel([], counted=5_000)
+
+    with pytest.raises(TokenLimitExceeded) as refused:
+        service(store, model).handle("u", ask("r-short"), NOW)
+
+    assert refused.value.reason == "allowance_spent"
+    assert model.requests == []
 
 
 REPLY = ChatReply(

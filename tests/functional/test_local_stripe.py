@@ -491,6 +491,17 @@ def test_the_buttons_want_a_post(runtime: Runtime) -> None:
 # -- the portal ----------------------------------------------------------------------------------
 
 
+def back_from_the_portal(
+    runtime: Runtime, customer: str, url: str, body: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Press ``url`` of a portal page, which sends the user back to the app; the events about
+    ``customer`` that the press delivered."""
+    already = len(delivered(runtime, customer))
+    answer = press(url, body)
+    assert (answer.status_code, answer.headers["Location"]) == (303, runtime.base_url + "/")
+    return delivered(runtime, customer)[already:]
+
+
 def portal(runtime: Runtime, customer: str) -> Any:
     return local_stripe(runtime).v1.billing_portal.sessions.create(
         params={"customer": customer, "return_url": runtime.base_url + "/"}
@@ -548,11 +559,8 @@ def test_an_upgrade_in_the_portal_charges_the_proration_then_applies(runtime: Ru
     """Switching to a dearer plan sends the update, then the paid subscription_update invoice
     of the prorated difference; the user ends on the new plan."""
     http, _, paid = subscribed(runtime)
-    already = len(delivered(runtime, paid.customer))
     session = portal(runtime, paid.customer)
-    answer = press(f"{session.url}/plan", {"plan": "pro"})
-    assert (answer.status_code, answer.headers["Location"]) == (303, runtime.base_url + "/")
-    events = delivered(runtime, paid.customer)[already:]
+    events = back_from_the_portal(runtime, paid.customer, f"{session.url}/plan", {"plan": "pro"})
     assert [event["type"] for event in events] == [
         "customer.subscription.updated",
         "invoice.paid",
@@ -592,11 +600,8 @@ def test_cancel_in_the_portal_returns_the_user_to_demo(runtime: Runtime) -> None
     """Cancel ends the subscription at once with customer.subscription.deleted; the user is on
     Demo and the portal has nothing left to change."""
     http, _, paid = subscribed(runtime)
-    already = len(delivered(runtime, paid.customer))
     session = portal(runtime, paid.customer)
-    answer = press(f"{session.url}/cancel")
-    assert (answer.status_code, answer.headers["Location"]) == (303, runtime.base_url + "/")
-    events = delivered(runtime, paid.customer)[already:]
+    events = back_from_the_portal(runtime, paid.customer, f"{session.url}/cancel")
     assert [event["type"] for event in events] == ["customer.subscription.deleted"]
     ended = events[0]["data"]["object"]
     assert ended["status"] == "canceled"
@@ -616,10 +621,8 @@ def test_renew_now_in_the_portal_resets_usage_to_the_next_period(runtime: Runtim
     body = {"messages": [{"role": "user", "content": "Hello there"}]}
     used = http.execution("chat", body).body["usage"]["tokens"]["used"]
     assert used > 0
-    already = len(delivered(runtime, paid.customer))
-    answer = press(f"{portal(runtime, paid.customer).url}/renew")
-    assert (answer.status_code, answer.headers["Location"]) == (303, runtime.base_url + "/")
-    events = delivered(runtime, paid.customer)[already:]
+    session = portal(runtime, paid.customer)
+    events = back_from_the_portal(runtime, paid.customer, f"{session.url}/renew")
     assert [event["type"] for event in events] == [
         "customer.subscription.updated",
         "invoice.paid",

@@ -18,13 +18,13 @@ from appwrite.query import Query
 from appwrite.services.messaging import Messaging
 from metering.adapters.appwrite_messaging import AppwriteMessaging
 from metering.alerts import Email
-from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.service import get_or_create_account
 
 from localruntime.server import Runtime
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.runtime import AppwriteHttp, project_functions, running
+from tests.support.stripe_events import hold
 
 KEY = "a-function-execution-key"
 
@@ -150,50 +150,33 @@ def test_content_is_shown_as_text_on_the_page(runtime: Runtime) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
 
 
+def call(message_id: str, **changes: object) -> dict[str, Any]:
+    """A createEmail body with ``message_id``; ``changes`` set fields, ``None`` drops one."""
+    body: dict[str, Any] = {"messageId": message_id, "subject": "s", "content": "c", "users": ["u"]}
+    body.update(changes)
+    return {name: value for name, value in body.items() if value is not None}
+
+
 @pytest.mark.parametrize(
     ("body", "key", "status", "error_type"),
     [
+        pytest.param(call("m-ok-1"), None, 401, "general_unauthorized_scope", id="no-key"),
         pytest.param(
-            {"messageId": "m-ok-1", "subject": "s", "content": "c", "users": ["u"]},
-            None,
-            401,
-            "general_unauthorized_scope",
-            id="no-key",
+            call("m-ok-2", subject=None), KEY, 400, "general_argument_invalid", id="no-subject"
         ),
         pytest.param(
-            {"messageId": "m-ok-2", "content": "c", "users": ["u"]},
-            KEY,
-            400,
-            "general_argument_invalid",
-            id="no-subject",
+            call("m-ok-3", users=None), KEY, 400, "message_missing_target", id="no-recipient"
         ),
+        pytest.param(call("_bad id"), KEY, 400, "general_argument_invalid", id="bad-id"),
         pytest.param(
-            {"messageId": "m-ok-3", "subject": "s", "content": "c"},
-            KEY,
-            400,
-            "message_missing_target",
-            id="no-recipient",
-        ),
-        pytest.param(
-            {"messageId": "_bad id", "subject": "s", "content": "c", "users": ["u"]},
-            KEY,
-            400,
-            "general_argument_invalid",
-            id="bad-id",
-        ),
-        pytest.param(
-            {"messageId": "m-ok-4", "subject": "s" * 999, "content": "c", "users": ["u"]},
+            call("m-ok-4", subject="s" * 999),
             KEY,
             400,
             "general_argument_invalid",
             id="subject-too-long",
         ),
         pytest.param(
-            {"messageId": "m-ok-5", "subject": "s", "content": "c", "users": "u"},
-            KEY,
-            400,
-            "general_argument_invalid",
-            id="users-not-a-list",
+            call("m-ok-5", users="u"), KEY, 400, "general_argument_invalid", id="users-not-a-list"
         ),
     ],
 )
@@ -227,7 +210,7 @@ def test_a_chat_crossing_90_percent_lands_its_alert_in_the_outbox_and_the_usage_
     store = SQLiteStore(str(runtime.metering_path))
     get_or_create_account(store, load_default_plans(), user_id, datetime.now(UTC))
     store.update_account(user_id, {"plan": "starter", "max_tokens_per_month": 100_000})
-    charge(store, user_id, 89_990)
+    hold(store, user_id, f"seed-{uuid.uuid4().hex[:12]}", 89_990, datetime.now(UTC))
 
     chat = client.execution("chat", {"messages": [{"role": "user", "content": "Hi there"}]})
 
@@ -240,26 +223,6 @@ def test_a_chat_crossing_90_percent_lands_its_alert_in_the_outbox_and_the_usage_
     usage = client.execution("usage", method="GET").body
     assert [(n["threshold"], n["level"]) for n in usage["notices"]] == [(90, "critical")]
     assert usage["notices"][0]["id"] == mine[0]["$id"]
-
-
-def charge(store: SQLiteStore, user_id: str, tokens: int) -> None:
-    """Put ``tokens`` on the user's counter through a reservation of its own."""
-    account = store.get_account(user_id)
-    assert account is not None
-    now = datetime.now(UTC)
-    request_id = f"seed-{uuid.uuid4().hex[:12]}"
-    store.create_ledger(
-        LedgerEntry(
-            request_id=request_id,
-            user_id=user_id,
-            status=LedgerStatus.RESERVED,
-            model="claude-sonnet-5-5",
-            period_start=account.period_start,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    store.reserve(user_id, request_id, tokens, 10**12)
 
 
 def test_the_outbox_survives_a_restart(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from tests.support.anthropic_fake import (
     tool_use_reply,
 )
 from tests.support.function_harness import NOW, Harness, base_environment, running
+from tests.support.recording import Recording
 from tests.support.stripe_events import load_app, unload_app
 
 USER = "alice"
@@ -62,35 +63,28 @@ class ProcessDeath(BaseException):
     """The execution is killed: no ``except Exception`` and no clean-up runs after it."""
 
 
-class FaultyStore:
+class FaultyStore(Recording):
     """The function's own store, failing its ``fail_at``-th call (1-based) with a StoreError,
     or dead for good once the ``dies_after`` (method, occurrence) call has returned."""
 
     def __init__(self, inner: Any, store_error: type[Exception]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._store_error = store_error
         self.fail_at: int | None = None
         self.dies_after: tuple[str, int] | None = None
         self.dead = False
-        self.calls: list[str] = []
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            if self.dead:
-                raise ProcessDeath
-            if len(self.calls) == self.fail_at:
-                raise self._store_error(f"injected fault in {name}")
-            result = attribute(*args, **kwargs)
-            if self.dies_after == (name, self.calls.count(name)):
-                self.dead = True
-            return result
-
-        return call
+    def _run(
+        self, name: str, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.dead:
+            raise ProcessDeath
+        if len(self.calls) == self.fail_at:
+            raise self._store_error(f"injected fault in {name}")
+        result = method(*args, **kwargs)
+        if self.dies_after == (name, self.calls.count(name)):
+            self.dead = True
+        return result
 
 
 class Chat:

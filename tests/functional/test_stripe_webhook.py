@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ class Webhook:
         account = self.store.get_account(USER)
         assert account is not None
         return account
+
+
+def plan_state(account: Account) -> tuple[str, int, str | None]:
+    """The account's plan, its monthly tokens and the plan it waits to pay for, if any."""
+    return (account.plan, account.max_tokens_per_month, account.pending_plan)
 
 
 def environ(db_path: str, **extra: str) -> dict[str, str]:
@@ -322,12 +328,7 @@ def test_an_upgrade_whose_invoice_was_paid_before_the_update_arrived_is_granted(
     webhook.deliver(paid)
     webhook.deliver(updated)
 
-    account = webhook.account()
-    assert (account.plan, account.max_tokens_per_month, account.pending_plan) == (
-        "pro",
-        200_000,
-        None,
-    )
+    assert plan_state(webhook.account()) == ("pro", 200_000, None)
 
 
 def test_a_downgrade_applies_at_once(webhook: Webhook) -> None:
@@ -336,12 +337,7 @@ def test_a_downgrade_applies_at_once(webhook: Webhook) -> None:
 
     webhook.deliver(subscription_event("updated", "", JAN + timedelta(days=5), [("starter", 1)]))
 
-    account = webhook.account()
-    assert (account.plan, account.max_tokens_per_month, account.pending_plan) == (
-        "starter",
-        50_000,
-        None,
-    )
+    assert plan_state(webhook.account()) == ("starter", 50_000, None)
 
 
 def test_upgrade_spend_and_downgrade_before_paying_gains_nothing(webhook: Webhook) -> None:
@@ -365,11 +361,7 @@ def test_upgrade_spend_and_downgrade_before_paying_gains_nothing(webhook: Webhoo
     account = webhook.account()
     assert upgraded.limit == 50_000
     assert late.status_code == 200
-    assert (account.plan, account.max_tokens_per_month, account.pending_plan) == (
-        "starter",
-        50_000,
-        None,
-    )
+    assert plan_state(account) == ("starter", 50_000, None)
     assert account.current_tokens_used == 50_000
 
 
@@ -1831,15 +1823,17 @@ def dev_endpoint(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[str, Webhoo
         unload_app(FUNCTION)
 
 
+def dev_command(url: str, *args: str) -> int:
+    """Run the dev command ``args`` for ``USER``, posting its events to ``url``."""
+    return stripe_events_tool.main([*args, "--user", USER, "--url", url])
+
+
 def test_dev_command_scenarios_sign_and_post_events_the_webhook_applies(
     dev_endpoint: tuple[str, Webhook], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """subscribe, renew, change-plan, topup and cancel play the billing story locally."""
     url, webhook = dev_endpoint
-
-    def run(*args: str) -> int:
-        return stripe_events_tool.main([*args, "--user", USER, "--url", url])
-
+    run = partial(dev_command, url)
     assert run("subscribe", "--plan", "starter", "--at", "2025-01-10T09:00:00Z") == 0
     subscribed = webhook.account()
     hold(webhook.store, USER, "req-1", 100, webhook.clock.now)
@@ -1870,10 +1864,7 @@ def test_dev_command_refunds_the_top_up_it_printed(
 ) -> None:
     """topup prints its payment intent; refund with it takes what is left of the pack."""
     url, webhook = dev_endpoint
-
-    def run(*args: str) -> int:
-        return stripe_events_tool.main([*args, "--user", USER, "--url", url])
-
+    run = partial(dev_command, url)
     assert run("topup", "--tokens", "5000") == 0
     intent = capsys.readouterr().out.split("refund --payment-intent ")[1].split(")")[0]
     credited = webhook.account().topup_tokens

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.function_harness import ROOT_DIR, Harness, running
+from tests.support.function_harness import Harness, modules_after_build, running
 
 
 @pytest.fixture
@@ -110,18 +108,6 @@ def test_an_identity_outage_is_a_json_503(usage: Harness) -> None:
 @pytest.mark.slow
 def test_usage_never_imports_the_anthropic_sdk() -> None:
     """Loading and wiring the usage function leaves anthropic out of the process."""
-    code = (
-        "import sys\n"
-        "from localruntime.loader import load_function\n"
-        "load_function('usage')\n"
-        "import fn_usage.src.bootstrap as b\n"
-        "b.build({'APPWRITE_FUNCTION_API_ENDPOINT': 'http://127.0.0.1:9/v1',"
-        " 'APPWRITE_FUNCTION_PROJECT_ID': 'p'})\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT_DIR, capture_output=True, text=True, check=True
-    )
-    loaded = set(completed.stdout.split())
+    loaded = modules_after_build("usage")
     assert "appwrite" in loaded
     assert not {"anthropic", "httpx2", "stripe"} & loaded

@@ -2,15 +2,18 @@
 
 Replies are the API's JSON documents (usage with cache fields, ``tool_use`` blocks, error
 envelopes). Like the real API, a reply longer than the request's ``max_tokens`` is cut there and
-answered with ``stop_reason: max_tokens``.
+answered with ``stop_reason: max_tokens``. A request with ``"stream": true`` is answered with the
+API's server-sent events for the same reply (or with a scripted ``Streamed`` event list), one
+event per chunk, so a test sees how many events the client pulled and whether it closed.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +135,100 @@ def connection_refused(request: httpx2.Request) -> Exception:
     return httpx2.ConnectError("connection refused", request=request)
 
 
-Outcome = Reply | Failure | Raise
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A scripted SSE answer: ``events`` in order, ``delay_seconds`` before each one; with
+    ``drop_after``, the connection is lost once that many events were sent."""
+
+    events: tuple[Event, ...]
+    delay_seconds: float = 0.0
+    drop_after: int | None = None
+
+
+def stream_events(document: dict[str, Any], *, chunk: int = 4) -> tuple[Event, ...]:
+    """The events the API streams for ``document``: text and tool input in ``chunk``-sized
+    deltas, a ``ping``, and the final usage on a cumulative ``message_delta``."""
+    usage = document["usage"]
+    # The API reports a token or so of output at the start; the final count comes at the end.
+    start_usage = {**usage, "output_tokens": 1}
+    start = {**document, "content": [], "stop_reason": None, "usage": start_usage}
+    events: list[Event] = [("message_start", {"type": "message_start", "message": start})]
+    events.append(("ping", {"type": "ping"}))
+    for index, block in enumerate(document["content"]):
+        if block["type"] == "text":
+            opening: dict[str, Any] = {"type": "text", "text": ""}
+            pieces = [block["text"][i : i + chunk] for i in range(0, len(block["text"]), chunk)]
+            deltas = [{"type": "text_delta", "text": piece} for piece in pieces]
+        else:
+            opening = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            pieces = [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opening},
+            )
+        )
+        for delta in deltas:
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(message_delta(document["stop_reason"], usage["output_tokens"]))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return tuple(events)
+
+
+def message_delta(stop_reason: str | None, output_tokens: int) -> Event:
+    return (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": output_tokens},
+        },
+    )
+
+
+def error_event(error_type: str = "overloaded_error") -> Event:
+    return ("error", {"type": "error", "error": {"type": error_type, "message": "fake"}})
+
+
+class SSEBody(httpx2.SyncByteStream):
+    """A response body that streams one event per chunk and records what the client read."""
+
+    def __init__(
+        self, events: tuple[Event, ...], delay_seconds: float, drop_after: int | None = None
+    ) -> None:
+        self.events = events
+        self.delay_seconds = delay_seconds
+        self.drop_after = drop_after
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for name, data in self.events:
+            if self.closed:
+                return
+            if self.sent == self.drop_after:
+                raise httpx2.ReadError("connection lost")
+            if self.delay_seconds:
+                time.sleep(self.delay_seconds)
+            self.sent += 1
+            yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+Outcome = Reply | Failure | Raise | Streamed
 
 
 @dataclass
@@ -149,6 +245,8 @@ class FakeAnthropic:
     count_requests: list[dict[str, Any]] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    # The bodies of streamed answers, in order.
+    streams: list[SSEBody] = field(default_factory=list)
 
     def then(self, *outcomes: Outcome) -> FakeAnthropic:
         self.script.extend(outcomes)
@@ -173,6 +271,12 @@ class FakeAnthropic:
             raise AssertionError("the model was called more often than the test scripted")
         outcome = self.script.popleft() if self.script else self.default
         assert outcome is not None
+        if isinstance(outcome, Reply) and body.get("stream"):
+            outcome = Streamed(stream_events(_cut(outcome.document, body["max_tokens"])))
+        if isinstance(outcome, Streamed):
+            sse = SSEBody(outcome.events, outcome.delay_seconds, outcome.drop_after)
+            self.streams.append(sse)
+            return httpx2.Response(200, stream=sse, headers={"content-type": "text/event-stream"})
         if isinstance(outcome, Reply):
             return httpx2.Response(200, json=_cut(outcome.document, body["max_tokens"]))
         return self._fail(outcome, request)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,7 @@ from metering.plans import load_default_plans
 from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
-from localruntime.loader import bootstrap_of, load_function
+from localruntime.loader import bootstrap_of, load_function, package_name
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic
 from tests.support.identity import ENDPOINT, PROJECT_ID, FakeAccounts
@@ -27,6 +29,28 @@ from tests.support.stripe_api import FakeStripe
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROOT_DIR = Path(__file__).resolve().parents[2]
+
+
+def modules_after_build(function_id: str, **environ: str) -> set[str]:
+    """The top-level modules a fresh process holds once it has loaded and wired ``function_id``
+    with a dead endpoint, project ``p`` and ``environ``."""
+    environment = {
+        "APPWRITE_FUNCTION_API_ENDPOINT": "http://127.0.0.1:9/v1",
+        "APPWRITE_FUNCTION_PROJECT_ID": "p",
+        **environ,
+    }
+    code = (
+        "import sys\n"
+        "from localruntime.loader import load_function\n"
+        f"load_function({function_id!r})\n"
+        f"import {package_name(function_id)}.src.bootstrap as b\n"
+        f"b.build({environment!r})\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT_DIR, capture_output=True, text=True, check=True
+    )
+    return set(completed.stdout.split())
 
 
 def base_environment(sqlite_path: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -155,60 +156,65 @@ class FakeStripe:
         return _ok({"object": "list", "data": data, "has_more": False, "url": "/v1/prices"})
 
     def _create_session(self, request: PreparedRequest) -> Reply:
-        form = decode_form(request.body)
-        self.sessions.append(form)
-        refused = self._refusal(request) or self._unknown_customer(form)
-        if refused is not None:
-            return refused
-        session_id = f"cs_test_{secrets.token_hex(12)}"
-        return _ok(
-            {
-                "id": session_id,
-                "object": "checkout.session",
-                "cancel_url": form.get("cancel_url"),
-                "client_reference_id": form.get("client_reference_id"),
-                "created": CREATED,
-                "customer": form.get("customer"),
-                "customer_creation": form.get("customer_creation"),
-                "expires_at": CREATED + 86_400,
-                "livemode": False,
-                "metadata": form.get("metadata", {}),
-                "mode": form.get("mode"),
-                "payment_status": "unpaid",
-                "status": "open",
-                "success_url": form.get("success_url"),
-                "url": f"https://checkout.stripe.com/c/pay/{session_id}",
-            }
-        )
+        return self._for_customer(request, self.sessions, "cs_test_", "checkout.session", _session)
 
     def _create_portal(self, request: PreparedRequest) -> Reply:
+        return self._for_customer(request, self.portals, "bps_", "billing_portal.session", _portal)
+
+    def _for_customer(
+        self,
+        request: PreparedRequest,
+        calls: list[dict[str, Any]],
+        prefix: str,
+        kind: str,
+        fields: Callable[[dict[str, Any], str], dict[str, Any]],
+    ) -> Reply:
+        """Log the call's form in ``calls``; refuse it, or answer a new ``kind`` object."""
         form = decode_form(request.body)
-        self.portals.append(form)
+        calls.append(form)
         refused = self._refusal(request) or self._unknown_customer(form)
         if refused is not None:
             return refused
-        portal_id = f"bps_{secrets.token_hex(12)}"
-        return _ok(
-            {
-                "id": portal_id,
-                "object": "billing_portal.session",
-                "configuration": "bpc_default",
-                "created": CREATED,
-                "customer": form.get("customer"),
-                "flow": None,
-                "livemode": False,
-                "locale": None,
-                "on_behalf_of": None,
-                "return_url": form.get("return_url"),
-                "url": f"https://billing.stripe.com/p/session/test_{portal_id}",
-            }
-        )
+        object_id = f"{prefix}{secrets.token_hex(12)}"
+        return _ok({"id": object_id, "object": kind, **fields(form, object_id)})
 
     def _unknown_customer(self, form: dict[str, Any]) -> Reply | None:
         customer = form.get("customer")
         if customer is None or customer in self.customers:
             return None
         return _error(400, "invalid_request_error", f"No such customer: '{customer}'", "customer")
+
+
+def _session(form: dict[str, Any], session_id: str) -> dict[str, Any]:
+    return {
+        "cancel_url": form.get("cancel_url"),
+        "client_reference_id": form.get("client_reference_id"),
+        "created": CREATED,
+        "customer": form.get("customer"),
+        "customer_creation": form.get("customer_creation"),
+        "expires_at": CREATED + 86_400,
+        "livemode": False,
+        "metadata": form.get("metadata", {}),
+        "mode": form.get("mode"),
+        "payment_status": "unpaid",
+        "status": "open",
+        "success_url": form.get("success_url"),
+        "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+    }
+
+
+def _portal(form: dict[str, Any], portal_id: str) -> dict[str, Any]:
+    return {
+        "configuration": "bpc_default",
+        "created": CREATED,
+        "customer": form.get("customer"),
+        "flow": None,
+        "livemode": False,
+        "locale": None,
+        "on_behalf_of": None,
+        "return_url": form.get("return_url"),
+        "url": f"https://billing.stripe.com/p/session/test_{portal_id}",
+    }
 
 
 def _ok(body: dict[str, Any]) -> Reply:

@@ -21,24 +21,12 @@ from metering.plans import load_default_plans
 from metering.wire import usage_stats
 
 from tests.strategies import accounts, instants, periods
-
-NOW = datetime(2026, 3, 15, 12, tzinfo=UTC)
-MARCH = datetime(2026, 3, 1, tzinfo=UTC)
-APRIL = datetime(2026, 4, 1, tzinfo=UTC)
-MAY = datetime(2026, 5, 1, tzinfo=UTC)
+from tests.support.builders import APRIL, MARCH, MAY, NOW, subscription
 
 
 def starter(**fields: object) -> Account:
-    account = Account(
-        user_id="user-1",
-        plan="starter",
-        status="active",
-        max_tokens_per_month=50_000,
-        period_start=MARCH,
-        period_end=APRIL,
-        stripe_subscription_id="sub_1",
-    )
-    return replace(account, **fields)  # type: ignore[arg-type]
+    """A 50,000-token subscription in March; ``fields`` override."""
+    return subscription(50_000, **fields)
 
 
 def test_new_account_is_on_the_default_plan_for_this_calendar_month() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -18,26 +17,12 @@ from metering.alerts import (
     threshold_notice,
 )
 
-NOW = datetime(2026, 3, 15, 12, tzinfo=UTC)
-MARCH = datetime(2026, 3, 1, tzinfo=UTC)
-APRIL = datetime(2026, 4, 1, tzinfo=UTC)
-MAY = datetime(2026, 5, 1, tzinfo=UTC)
+from tests.support.builders import APRIL, MARCH, MAY, NOW, subscription
 
 
 def starter(used: int, sent: int = 0, **fields: object) -> Account:
     """A 10,000-token subscription in March with ``used`` tokens and ``sent`` the last alert."""
-    account = Account(
-        user_id="user-1",
-        plan="starter",
-        status="active",
-        max_tokens_per_month=10_000,
-        period_start=MARCH,
-        period_end=APRIL,
-        stripe_subscription_id="sub_1",
-        current_tokens_used=used,
-        alert_threshold_sent=sent,
-    )
-    return replace(account, **fields)  # type: ignore[arg-type]
+    return subscription(10_000, current_tokens_used=used, alert_threshold_sent=sent, **fields)
 
 
 @pytest.mark.parametrize(

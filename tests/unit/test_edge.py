@@ -18,6 +18,7 @@ from metering.errors import (
     Forbidden,
     InvalidRequest,
     LimitReached,
+    LimitReason,
     MeteringError,
     NotFound,
     PayloadTooLarge,
@@ -85,6 +86,26 @@ def test_limit_error_carries_the_usage_document() -> None:
     assert status == 429
     assert body["usage"] == usage_stats(account)
     assert (body["usage"]["userId"], body["usage"]["level"]) == ("user-1", "exceeded")
+    assert "details" not in body["error"]
+
+
+@pytest.mark.parametrize("reason", ["message_too_long", "allowance_spent"])
+def test_limit_error_names_its_reason_and_what_is_left(reason: LimitReason) -> None:
+    """The 429 says which refusal it is and how many tokens are left; the rest is unchanged."""
+    account = new_account("user-1", load_default_plans().get("starter"), NOW)
+    account = replace(account, current_tokens_used=account.limit - 2_000)
+
+    status, body = error_body(TokenLimitExceeded(account=account, reason=reason))
+
+    assert status == 429
+    assert body == {
+        "error": {
+            "code": "token_limit_exceeded",
+            "message": "Monthly token limit reached",
+            "details": [{"reason": reason, "remaining": 2_000}],
+        },
+        "usage": usage_stats(account),
+    }
 
 
 class FakeResponse:

@@ -6,13 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from metering import settings as declared
-from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.appwrite_account import caller_verifier
 from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.adapters.stripe_billing import StripeCheckout
 from metering.checkout import ReturnUrls, return_urls
 from metering.coldstart import ColdStart
 from metering.config import EnvReader, StoreSettings
-from metering.identity import CachedVerifier
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import CheckoutProvider, IdentityVerifier, UsageStore
 
@@ -41,12 +40,9 @@ def build(
     settings = StoreSettings.read(env)
     urls = _return_urls(env, page)
     env.finish()
-    identity = verifier or AppwriteAccountVerifier(
-        settings.appwrite_endpoint, settings.appwrite_project_id
-    )
     return BillingApp(
         stores=store_opener(settings, store),
-        verifier=CachedVerifier(identity),
+        verifier=caller_verifier(settings, verifier),
         plans=load_default_plans(),
         checkout=StripeCheckout(api_key.value, api_base),
         urls=urls,

@@ -10,14 +10,13 @@ from typing import Any
 
 from metering import settings as declared
 from metering.adapters.anthropic_model import AnthropicModel
-from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.appwrite_account import caller_verifier
 from metering.adapters.appwrite_messaging import NotifierOpener, notifier_opener
 from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.chat import ChatSettings
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, Secret, StoreSettings
 from metering.errors import ConfigurationError
-from metering.identity import CachedVerifier
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import IdentityVerifier, ModelClient, Notifier, UsageStore
 from metering.pricing import PriceTable, load_default_prices
@@ -115,15 +114,12 @@ def build(
         max_retries=config.max_retries,
         http_client=anthropic_http_client,
     )
-    identity = verifier or AppwriteAccountVerifier(
-        config.store.appwrite_endpoint, config.store.appwrite_project_id
-    )
     return ChatApp(
         config=config,
         stores=store_opener(config.store, store),
         notifiers=notifier_opener(config.store, notifier),
         model=model,
-        verifier=CachedVerifier(identity),
+        verifier=caller_verifier(config.store, verifier),
         plans=load_default_plans(),
         prices=prices,
         clock=clock,

@@ -6,11 +6,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from metering.adapters.appwrite_account import AppwriteAccountVerifier
+from metering.adapters.appwrite_account import caller_verifier
 from metering.adapters.store_factory import StoreOpener, store_opener
 from metering.coldstart import ColdStart, utc_now
 from metering.config import EnvReader, StoreSettings
-from metering.identity import CachedVerifier
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import IdentityVerifier, UsageStore
 
@@ -33,12 +32,9 @@ def build(
     env = EnvReader(environ)
     settings = StoreSettings.read(env)
     env.finish()
-    identity = verifier or AppwriteAccountVerifier(
-        settings.appwrite_endpoint, settings.appwrite_project_id
-    )
     return UsageApp(
         stores=store_opener(settings, store),
-        verifier=CachedVerifier(identity),
+        verifier=caller_verifier(settings, verifier),
         plans=load_default_plans(),
         clock=clock,
     )

@@ -6,9 +6,12 @@ refused the request) or ``UpstreamUnavailable`` (worth retrying later).
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
 
 import anthropic
+import httpx2
 from anthropic.types import (
     AssistantMessageParam,
     ContentBlockParam,
@@ -25,12 +28,19 @@ from ..model import (
     Block,
     ModelReply,
     ModelRequest,
+    StreamedCall,
+    StreamSink,
     TextBlock,
     ToolUseBlock,
 )
 from ..tokens import TokenUsage
 
 _RETRY_LATER_STATUSES = frozenset({408, 409, 429})
+# An ``error`` event arrives on a 200 response, so its status says nothing; its type does.
+_RETRY_LATER_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+# What reading a started stream can raise: the SDK's errors (an ``error`` event), the transport's
+# (a lost connection, a read timeout) and a malformed event (the SDK's partial-JSON parser).
+_STREAM_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -80,6 +90,27 @@ class AnthropicModel:
             model=str(message.model),
         )
 
+    def stream(
+        self, request: ModelRequest, sink: StreamSink, deadline_seconds: float
+    ) -> StreamedCall:
+        deadline_at = time.monotonic() + deadline_seconds
+        try:
+            manager = self._client.messages.stream(
+                model=request.model,
+                max_tokens=request.max_tokens,
+                messages=_messages(request),
+                # Also bounds each read, so that a silent connection cannot outlive the deadline
+                # by more than one read.
+                timeout=deadline_seconds,
+                **_optional(request),
+            )
+            opened = manager.__enter__()
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc) from exc
+        # Leaving the block closes the response on every path, so a cut requests no more tokens.
+        with opened as events:
+            return _read_stream(events, sink, deadline_at)
+
     def count_tokens(self, request: ModelRequest) -> int:
         try:
             counted = self._client.messages.count_tokens(
@@ -91,6 +122,66 @@ class AnthropicModel:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise UpstreamError("the model provider returned an unusable token count")
         return tokens
+
+
+def _read_stream(events: Any, sink: StreamSink, deadline_at: float) -> StreamedCall:
+    """Feed ``sink`` until ``message_stop`` or a cut; before ``message_start``, failures raise."""
+    iterator = iter(events)
+    start_usage: Any = None
+    output_tokens: int | None = None
+    finished = False
+    while True:
+        try:
+            event = next(iterator)
+        except StopIteration:
+            break
+        except _STREAM_ERRORS as exc:
+            if start_usage is None:
+                raise _translate_before_start(exc) from exc
+            break
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            start_usage = event.message.usage
+        elif kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                sink.text(str(delta.text))
+            elif delta.type == "input_json_delta":
+                sink.tool_input(str(delta.partial_json))
+        elif kind == "message_delta":
+            # Cumulative: the last one is the call's output so far.
+            output_tokens = int(event.usage.output_tokens or 0)
+        elif kind == "message_stop":
+            finished = True
+            break
+        if start_usage is not None and (sink.should_stop() or time.monotonic() >= deadline_at):
+            break
+    if start_usage is None:
+        raise UpstreamUnavailable("the model provider ended the stream before starting a message")
+    snapshot = events.current_message_snapshot
+    usage = dataclasses.replace(_usage(start_usage), output_tokens=output_tokens or 0)
+    reply = ModelReply(
+        blocks=tuple(_blocks(snapshot.content)),
+        stop_reason=str(snapshot.stop_reason or ""),
+        usage=usage,
+        model=str(snapshot.model),
+    )
+    return StreamedCall(reply=reply, cut=not finished, output_reported=output_tokens is not None)
+
+
+def _translate_before_start(exc: Exception) -> UpstreamError | UpstreamUnavailable:
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 300:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error")
+        error_type = error.get("type") if isinstance(error, dict) else None
+        if error_type in _RETRY_LATER_ERROR_TYPES:
+            return UpstreamUnavailable(f"the model provider is unavailable ({error_type})")
+        return UpstreamError(f"the model provider refused the request ({error_type or '-'})")
+    if isinstance(exc, anthropic.AnthropicError):
+        return _translate(exc)
+    if isinstance(exc, httpx2.HTTPError):
+        return UpstreamUnavailable("the model provider dropped the stream before starting")
+    return UpstreamError("the model provider streamed an unusable event")
 
 
 def _messages(request: ModelRequest) -> list[MessageParam]:

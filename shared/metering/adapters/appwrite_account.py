@@ -6,7 +6,10 @@ from appwrite.client import Client
 from appwrite.exception import AppwriteException
 from appwrite.services.account import Account
 
+from ..config import StoreSettings
 from ..errors import Unauthenticated, UpstreamUnavailable
+from ..identity import CachedVerifier
+from ..ports import IdentityVerifier
 
 _UNAUTHORIZED = 401
 
@@ -34,3 +37,12 @@ class AppwriteAccountVerifier:
         if not isinstance(user_id, str) or not user_id:
             raise UpstreamUnavailable("identity check answered without a user id")
         return user_id
+
+
+def caller_verifier(settings: StoreSettings, verifier: IdentityVerifier | None) -> CachedVerifier:
+    """How a function checks its caller's JWT: ``verifier`` (a test's) or the Appwrite project's
+    Account API, behind the cache that spares a warm execution the round trip."""
+    identity = verifier or AppwriteAccountVerifier(
+        settings.appwrite_endpoint, settings.appwrite_project_id
+    )
+    return CachedVerifier(identity)
