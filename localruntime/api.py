@@ -162,11 +162,11 @@ class AppwriteSurface:
             _string(params, "name", ""),
         )
         log.info("account created: %s", user.id)
-        return json_reply(201, self._user_document(user))
+        return json_reply(201, self.user_document(user))
 
     def get_account(self, request: Request) -> Reply:
         _, user = self._user_session(request)
-        return json_reply(200, self._user_document(user))
+        return json_reply(200, self.user_document(user))
 
     def create_session(self, request: Request) -> Reply:
         if self.caller(request) is not None:
@@ -240,7 +240,7 @@ class AppwriteSurface:
             )
         return Reply(204, b"", headers)
 
-    def _user_document(self, user: User) -> dict[str, Any]:
+    def user_document(self, user: User) -> dict[str, Any]:
         return {
             "$id": user.id,
             "$createdAt": timestamp(user.created_at),

@@ -30,6 +30,8 @@ from .functions import ExecutionLog, FunctionRunner, FunctionSpec, discover
 from .loader import ROOT
 from .messaging import Outbox
 from .offline_model import ModelApiError, OfflineModel
+from .realtime import PATH as REALTIME_PATH
+from .realtime import Hub, PublishingStore, UserDocument
 from .seed import DemoAccount, seed
 from .settings import LOCAL_STRIPE_KEY, OFFLINE_MODEL_KEY, PROJECT_ID, RuntimeSettings
 from .stripe_local import PREFIX as STRIPE_PREFIX
@@ -112,7 +114,12 @@ class Runtime:
             self.outbox = Outbox(
                 self.data_dir / "outbox.sqlite3", email_of=self._email_of, clock=utc_now
             )
-            self.store = SQLiteStore(str(self.metering_path))
+            self.realtime = Hub(PROJECT_ID, self._realtime_user, self._realtime_session)
+            self.store = PublishingStore(
+                SQLiteStore(str(self.metering_path)),
+                self.realtime,
+                self.environ.get("APPWRITE_DATABASE_ID", "koffers_db"),
+            )
             if self.settings.local_stripe:
                 self.stripe = LocalStripe(
                     path=self.data_dir / "stripe.sqlite3",
@@ -188,6 +195,9 @@ class Runtime:
         self._scheduler.start()
 
     def stop(self) -> None:
+        hub: Hub | None = getattr(self, "realtime", None)
+        if hub is not None:
+            hub.close()
         if self._scheduler is not None:
             self._scheduler.stop()
         if self._thread is not None and self._server is not None:
@@ -278,6 +288,25 @@ class Runtime:
         return user.email if user is not None else None
 
     # -- the cron ------------------------------------------------------------------------------
+
+    def _realtime_user(
+        self, headers: list[tuple[str, str]], jwt: str | None
+    ) -> UserDocument | None:
+        extra = [("x-appwrite-jwt", jwt)] if jwt else []
+        request = Request("GET", REALTIME_PATH, "", [*headers, *extra], b"", "")
+        try:
+            session = self.api.caller(request)
+        except AppwriteError:
+            return None
+        return None if session is None else self._realtime_document(session.user_id)
+
+    def _realtime_session(self, secret: str) -> UserDocument | None:
+        session = self.auth.session_by_secret(secret)
+        return None if session is None else self._realtime_document(session.user_id)
+
+    def _realtime_document(self, user_id: str) -> UserDocument | None:
+        user = self.auth.user(user_id)
+        return None if user is None else self.api.user_document(user)
 
     def run_cron(self) -> None:
         outcome = self.api.run_scheduled(CRON_FUNCTION)
@@ -416,6 +445,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         started = time.monotonic()
         parts = urlsplit(self.path)
+        if (
+            self.command == "GET"
+            and parts.path == REALTIME_PATH
+            and "websocket" in self.headers.get("upgrade", "").lower()
+        ):
+            self._realtime()
+            return
         try:
             reply = self._reply(parts.path, parts.query)
         except AppwriteError as error:
@@ -430,6 +466,15 @@ class _Handler(BaseHTTPRequestHandler):
     # The stdlib dispatches on `do_<METHOD>` (its names): every method takes the one path through
     # the router, which answers those it does not serve.
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle  # noqa: N815
+
+    def _realtime(self) -> None:
+        # The connection leaves HTTP for good: wsproto reads the upgrade request again as sent.
+        self.close_connection = True
+        lines = [self.requestline, *(f"{key}: {value}" for key, value in self.headers.items())]
+        handshake = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        headers = list(self.headers.items())
+        self.server.runtime.realtime.serve(self.connection, handshake, headers)
+        log.info("GET %s websocket closed", REALTIME_PATH)
 
     def _reply(self, path: str, query: str) -> Reply:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":

@@ -105,14 +105,15 @@ def test_appwrite_json_indexes_the_lookups_the_store_makes() -> None:
         ("usage", ["users"], "", 15),
         ("stripe-webhook", ["any"], "", 30),
         ("monthly-reset-cron", [], "0 * * * *", 300),
+        ("billing", ["users"], "", 15),
     ],
-    ids=["chat", "usage", "stripe-webhook", "cron"],
+    ids=["chat", "usage", "stripe-webhook", "cron", "billing"],
 )
 def test_appwrite_json_deploys_each_function_with_least_privilege(
     function_id: str, execute: list[str], schedule: str, timeout: int
 ) -> None:
     """Each function: python-3.12, its own folder, who may execute it, rows scopes only (and
-    the chat's one Messaging scope)."""
+    the chat's one Messaging scope; billing only reads)."""
     function = next(f for f in DOCUMENT["functions"] if f["$id"] == function_id)
     assert function["runtime"] == "python-3.12"
     assert function["path"] == f"functions/{function_id}"
@@ -125,7 +126,8 @@ def test_appwrite_json_deploys_each_function_with_least_privilege(
     )
     # The chat sends the usage alerts' emails through Appwrite Messaging; nothing else does.
     messaging = ["messages.write"] if function_id == "chat" else []
-    assert sorted(function["scopes"]) == sorted(["rows.read", "rows.write", *messaging])
+    rows = ["rows.read"] if function_id == "billing" else ["rows.read", "rows.write"]
+    assert sorted(function["scopes"]) == sorted([*rows, *messaging])
     assert {"__pycache__", "*.pyc", ".venv", "tests"} <= set(function["ignore"])
 
 

@@ -245,11 +245,12 @@ def test_an_execution_gets_appwrites_headers_and_a_verifiable_jwt(runtime: Runti
 
 
 def test_functions_see_the_local_environment(runtime: Runtime) -> None:
-    """Every function is configured with Appwrite's variables and the embedded store."""
+    """Every function is configured with Appwrite's variables and the embedded store (wrapped so
+    that its row changes reach Realtime subscribers)."""
     client, _ = logged_in(runtime)
     env = client.execution("probe-users").body["env"]
     assert env == {
-        "store": "SQLiteStore",
+        "store": "PublishingStore",
         "APPWRITE_FUNCTION_API_ENDPOINT": runtime.base_url + "/v1",
         "APPWRITE_FUNCTION_PROJECT_ID": "local",
         "ANTHROPIC_API_KEY": "offline-local-key",
