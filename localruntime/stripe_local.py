@@ -1511,20 +1511,12 @@ class LocalStripe:
                 session.update(status="expired", url=None)
                 self._objects.put(session)
         if session is None:
-            return _page(
-                404,
-                "Checkout session not found",
-                "<h1>Checkout session not found</h1>"
-                f"<p>There is no checkout session <code>{_text(session_id)}</code>.</p>",
-            )
+            return _missing_session("checkout", session_id)
+        refused = _page_route(request, action, ("pay", "cancel"))
+        if refused is not None:
+            return refused
         if action is None:
-            if request.method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
             return self._checkout_view(session)
-        if action not in ("pay", "cancel"):
-            return _page(404, "Not found", "<h1>Not found</h1><p>No such page.</p>")
-        if request.method != "POST":
-            return _not_allowed("POST")
         if action == "cancel":
             # Stripe only sends the buyer back: the session stays open until it expires.
             if session["cancel_url"]:
@@ -1592,20 +1584,12 @@ class LocalStripe:
     def _portal_page(self, request: Request, portal_id: str, action: str | None) -> Reply:
         portal = self._objects.get(portal_id, "billing_portal.session")
         if portal is None:
-            return _page(
-                404,
-                "Portal session not found",
-                "<h1>Portal session not found</h1>"
-                f"<p>There is no portal session <code>{_text(portal_id)}</code>.</p>",
-            )
+            return _missing_session("portal", portal_id)
+        refused = _page_route(request, action, ("plan", "renew", "cancel"))
+        if refused is not None:
+            return refused
         if action is None:
-            if request.method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
             return self._portal_view(portal)
-        if action not in ("plan", "renew", "cancel"):
-            return _page(404, "Not found", "<h1>Not found</h1><p>No such page.</p>")
-        if request.method != "POST":
-            return _not_allowed("POST")
         form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
         with self._delivery_lock:
             with self._lock:
@@ -1886,6 +1870,25 @@ def _page(
 
 def _redirect(url: str) -> Reply:
     return Reply(303, b"", [("Location", url), ("Cache-Control", "no-store")])
+
+
+def _missing_session(kind: str, session_id: str) -> Reply:
+    title = f"{kind.capitalize()} session not found"
+    return _page(
+        404,
+        title,
+        f"<h1>{title}</h1><p>There is no {kind} session <code>{_text(session_id)}</code>.</p>",
+    )
+
+
+def _page_route(request: Request, action: str | None, actions: tuple[str, ...]) -> Reply | None:
+    """The refusal for a page request that is not the session's view (GET) or one of its
+    ``actions`` (POST); None when the request may go on."""
+    if action is None:
+        return None if request.method in ("GET", "HEAD") else _not_allowed("GET")
+    if action not in actions:
+        return _page(404, "Not found", "<h1>Not found</h1><p>No such page.</p>")
+    return None if request.method == "POST" else _not_allowed("POST")
 
 
 def _not_allowed(allowed: str) -> Reply:

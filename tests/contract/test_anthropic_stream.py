@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from metering.adapters.anthropic_model import AnthropicModel
@@ -106,6 +107,7 @@ CACHE_5M, CACHE_1H, CACHE_READ = 30, 70, 900
     ids=["text", "tool_use"],
 )
 def test_a_completed_stream_reports_what_complete_reports(reply: Reply) -> None:
+    """A stream that runs to message_stop is charged exactly what a non-streamed call is."""
     fake = FakeAnthropic().then(reply, reply)
     model = model_for(fake)
     sink = Sink(fake)
@@ -128,6 +130,7 @@ def test_a_completed_stream_reports_what_complete_reports(reply: Reply) -> None:
 
 
 def test_stop_before_the_first_token_charges_the_input_only() -> None:
+    """A Stop before any token keeps the exact input and cache figures and no output."""
     fake = FakeAnthropic().then(
         text_reply(
             LONG_TEXT,
@@ -157,6 +160,7 @@ def test_stop_before_the_first_token_charges_the_input_only() -> None:
 
 
 def test_stop_mid_text_keeps_the_text_received_and_closes() -> None:
+    """A Stop mid-text closes the stream, keeping the text received so far."""
     fake = FakeAnthropic().then(text_reply(LONG_TEXT, input_tokens=120))
     sink = Sink(fake, stop_when=lambda sink: len(sink.texts) >= 3)
 
@@ -173,6 +177,7 @@ def test_stop_mid_text_keeps_the_text_received_and_closes() -> None:
 
 
 def test_stop_mid_tool_input_keeps_the_partial_call_and_closes() -> None:
+    """A Stop mid tool-input JSON closes the stream, keeping the partial tool call."""
     fake = FakeAnthropic().then(
         tool_use_reply("get_my_usage", {"scope": "month", "detail": "everything"}, text="")
     )
@@ -200,6 +205,7 @@ def _document() -> dict[str, object]:
 def test_a_stream_ending_without_message_stop_is_a_cut(
     dropped: int, reported: bool, output: int
 ) -> None:
+    """A stream that ends without message_stop is a cut; output only from a message_delta."""
     events = stream_events(_document())[:-dropped]
     fake = FakeAnthropic().then(Streamed(events))
 
@@ -211,9 +217,20 @@ def test_a_stream_ending_without_message_stop_is_a_cut(
     assert call.reply.text == LONG_TEXT
 
 
-def test_an_error_event_mid_stream_is_a_cut_not_an_exception() -> None:
-    events = stream_events(_document())
-    fake = FakeAnthropic().then(Streamed((*events[:6], error_event(), *events[6:])))
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(
+            lambda events: Streamed((*events[:6], error_event(), *events[6:])), id="error-event"
+        ),
+        pytest.param(lambda events: Streamed(events, drop_after=6), id="connection-lost"),
+    ],
+)
+def test_a_failure_after_the_start_is_a_cut_never_retried_or_raised(
+    failure: Callable[[tuple[Any, ...]], Streamed],
+) -> None:
+    """An error event or a lost connection mid-stream cuts the call: what arrived, no retry."""
+    fake = FakeAnthropic().then(failure(tuple(stream_events(_document()))))
     sink = Sink(fake)
 
     call = model_for(fake, retries=1).stream(REQUEST, sink, deadline_seconds=5)
@@ -225,21 +242,6 @@ def test_an_error_event_mid_stream_is_a_cut_not_an_exception() -> None:
     assert call.reply.text
     assert len(fake.requests) == 1, "a started call is never retried"
     assert fake.streams[0].closed
-
-
-def test_a_connection_lost_mid_stream_is_a_cut() -> None:
-    events = stream_events(_document())
-    fake = FakeAnthropic().then(Streamed(events, drop_after=6))
-    sink = Sink(fake)
-
-    call = model_for(fake, retries=1).stream(REQUEST, sink, deadline_seconds=5)
-
-    assert call.cut
-    assert not call.output_reported
-    assert call.reply.usage.input_tokens == 120
-    assert call.reply.text == "".join(sink.texts)
-    assert call.reply.text
-    assert len(fake.requests) == 1, "a started call is never retried"
 
 
 @pytest.mark.parametrize(
@@ -266,6 +268,7 @@ def test_a_connection_lost_mid_stream_is_a_cut() -> None:
 def test_a_call_refused_before_it_started_raises(
     outcome: Failure | Raise | Streamed, error: type[Exception]
 ) -> None:
+    """A call the provider refused before message_start raises, as complete does."""
     fake = FakeAnthropic().then(outcome)
 
     with pytest.raises(error):
@@ -273,6 +276,7 @@ def test_a_call_refused_before_it_started_raises(
 
 
 def test_the_deadline_cuts_a_slow_stream() -> None:
+    """Past its deadline a slow stream is cut and closed, like a Stop."""
     events = stream_events(_document(), chunk=2)
     fake = FakeAnthropic().then(Streamed(events, delay_seconds=0.02))
 
