@@ -6,7 +6,7 @@ PORT ?= 8000
 # The functions are the ones appwrite.json declares (their folders).
 FUNCTIONS = $(shell $(PYTHON) -c "import json; print(' '.join(f['path'] for f in json.load(open('appwrite.json'))['functions']))")
 
-.PHONY: dev test test-fast install vendor lint format typecheck unit bench chromium web clean
+.PHONY: dev test test-fast install vendor lint format typecheck unit bench chromium web deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,21 @@ unit: vendor
 dev: vendor web
 	$(BIN)/python -m localruntime --port $(PORT)
 
+# docs/screenshots/: every page state the docs show, taken in Debian's chromium (the browser tests
+# check the same states without writing images).
+.PHONY: screenshots
+screenshots: vendor web chromium
+	$(BIN)/python -m tools.screenshots
+
 bench: vendor
 	$(BIN)/python -m benchmarks
+
+# Vendor, validate appwrite.json, check the project, then the Appwrite CLI pinned in
+# tools/deploy/package.json pushes tables and functions to APPWRITE_ENDPOINT, APPWRITE_PROJECT_ID
+# with APPWRITE_API_KEY (docs/deployment.md). DEPLOY_ARGS: --dry-run, --functions-only, ...
+deploy: vendor
+	cd tools/deploy && npm ci --no-audit --no-fund --loglevel=error
+	PATH="$(CURDIR)/tools/deploy/node_modules/.bin:$$PATH" $(BIN)/python tools/deploy.py $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

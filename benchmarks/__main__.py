@@ -10,11 +10,22 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import cold_start, concurrency, cron_cost, store_calls
+from benchmarks import (
+    cold_start,
+    concurrency,
+    cron_cost,
+    first_token,
+    progress_writes,
+    stop_latency,
+    store_calls,
+)
 from tools import vendor
 
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], str]]] = {
-    "store_calls": ("Store calls per chat request", store_calls.run),
+    "store_calls": ("Store calls and HTTP requests per chat request", store_calls.run),
+    "first_token": ("Metering before the first model byte", first_token.run),
+    "progress_writes": ("Progress writes per second of streaming", progress_writes.run),
+    "stop_latency": ("Stop latency and overcharge", stop_latency.run),
     "concurrency": ("Overshoot and lost updates under concurrent requests", concurrency.run),
     "cold_start": ("Cold start: import time of each function", cold_start.run),
     "cron_cost": ("Cron cost at scale", cron_cost.run),

@@ -27,7 +27,8 @@ EAGER_IMPORTS = (
 WITHOUT_ANTHROPIC = tuple(function_id for function_id in FUNCTION_IDS if function_id != "chat")
 
 # Runs in a fresh interpreter: import the entry module as open-runtimes does (through the local
-# loader) and report the time it took and the top-level packages it added.
+# loader) and report the time it took and the top-level packages it added (the project's own
+# vendored ``metering`` is not third-party).
 _CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
@@ -42,6 +43,7 @@ added = {{name.split(".")[0] for name in set(sys.modules) - before}}
 third_party = sorted(
     name for name in added
     if name not in sys.stdlib_module_names and not name.startswith(("fn_", "_"))
+    and name != "metering"
     and getattr(sys.modules.get(name), "__file__", None)
 )
 print(json.dumps({{"seconds": elapsed, "packages": third_party}}))

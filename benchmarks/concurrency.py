@@ -2,8 +2,8 @@
 
 Each round starts a fresh user a few thousand tokens below the limit and releases N threads at
 once; every request's model call takes a random few milliseconds and reports a random usage.
-Ours reserves with the bounded atomic increment and settles; the seed reads, checks, calls the
-model and rewrites the counter (read-then-write).
+Ours opens the request with a bounded hold and settles, each one atomic change; the seed reads,
+checks, calls the model and rewrites the counter (read-then-write).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from metering.ports import UsageStore
 from metering.pricing import load_default_prices
 
 from benchmarks.common import LatencyModel, Table, chat_settings, ratio
-from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
+from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, Unstreamed, seed_chat
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.appwrite_emulator import emulated_appwrite
 
@@ -183,7 +183,7 @@ def _rounds(
 
 
 def _ours(store_for: Callable[[], UsageStore]) -> _Flow:
-    """Reserve with the bounded increment, call the model, settle."""
+    """Open the request with a bounded hold, stream the model call, settle."""
 
     def request(model: LatencyModel, user_id: str) -> int | None:
         service = ChatService(
@@ -193,6 +193,7 @@ def _ours(store_for: Callable[[], UsageStore]) -> _Flow:
             prices=load_default_prices(),
             settings=SETTINGS,
             new_request_id=lambda: uuid.uuid4().hex,
+            monotonic=time.monotonic,
             tools={},
         )
         try:
@@ -209,14 +210,14 @@ def _ours(store_for: Callable[[], UsageStore]) -> _Flow:
         # The starting counter predates the ledger; everything since must be in it.
         return final, final - start - store.ledger_total(user_id, account.period_start)
 
-    return _Flow("ours (reserve, settle)", "ours", request, counter)
+    return _Flow("ours (atomic hold, settle)", "ours", request, counter)
 
 
 def _seed(seed_store: Callable[[], SeedStore]) -> _Flow:
     """Read, check, call the model and rewrite the counter."""
 
     def request(model: LatencyModel, user_id: str) -> int | None:
-        result = seed_chat(seed_store(), model, SETTINGS, user_id, REQUEST)
+        result = seed_chat(seed_store(), Unstreamed(model), SETTINGS, user_id, REQUEST)
         return None if result.status == 429 else result.charged
 
     def counter(user_id: str, start: int) -> tuple[int, int | None]:

@@ -1,7 +1,8 @@
 """The baseline: the seed's naive metering, on the same stores and the same model as ours.
 
 Read the usage, refuse at the limit, call the model, then add the tokens with a read-then-write
-increment (read ``currentTokensUsed``, write it back plus the tokens). No reservation, no ledger.
+increment (read ``currentTokensUsed``, write it back plus the tokens). No reservation, no ledger,
+no stream: the seed waits for the whole reply.
 """
 
 from __future__ import annotations
@@ -21,12 +22,44 @@ from metering.model import (
     STOP_TOOL_USE,
     Block,
     Message,
+    ModelReply,
     ModelRequest,
     TextBlock,
     ToolResultBlock,
     ToolSpec,
 )
 from metering.ports import ModelClient
+
+
+class SeedModel(Protocol):
+    """The seed's model client: one blocking call that returns the whole reply."""
+
+    def complete(self, request: ModelRequest) -> ModelReply: ...
+
+
+class _Whole:
+    """A sink that takes every event and never cuts: what waiting for the whole reply is."""
+
+    def text(self, delta: str) -> None:
+        pass
+
+    def tool_input(self, delta: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Unstreamed:
+    """The seed's blocking call on top of a streaming ``ModelClient`` (the same fake model and
+    latency as ours): it reads the stream to its end and returns the reply."""
+
+    model: ModelClient
+    deadline_seconds: float = 60.0
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        return self.model.stream(request, _Whole(), self.deadline_seconds).reply
 
 
 @dataclass(frozen=True)
@@ -137,7 +170,7 @@ class SeedResult:
 
 def seed_chat(
     store: SeedStore,
-    model: ModelClient,
+    model: SeedModel,
     settings: ChatSettings,
     user_id: str,
     request: ChatRequest,

@@ -1,20 +1,24 @@
-"""Store calls, and HTTP requests on the Appwrite emulator, per chat request: ours vs the seed's.
+"""Store calls, and HTTP requests on the Appwrite emulator, per chat request: ours vs the seed's
+and vs the previous flow's published figures.
 
-Ours reserves before and settles after every model call and keeps a ledger row per request; the
-seed reads, calls the model and rewrites the counter. Counted by a proxy around each store and,
-on the emulator, by the HTTP requests it answers.
+Ours opens the request (entry, turn and first hold) and settles each step, each one atomic change;
+the seed reads, calls the model and rewrites the counter. Counted by a proxy around each store and,
+on the emulator, by the HTTP requests it answers; the turn's progress writes are counted apart.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from metering.account import new_account
 from metering.adapters.anthropic_model import AnthropicModel
@@ -26,8 +30,15 @@ from metering.plans import load_default_plans
 from metering.ports import UsageStore
 from metering.pricing import load_default_prices
 
-from benchmarks.common import CallCounter, CountingProxy, Table, chat_settings, ratio
-from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, seed_chat
+from benchmarks.common import (
+    PROGRESS_METHODS,
+    CallCounter,
+    CountingProxy,
+    Table,
+    chat_settings,
+    ratio,
+)
+from benchmarks.seed import SeedAppwrite, SeedSQLite, SeedStore, Unstreamed, seed_chat
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import FakeAnthropic, Outcome, text_reply, tool_use_reply
 from tests.support.appwrite_emulator import emulated_appwrite
@@ -36,6 +47,13 @@ SETTINGS = chat_settings(
     "You are a helpful assistant. Call get_my_usage for questions about usage.", max_steps=4
 )
 QUESTION = ChatRequest(messages=(Message.text("user", "How many tokens do I have left?"),))
+# The store methods that change the hard cap and the ledger: each must be one atomic change.
+ATOMIC_METHODS = frozenset({"open_request", "hold", "settle", "discard_request"})
+_TRANSACTION_PATHS = (
+    ("POST", re.compile(r"/tablesdb/transactions$")),
+    ("POST", re.compile(r"/tablesdb/transactions/[^/]+/operations$")),
+    ("PATCH", re.compile(r"/tablesdb/transactions/[^/]+$")),
+)
 
 
 def _single() -> list[Outcome]:
@@ -67,21 +85,49 @@ SCENARIOS = (
 
 
 @dataclass(frozen=True)
+class Published:
+    """The previous flow's figures as published (reserve and settle not atomic: a reserve or
+    release was two bounded increments on Appwrite, and the ledger row was written apart)."""
+
+    store_calls: int
+    http_requests: int
+
+
+BEFORE = {
+    "single step": Published(7, 9),
+    "3-step tool loop": Published(13, 19),
+    "refused at the limit (429)": Published(2, 2),
+    "retry of a completed request": Published(3, 3),
+}
+
+
+@dataclass(frozen=True)
 class Counts:
-    """Mean per chat request."""
+    """Means per chat request; progress calls (the turn's text and Stop look-ups) apart."""
 
     store_calls: float
     http_requests: float | None
+    progress_calls: float
+    progress_http: float | None
     by_method: dict[str, float]
+    http_by_method: dict[str, float]
     model_calls: float
+    # For each atomic method called: whether every call of it was one transaction of three
+    # HTTP requests (create, stage the operations, commit). Appwrite only.
+    transactions: dict[str, bool]
 
 
 @dataclass(frozen=True)
 class Row:
     scenario: str
     backend: str
-    ours: Counts
+    ours_turn: Counts
+    ours_plain: Counts | None  # None for a retry: without a requestId there is nothing to retry
     seed: Counts
+
+    @property
+    def before(self) -> Published:
+        return BEFORE[self.scenario]
 
 
 def _seed_account(store: UsageStore, user_id: str, *, at_limit: bool) -> None:
@@ -93,39 +139,61 @@ def _seed_account(store: UsageStore, user_id: str, *, at_limit: bool) -> None:
 
 @dataclass(frozen=True)
 class _Stores:
-    """A fresh store per request, as each execution opens one, and the HTTP request count."""
+    """A fresh store per request, as each execution opens one, and the emulator's HTTP log."""
 
     ours: Callable[[], UsageStore]
     seed: Callable[[], SeedStore]
-    http_requests: Callable[[], int | None]
+    http_log: Callable[[], Sequence[Any]] | None
+
+
+Runner = Callable[[object, FakeAnthropic, ChatRequest, str], None]
+
+
+def is_transaction(http: Sequence[Any]) -> bool:
+    """Whether ``http`` is exactly one TablesDB transaction: create, one staging call, commit."""
+    return len(http) == len(_TRANSACTION_PATHS) and all(
+        call.method == method and pattern.search(call.path)
+        for call, (method, pattern) in zip(http, _TRANSACTION_PATHS, strict=True)
+    )
 
 
 def _measure(
     scenario: Scenario,
     users: list[str],
+    stores: _Stores,
     store_for: Callable[[], object],
-    http_requests: Callable[[], int | None],
-    run: Callable[[object, FakeAnthropic, ChatRequest, str], None],
+    run: Runner,
+    *,
+    request_id: bool,
 ) -> Counts:
-    counter = CallCounter()
-    http = 0
+    counter = CallCounter(keep=True)
     model_calls = 0
     for user_id in users:
-        request = replace(QUESTION, request_id=f"req-{user_id}")
+        request = replace(QUESTION, request_id=f"req-{user_id}" if request_id else None)
         if scenario.retry:
             run(store_for(), FakeAnthropic().then(*scenario.replies()), request, user_id)
         fake = FakeAnthropic().then(*scenario.replies())
-        before = http_requests()
-        run(CountingProxy(store_for(), counter), fake, request, user_id)
-        after = http_requests()
-        http += 0 if before is None or after is None else after - before
+        run(CountingProxy(store_for(), counter, stores.http_log), fake, request, user_id)
         model_calls += len(fake.requests)
     requests = len(users)
+    appwrite = stores.http_log is not None
+    progress = sum(n for name, n in counter.calls.items() if name in PROGRESS_METHODS)
+    progress_http = sum(n for name, n in counter.http.items() if name in PROGRESS_METHODS)
+    transactions: dict[str, bool] = {}
+    if appwrite:
+        for call in counter.log:
+            if call.name in ATOMIC_METHODS:
+                one = is_transaction(call.http)
+                transactions[call.name] = transactions.get(call.name, True) and one
     return Counts(
-        store_calls=counter.total / requests,
-        http_requests=None if http_requests() is None else http / requests,
+        store_calls=(counter.total - progress) / requests,
+        http_requests=(sum(counter.http.values()) - progress_http) / requests if appwrite else None,
+        progress_calls=progress / requests,
+        progress_http=progress_http / requests if appwrite else None,
         by_method={name: count / requests for name, count in sorted(counter.calls.items())},
+        http_by_method={name: count / requests for name, count in sorted(counter.http.items())},
         model_calls=model_calls / requests,
+        transactions=transactions,
     )
 
 
@@ -141,6 +209,7 @@ def _run_ours(store: object, fake: FakeAnthropic, request: ChatRequest, user_id:
         prices=load_default_prices(),
         settings=SETTINGS,
         new_request_id=lambda: uuid.uuid4().hex,
+        monotonic=time.monotonic,
     )
     with suppress(TokenLimitExceeded):
         service.handle(user_id, request, datetime.now(UTC))
@@ -149,7 +218,8 @@ def _run_ours(store: object, fake: FakeAnthropic, request: ChatRequest, user_id:
 def _run_seed(store: object, fake: FakeAnthropic, request: ChatRequest, user_id: str) -> None:
     # The seed has no idempotency key: a retry is one more request.
     tool = usage_tool(cast(UsageStore, None)).spec
-    seed_chat(cast(SeedStore, store), _model(fake), SETTINGS, user_id, request, tool=tool)
+    model = Unstreamed(_model(fake))
+    seed_chat(cast(SeedStore, store), model, SETTINGS, user_id, request, tool=tool)
 
 
 @contextmanager
@@ -158,7 +228,7 @@ def _sqlite() -> Iterator[_Stores]:
         path = str(Path(folder) / "usage.sqlite3")
         store = SQLiteStore(path)  # one per warm instance, as the store factory keeps it
         seed = SeedSQLite(path)
-        yield _Stores(lambda: store, lambda: seed, lambda: None)
+        yield _Stores(lambda: store, lambda: seed, None)
 
 
 @contextmanager
@@ -169,7 +239,7 @@ def _appwrite() -> Iterator[_Stores]:
         yield _Stores(
             lambda: AppwriteStore.connect(settings, emulator.api_key),
             lambda: SeedAppwrite(settings, emulator.api_key),
-            lambda: len(emulator.calls),
+            lambda: emulator.calls,
         )
 
 
@@ -178,69 +248,138 @@ def measure(requests: int = 3) -> list[Row]:
     for backend, opened in (("SQLite", _sqlite), ("Appwrite emulator", _appwrite)):
         with opened() as stores:
             for index, scenario in enumerate(SCENARIOS):
-                ours_users = [f"ours-{index}-{n}" for n in range(requests)]
-                seed_users = [f"seed-{index}-{n}" for n in range(requests)]
+                users = {
+                    flow: [f"{flow}-{index}-{n}" for n in range(requests)]
+                    for flow in ("turn", "plain", "seed")
+                }
                 setup = stores.ours()
-                for user_id in ours_users + seed_users:
+                for user_id in (user for group in users.values() for user in group):
                     _seed_account(setup, user_id, at_limit=scenario.at_limit)
-                ours = _measure(scenario, ours_users, stores.ours, stores.http_requests, _run_ours)
-                seed = _measure(scenario, seed_users, stores.seed, stores.http_requests, _run_seed)
-                rows.append(Row(scenario.name, backend, ours, seed))
+                turn = _measure(
+                    scenario, users["turn"], stores, stores.ours, _run_ours, request_id=True
+                )
+                plain = None
+                if not scenario.retry:
+                    plain = _measure(
+                        scenario, users["plain"], stores, stores.ours, _run_ours, request_id=False
+                    )
+                seed = _measure(
+                    scenario, users["seed"], stores, stores.seed, _run_seed, request_id=False
+                )
+                rows.append(Row(scenario.name, backend, turn, plain, seed))
     return rows
 
 
 def render(rows: list[Row]) -> str:
-    table = Table(
+    appwrite = Table(
+        [
+            "request",
+            "ours, turn: HTTP",
+            "ours, no turn: HTTP",
+            "seed: HTTP",
+            "before: HTTP",
+            "ours (turn) / seed",
+            "ours (turn) / before",
+            "ours, turn: progress HTTP",
+        ]
+    )
+    calls = Table(
         [
             "request",
             "store",
-            "ours: store calls",
-            "seed: store calls",
-            "ours / seed",
-            "ours: HTTP",
-            "seed: HTTP",
-            "ours / seed (HTTP)",
+            "ours, turn",
+            "ours, no turn",
+            "seed",
+            "before",
+            "ours (turn) / seed",
+            "ours (turn) / before",
+            "ours, turn: progress calls",
         ]
     )
     for row in rows:
-        ours_http, seed_http = row.ours.http_requests, row.seed.http_requests
-        table.add(
+        plain = row.ours_plain
+        calls.add(
             row.scenario,
             row.backend,
-            _number(row.ours.store_calls),
+            _number(row.ours_turn.store_calls),
+            "n/a" if plain is None else _number(plain.store_calls),
             _number(row.seed.store_calls),
-            ratio(row.ours.store_calls, row.seed.store_calls),
-            "-" if ours_http is None else _number(ours_http),
-            "-" if seed_http is None else _number(seed_http),
-            "-" if ours_http is None or seed_http is None else ratio(ours_http, seed_http),
+            row.before.store_calls,
+            ratio(row.ours_turn.store_calls, row.seed.store_calls),
+            ratio(row.ours_turn.store_calls, row.before.store_calls),
+            _number(row.ours_turn.progress_calls),
+        )
+        if row.backend == "SQLite":
+            continue
+        ours_http = row.ours_turn.http_requests or 0.0
+        seed_http = row.seed.http_requests or 0.0
+        appwrite.add(
+            row.scenario,
+            _number(ours_http),
+            "n/a" if plain is None else _number(plain.http_requests or 0.0),
+            _number(seed_http),
+            row.before.http_requests,
+            ratio(ours_http, seed_http),
+            ratio(ours_http, row.before.http_requests),
+            _number(row.ours_turn.progress_http or 0.0),
         )
     methods = Table(
         [
             "request",
-            "ours: store calls by method",
+            "ours, turn: store calls by method (HTTP requests on Appwrite)",
             "seed: store calls by method",
             "ours: model calls",
             "seed: model calls",
         ]
     )
     for row in rows:
-        if row.backend == "SQLite":
+        if row.backend == "Appwrite emulator":
             methods.add(
                 row.scenario,
-                _methods(row.ours.by_method),
-                _methods(row.seed.by_method),
-                _number(row.ours.model_calls),
+                _methods(row.ours_turn),
+                _methods(row.seed),
+                _number(row.ours_turn.model_calls),
                 _number(row.seed.model_calls),
             )
-    return table.render() + "\n\n" + methods.render()
+    return "\n\n".join(
+        [
+            "HTTP requests per chat request on the Appwrite emulator (progress calls apart):",
+            appwrite.render(),
+            "Store calls per chat request (progress calls apart):",
+            calls.render(),
+            _transactions(rows),
+            methods.render(),
+        ]
+    )
+
+
+def _transactions(rows: list[Row]) -> str:
+    seen: Counter[str] = Counter()
+    broken: set[str] = set()
+    for row in rows:
+        for counts in (row.ours_turn, row.ours_plain):
+            for name, one in (counts.transactions if counts is not None else {}).items():
+                seen[name] += 1
+                if not one:
+                    broken.add(name)
+    single = ", ".join(f"`{name}`" for name in sorted(set(seen) - broken)) or "none"
+    other = ", ".join(f"`{name}`" for name in sorted(broken))
+    text = f"On Appwrite every call of {single} was one transaction of 3 HTTP requests"
+    if other:
+        text += f"; some calls of {other} were not (a refused claim reads the entry it found)"
+    return text + "."
 
 
 def _number(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.2f}"
 
 
-def _methods(by_method: dict[str, float]) -> str:
-    return ", ".join(f"{name} {_number(count)}" for name, count in by_method.items()) or "-"
+def _methods(counts: Counts) -> str:
+    parts = []
+    for name, count in counts.by_method.items():
+        http = counts.http_by_method.get(name)
+        parts.append(f"{name} {_number(count)}" + (f" ({_number(http)})" if http else ""))
+    return ", ".join(parts) or "-"
 
 
 def run(quick: bool) -> str:

@@ -3,7 +3,8 @@
 Replies derive from the last user message; usage is estimated at four characters a token, with
 prompt caching reported as the API does (a write on first use of a cached prefix, reads after).
 A question about usage, tokens or quota is first answered with a call of the chat's usage tool,
-so that the tool loop runs locally too.
+so that the tool loop runs locally too. With ``"stream": true`` the same reply comes as the API's
+server-sent events, a token per delta at a set pace, so that a Stop can be tried locally.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import math
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 CHARS_PER_TOKEN = 4
@@ -31,6 +36,8 @@ _CLOSERS = (
     "The usage meter above updates after each message.",
     "Nothing in this conversation left your machine.",
 )
+# The streams a test can still look up by message id; older ones are forgotten.
+REMEMBERED_STREAMS = 64
 
 
 class ModelApiError(Exception):
@@ -50,22 +57,54 @@ def tokens_of(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-class OfflineModel:
-    """Thread-safe; remembers cached prompt prefixes for their time to live."""
+class StreamState(StrEnum):
+    STREAMING = "streaming"
+    COMPLETED = "completed"  # message_stop was written
+    ABANDONED = "abandoned"  # the client went away first: nothing more was generated
 
-    def __init__(self) -> None:
+
+@dataclass
+class StreamRecord:
+    """What one streamed reply has sent so far. Each delta is one token: four characters of
+    text or of tool input JSON. ``sent_tokens`` counts the deltas written to the connection."""
+
+    message_id: str
+    tokens: int
+    sent_tokens: int = 0
+    state: StreamState = StreamState.STREAMING
+
+
+class OfflineModel:
+    """Thread-safe; remembers cached prompt prefixes for their time to live, and its last
+    streams (``stream_record``) so that a test can see where a closed stream stopped.
+
+    ``tokens_per_second`` paces streamed deltas (0: as fast as the connection takes them).
+    """
+
+    def __init__(
+        self,
+        tokens_per_second: float = 0.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if tokens_per_second < 0:
+            raise ValueError("tokens_per_second must not be negative")
+        self.tokens_per_second = tokens_per_second
+        self._clock = clock
+        self._sleep = sleep
         self._cache: dict[str, float] = {}
         self._lock = threading.Lock()
         self._counter = 0
+        self._streams: deque[StreamRecord] = deque(maxlen=REMEMBERED_STREAMS)
 
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         _validate(request, need_max_tokens=False)
         return {"input_tokens": _prompt(request)[0]}
 
     def create_message(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply as one Message document (whatever ``stream`` says: the server routes)."""
         _validate(request, need_max_tokens=True)
-        if request.get("stream"):
-            raise _invalid("the offline model does not stream; send stream=false")
         total, prefix_tokens, prefix_key, ttl = _prompt(request)
         cache_write = cache_read = 0
         if prefix_key is not None and prefix_tokens >= MIN_CACHEABLE_TOKENS:
@@ -99,6 +138,50 @@ class OfflineModel:
             },
         }
 
+    def stream_message(self, request: dict[str, Any]) -> Generator[bytes, None, None]:
+        """The reply's server-sent events, one per item. A request the API refuses raises
+        ``ModelApiError`` here, before any event, so that it can still be a JSON error.
+
+        The caller writes each item before asking for the next and closes the generator when a
+        write fails: generation stops there, and the record says so.
+        """
+        document = self.create_message(request)
+        events = _stream_events(document)
+        tokens = sum(1 for _, _, token in events if token)
+        record = StreamRecord(document["id"], tokens)
+        with self._lock:
+            self._streams.append(record)
+        return self._paced(events, record)
+
+    def stream_record(self, message_id: str) -> StreamRecord | None:
+        with self._lock:
+            return next((r for r in self._streams if r.message_id == message_id), None)
+
+    def streams(self) -> list[StreamRecord]:
+        """The remembered streams, oldest first (live records: they change as they stream)."""
+        with self._lock:
+            return list(self._streams)
+
+    def _paced(
+        self, events: list[tuple[str, dict[str, Any], bool]], record: StreamRecord
+    ) -> Generator[bytes, None, None]:
+        interval = 1 / self.tokens_per_second if self.tokens_per_second else 0.0
+        due = self._clock()
+        try:
+            for name, data, token in events:
+                if token and interval:
+                    # Due times from the start, so that slow writes do not slow the pace further.
+                    due += interval
+                    self._sleep(max(0.0, due - self._clock()))
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                # Asked for the next event: the caller has written this one.
+                if token:
+                    record.sent_tokens += 1
+            record.state = StreamState.COMPLETED
+        finally:
+            if record.state is StreamState.STREAMING:
+                record.state = StreamState.ABANDONED
+
     def _cached(self, key: str, ttl: str) -> bool:
         """Whether ``key`` is cached now; a hit refreshes its lifetime, a miss writes it."""
         now = time.monotonic()
@@ -106,6 +189,64 @@ class OfflineModel:
             hit = self._cache.get(key, 0.0) > now
             self._cache[key] = now + CACHE_TTL_SECONDS[ttl]
             return hit
+
+
+def _stream_events(document: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """The events the API streams for ``document``, each with whether it carries a token:
+    ``message_start`` (the input usage, exact, and a first output token), each block's start,
+    deltas and stop (a ``ping`` after the first start), then the cumulative usage on
+    ``message_delta`` and ``message_stop``."""
+    usage = document["usage"]
+    start_usage = {**usage, "output_tokens": min(1, usage["output_tokens"])}
+    start = {**document, "content": [], "stop_reason": None, "usage": start_usage}
+    events: list[tuple[str, dict[str, Any], bool]] = [
+        ("message_start", {"type": "message_start", "message": start}, False)
+    ]
+    for index, block in enumerate(document["content"]):
+        if block["type"] == "text":
+            opening: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])]
+        else:
+            opening = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in _pieces(raw)]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opening},
+                False,
+            )
+        )
+        if index == 0:
+            events.append(("ping", {"type": "ping"}, False))
+        events += [
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": d},
+                True,
+            )
+            for d in deltas
+        ]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}, False))
+    final_usage = {
+        key: usage[key]
+        for key in (
+            "input_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "output_tokens",
+        )
+    }
+    delta = {"stop_reason": document["stop_reason"], "stop_sequence": None}
+    events.append(
+        ("message_delta", {"type": "message_delta", "delta": delta, "usage": final_usage}, False)
+    )
+    events.append(("message_stop", {"type": "message_stop"}, False))
+    return events
+
+
+def _pieces(text: str) -> Iterator[str]:
+    return (text[i : i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN))
 
 
 def _validate(request: dict[str, Any], *, need_max_tokens: bool) -> None:

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from metering import codec
 from metering.account import Account, AccountPatch, ResetPlan
+from metering.ledger import LedgerEntry, LedgerPatch
+from metering.turns import Turn, TurnPatch
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -340,7 +342,8 @@ class Hub:
 
 class PublishingStore:
     """The store the functions get, publishing the account row after each write to it, so
-    that a page following its row sees a top-up, a plan change or a reset as it happens.
+    that a page following its row sees a top-up, a plan change or a reset as it happens, and
+    the turn row after each write to a turn, so that its page sees the reply stream in.
 
     Every other method goes straight through to the wrapped store.
     """
@@ -369,26 +372,86 @@ class PublishingStore:
         account: Account | None = self._store.apply_reset(reset, previous_period_start)
         return None if account is None else self._published(account, "update")
 
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+        self._store.open_request(entry, limit, turn)
+        if turn is not None:
+            self._published_turn(turn.request_id, "create")
+
+    def update_turn(self, request_id: str, patch: TurnPatch) -> None:
+        self._store.update_turn(request_id, patch)
+        self._published_turn(request_id, "update")
+
+    def settle(
+        self,
+        user_id: str,
+        request_id: str,
+        release: int,
+        patch: LedgerPatch,
+        turn: TurnPatch | None = None,
+    ) -> None:
+        self._store.settle(user_id, request_id, release, patch, turn)
+        if turn is not None:
+            self._published_turn(request_id, "update")
+
+    def discard_request(
+        self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None
+    ) -> None:
+        self._store.discard_request(user_id, request_id, release, turn)
+        if turn is not None:
+            self._published_turn(request_id, "update")
+
     def _published(self, account: Account, action: str) -> Account:
         row_id = codec.row_key(account.row_id or account.user_id)
-        permissions = [f'read("user:{account.user_id}")']
+        self._publish(
+            codec.SUBSCRIPTIONS,
+            row_id,
+            [f'read("user:{account.user_id}")'],
+            codec.encode_account(account),
+            action,
+        )
+        return account
+
+    def _published_turn(self, request_id: str, action: str) -> None:
+        # The row as stored, so that the payload is exactly what a read of the row gives.
+        try:
+            turn: Turn | None = self._store.get_turn(request_id)
+        except Exception:
+            log.exception("reading the turn %s to publish it failed", request_id)
+            return
+        if turn is None:
+            return
+        row = {
+            "$createdAt": codec.encode_time(turn.created_at),
+            "$updatedAt": codec.encode_time(turn.updated_at),
+            **codec.encode_turn(turn),
+        }
+        self._publish(
+            codec.TURNS,
+            codec.row_key(request_id),
+            codec.turn_permissions(turn.user_id),
+            row,
+            action,
+        )
+
+    def _publish(
+        self, table_id: str, row_id: str, permissions: list[str], row: dict[str, Any], action: str
+    ) -> None:
         payload = {
             "$id": row_id,
             "$databaseId": self._database_id,
-            "$tableId": codec.SUBSCRIPTIONS,
+            "$tableId": table_id,
             "$permissions": permissions,
-            **codec.encode_account(account),
+            **row,
         }
         try:
             self._hub.publish(
                 Event(
-                    events=row_events(self._database_id, codec.SUBSCRIPTIONS, row_id, action),
-                    channels=row_channels(self._database_id, codec.SUBSCRIPTIONS, row_id),
+                    events=row_events(self._database_id, table_id, row_id, action),
+                    channels=row_channels(self._database_id, table_id, row_id),
                     payload=payload,
                     permissions=permissions,
                 )
             )
         except Exception:
             # The write has happened; a subscriber missing it must not fail the function.
-            log.exception("publishing the row of %s failed", account.user_id)
-        return account
+            log.exception("publishing row %s of %s failed", row_id, table_id)

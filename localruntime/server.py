@@ -12,7 +12,8 @@ import logging
 import mimetypes
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,14 @@ WEBHOOK_FUNCTION = "stripe-webhook"
 MAX_REQUEST_BODY = 32 * 1024 * 1024
 SHUTDOWN_POLL_SECONDS = 0.05
 OFFLINE_PREFIX = "/_offline/anthropic"
+# The chat page's Content-Security-Policy: its own scripts, styles and images, its API (the same
+# origin here, WebSockets included), and HTML only through the sanitiser's Trusted Types policy.
+# web/README.md gives the same policy for a static host.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+    "require-trusted-types-for 'script'; trusted-types dompurify"
+)
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 -- names of wildcard binds, not a bind
 
 
@@ -70,7 +79,7 @@ class Runtime:
         )
         self.web_dir = (web_dir or root / "web").resolve()
         self.data_dir = settings.data_dir.resolve()
-        self.model = OfflineModel()
+        self.model = OfflineModel(settings.offline_model_tokens_per_second)
         self.executions = ExecutionLog()
         self.demo_accounts: list[DemoAccount] = []
         self.port = settings.port
@@ -376,6 +385,12 @@ class Runtime:
             document = _model_call(request, path)
             if path.endswith("/count_tokens"):
                 return json_reply(200, self.model.count_tokens(document), headers)
+            if document.get("stream") is True:
+                events = self.model.stream_message(document)
+                kind = [("Content-Type", "text/event-stream; charset=utf-8")]
+                return StreamedReply(
+                    200, headers=[*kind, ("Cache-Control", "no-cache"), *headers], chunks=events
+                )
             return json_reply(200, self.model.create_message(document), headers)
         except ModelApiError as error:
             return json_reply(error.status, error.body, headers)
@@ -407,6 +422,8 @@ class Runtime:
         if kind.startswith("text/") or kind == "application/json":
             kind += "; charset=utf-8"
         headers = [("Content-Type", kind), ("Cache-Control", "no-cache")]
+        if target.suffix == ".html":
+            headers.append(("Content-Security-Policy", PAGE_CSP))
         return Reply(200, target.read_bytes(), headers)
 
 
@@ -423,6 +440,14 @@ def _model_call(request: Request, path: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ModelApiError(400, "invalid_request_error", "the body must be a JSON object")
     return document
+
+
+@dataclass
+class StreamedReply(Reply):
+    """A reply whose body is written chunk by chunk as ``chunks`` yields it (chunked encoding);
+    when a write fails (the client left) ``chunks`` is closed, so nothing more is generated."""
+
+    chunks: Generator[bytes, None, None] = field(kw_only=True)
 
 
 class _Server(ThreadingHTTPServer):
@@ -499,6 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.runtime.route(request)
 
     def _send(self, reply: Reply) -> None:
+        if isinstance(reply, StreamedReply):
+            self._send_streamed(reply)
+            return
         self.send_response(reply.status)
         for key, value in reply.headers:
             self.send_header(key, value)
@@ -506,3 +534,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and reply.body:
             self.wfile.write(reply.body)
+
+    def _send_streamed(self, reply: StreamedReply) -> None:
+        try:
+            self.send_response(reply.status)
+            for key, value in reply.headers:
+                self.send_header(key, value)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for chunk in reply.chunks:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            # The client closed the stream (a Stop, a deadline): the connection is done.
+            self.close_connection = True
+        finally:
+            reply.chunks.close()

@@ -69,6 +69,14 @@ CORS_ALLOWED_ORIGINS = Setting.optional(
     "comma-separated extra page origins allowed to call the API (loopback ones always are)",
     shown_default="loopback only",
 )
+OFFLINE_MODEL_TOKENS_PER_SECOND = Setting.number(
+    "OFFLINE_MODEL_TOKENS_PER_SECOND",
+    30.0,
+    (LOCAL_RUNTIME,),
+    "tokens a second the offline model streams, slow enough that Stop can be tried (0: no delay)",
+    minimum=0.0,
+    maximum=100000.0,
+)
 
 DECLARED: tuple[Setting[Any], ...] = declared_in(globals())
 
@@ -87,6 +95,7 @@ class RuntimeSettings:
     demo_password: Secret
     cors_origins: tuple[str, ...]
     run_cron: bool
+    offline_model_tokens_per_second: float
 
     @property
     def offline_model(self) -> bool:
@@ -121,6 +130,7 @@ class RuntimeSettings:
             demo_password=Secret(env.read(DEMO_PASSWORD)),
             cors_origins=tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip()),
             run_cron=env.read(RUN_CRON),
+            offline_model_tokens_per_second=env.read(OFFLINE_MODEL_TOKENS_PER_SECOND),
         )
         if settings.cron_schedule is not None:
             try:

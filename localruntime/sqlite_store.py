@@ -4,6 +4,7 @@ rows as on Appwrite; each read-modify-write is one ``BEGIN IMMEDIATE`` transacti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from metering.alerts import Notice
 from metering.claims import reset_applies, reset_once
 from metering.errors import (
     AlreadyExists,
+    Conflict,
     InvalidRequest,
     LimitReached,
     NotFound,
@@ -28,6 +30,7 @@ from metering.errors import (
 from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
+from metering.turns import Turn, TurnPatch
 
 from tools.schema import ColumnSpec, TableSpec, load_schema
 
@@ -320,42 +323,104 @@ class SQLiteStore:
 
     # -- the hard cap --------------------------------------------------------------------------
 
-    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+        tokens = entry.held_tokens
         if tokens < 0:
-            raise InvalidRequest("cannot reserve a negative amount")
+            raise InvalidRequest("cannot hold a negative amount")
         with self._write() as connection:
-            # The bounded atomic increment: the guard and the change are one statement.
-            updated = connection.execute(
-                "UPDATE subscriptions SET currentTokensUsed = currentTokensUsed + ?"
-                " WHERE userId = ? AND currentTokensUsed + ? <= ?",
-                (tokens, user_id, tokens, limit),
-            )
-            if updated.rowcount == 0:
-                if self._account_row(connection, user_id) is None:
-                    raise NotFound(f"no account for user {user_id!r}")
-                raise LimitReached(f"reserving {tokens} tokens would pass the limit {limit}")
+            try:
+                _insert(
+                    connection,
+                    codec.LEDGER,
+                    codec.row_key(entry.request_id),
+                    codec.encode_ledger(entry),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+            self._raise_counter(connection, entry.user_id, tokens, limit)
+            if turn is not None:
+                # The claim is ours: a turn left by a discarded attempt with this id is replaced.
+                turn_id = codec.row_key(turn.request_id)
+                connection.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
+                _insert(connection, codec.TURNS, turn_id, codec.encode_turn(turn))
+
+    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
+        if tokens < 0:
+            raise InvalidRequest("cannot hold a negative amount")
+        with self._write() as connection:
+            self._raise_counter(connection, user_id, tokens, limit)
             held = connection.execute(
-                "UPDATE usage_events SET reservedTokens = reservedTokens + ? WHERE id = ?",
-                (tokens, codec.row_key(request_id)),
+                "UPDATE usage_events SET heldTokens = heldTokens + ? WHERE id = ? AND status = ?",
+                (tokens, codec.row_key(request_id), LedgerStatus.RESERVED.value),
             )
             if held.rowcount == 0:
-                raise NotFound(f"no ledger entry {request_id!r}")
-            return self._account_after_write(connection, user_id).current_tokens_used
+                raise NotFound(f"no reserved ledger entry {request_id!r}")
 
-    def release(self, user_id: str, request_id: str, tokens: int) -> None:
-        if tokens <= 0:
-            # A negative release would raise the counter past any limit.
-            return
+    def _raise_counter(
+        self, connection: sqlite3.Connection, user_id: str, tokens: int, limit: int
+    ) -> None:
+        # The bounded atomic increment: the guard and the change are one statement.
+        updated = connection.execute(
+            "UPDATE subscriptions SET currentTokensUsed = currentTokensUsed + ?"
+            " WHERE userId = ? AND currentTokensUsed + ? <= ?",
+            (tokens, user_id, tokens, limit),
+        )
+        if updated.rowcount == 0:
+            if self._account_row(connection, user_id) is None:
+                raise NotFound(f"no account for user {user_id!r}")
+            raise LimitReached(f"holding {tokens} tokens would pass the limit {limit}")
+
+    def settle(
+        self,
+        user_id: str,
+        request_id: str,
+        release: int,
+        patch: LedgerPatch,
+        turn: TurnPatch | None = None,
+    ) -> None:
+        if release < 0:
+            raise InvalidRequest("cannot release a negative amount")
+        row_id = codec.row_key(request_id)
         with self._write() as connection:
-            connection.execute(
-                "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?)"
-                " WHERE userId = ?",
-                (tokens, user_id),
+            # Only a request still in flight settles: the cron's reclaim and a late settle of
+            # the same request cannot both apply.
+            changed = _update(
+                connection,
+                codec.LEDGER,
+                codec.encode_ledger_patch(patch),
+                "id = ? AND status = ?",
+                (row_id, LedgerStatus.RESERVED.value),
             )
-            connection.execute(
-                "UPDATE usage_events SET reservedTokens = MAX(0, reservedTokens - ?) WHERE id = ?",
-                (tokens, codec.row_key(request_id)),
+            if changed == 0:
+                raise Conflict(f"ledger entry {request_id!r} is not in flight")
+            self._lower_counter(connection, user_id, release)
+            if turn is not None:
+                _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
+
+    def discard_request(
+        self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None
+    ) -> None:
+        if release < 0:
+            raise InvalidRequest("cannot release a negative amount")
+        row_id = codec.row_key(request_id)
+        with self._write() as connection:
+            deleted = connection.execute(
+                "DELETE FROM usage_events WHERE id = ? AND status = ?",
+                (row_id, LedgerStatus.RESERVED.value),
             )
+            if deleted.rowcount:
+                self._lower_counter(connection, user_id, release)
+            if turn is not None:
+                _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
+
+    @staticmethod
+    def _lower_counter(connection: sqlite3.Connection, user_id: str, tokens: int) -> None:
+        # Never below zero: a reset may have taken the hold off with the period's usage.
+        connection.execute(
+            "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?)"
+            " WHERE userId = ?",
+            (tokens, user_id),
+        )
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         return reset_once(self, reset, lambda: self._reset_counters(reset, previous_period_start))
@@ -384,38 +449,9 @@ class SQLiteStore:
 
     # -- the ledger ----------------------------------------------------------------------------
 
-    def create_ledger(self, entry: LedgerEntry) -> None:
-        with self._errors():
-            try:
-                _insert(
-                    self._connection(),
-                    codec.LEDGER,
-                    codec.row_key(entry.request_id),
-                    codec.encode_ledger(entry),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
-
     def get_ledger(self, request_id: str) -> LedgerEntry | None:
         rows = self._read("SELECT * FROM usage_events WHERE id = ?", (codec.row_key(request_id),))
         return codec.decode_ledger(rows[0], request_id) if rows else None
-
-    def discard_ledger(self, request_id: str) -> None:
-        with self._errors():
-            self._connection().execute(
-                "DELETE FROM usage_events WHERE id = ?", (codec.row_key(request_id),)
-            )
-
-    def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry:
-        data = codec.encode_ledger_patch(patch)
-        row_id = codec.row_key(request_id)
-        with self._write() as connection:
-            _update(connection, codec.LEDGER, data, "id = ?", (row_id,))
-            row = connection.execute("SELECT * FROM usage_events WHERE id = ?", (row_id,))
-            found: Document | None = row.fetchone()
-            if found is None:
-                raise NotFound(f"no ledger entry {request_id!r}")
-            return codec.decode_ledger(found, request_id)
 
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
@@ -433,14 +469,55 @@ class SQLiteStore:
         )
         return _page(rows, limit, codec.decode_ledger)
 
+    def list_ledger(
+        self, created_from: datetime, created_before: datetime, limit: int, cursor: str | None
+    ) -> Page[LedgerEntry]:
+        _check_limit(limit)
+        rows = self._read(
+            "SELECT * FROM usage_events WHERE seq > ? AND startedAt >= ? AND startedAt < ?"
+            " ORDER BY seq LIMIT ?",
+            (
+                _cursor_seq(cursor),
+                codec.encode_time(created_from),
+                codec.encode_time(created_before),
+                limit + 1,
+            ),
+        )
+        return _page(rows, limit, codec.decode_ledger)
+
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
         rows = self._read(
-            # A finished entry's usage is what it charged; its hold then equals that usage.
-            "SELECT COALESCE(SUM(CASE WHEN status = ? THEN reservedTokens ELSE totalTokens END),"
-            " 0) AS total FROM usage_events WHERE userId = ? AND periodStart = ?",
-            (LedgerStatus.RESERVED.value, user_id, codec.encode_time(period_start)),
+            "SELECT * FROM usage_events WHERE userId = ? AND periodStart = ?",
+            (user_id, codec.encode_time(period_start)),
         )
-        return int(rows[0]["total"])
+        return sum(codec.ledger_counted(codec.decode_ledger(row)) for row in rows)
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    def get_turn(self, request_id: str) -> Turn | None:
+        rows = self._read("SELECT * FROM turns WHERE id = ?", (codec.row_key(request_id),))
+        return codec.decode_turn(rows[0]) if rows else None
+
+    def update_turn(self, request_id: str, patch: TurnPatch) -> None:
+        data = codec.encode_turn_patch(patch)
+        with self._write() as connection:
+            if _update(connection, codec.TURNS, data, "id = ?", (codec.row_key(request_id),)) == 0:
+                raise NotFound(f"no turn {request_id!r}")
+
+    def request_stop(self, request_id: str, user_id: str, now: datetime) -> None:
+        row_id = codec.row_key(request_id)
+        # A second Stop finds the row there: nothing to change.
+        with self._write() as connection, contextlib.suppress(sqlite3.IntegrityError):
+            _insert(
+                connection,
+                codec.TURN_STOPS,
+                row_id,
+                codec.encode_stop(request_id, user_id, now),
+            )
+
+    def stop_requested(self, request_id: str) -> bool:
+        rows = self._read("SELECT id FROM turn_stops WHERE id = ?", (codec.row_key(request_id),))
+        return bool(rows)
 
     # -- claims --------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-APPWRITE_VERSION = "1.8.0"
+APPWRITE_VERSION = "1.9.5"
 JSON_TYPE = "application/json"
 
 Headers = list[tuple[str, str]]

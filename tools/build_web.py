@@ -1,7 +1,8 @@
-"""Build the static chat page: install the pinned npm packages and vendor the Appwrite Web SDK.
+"""Build the static chat page: install the pinned npm packages and vendor what the page imports.
 
-The page imports ``./vendor/appwrite.js``, a self-contained ES module made from the SDK's browser
-build, so nothing is fetched from a CDN at run time. ``--out DIR`` also assembles what to deploy.
+The page imports ``./vendor/appwrite.js`` (the Appwrite Web SDK's browser build wrapped into an ES
+module), ``./vendor/marked.js`` and ``./vendor/purify.js``, so nothing is fetched from a CDN at run
+time. ``--out DIR`` also assembles what to deploy.
 """
 
 from __future__ import annotations
@@ -20,33 +21,58 @@ WEB = ROOT / "web"
 # without a bundler; the IIFE build bundles it, so it is the one wrapped into a module.
 SDK_BROWSER_BUILD = Path("node_modules/appwrite/dist/iife/sdk.js")
 EXPORT_LINE = re.compile(r"^\s*exports\.([A-Za-z_$][\w$]*) = ", re.MULTILINE)
+# The Markdown renderer and the sanitiser ship self-contained ES modules: copied as they are, with
+# the names the page imports checked, so that an upgrade that moved them fails the build.
+ES_MODULES = {
+    "marked.js": ("marked", Path("lib/marked.esm.js"), ("marked",)),
+    "purify.js": ("dompurify", Path("dist/purify.es.mjs"), ("default",)),
+}
+SOURCE_MAP_LINE = re.compile(r"^//# sourceMappingURL=.*$", re.MULTILINE)
 # What a static host serves; package files, node_modules and docs stay behind.
-DEPLOYED_PATTERNS = ("*.html", "*.css", "*.js", "*.svg", "vendor/appwrite.js", "config.json")
+DEPLOYED_PATTERNS = ("*.html", "*.css", "*.js", "*.svg", "vendor/*.js", "config.json")
 
 
 class BuildError(Exception):
     pass
 
 
-def pinned_version(web: Path) -> str:
+def pinned_versions(web: Path) -> dict[str, str]:
+    """Every npm package of the page (dependencies and devDependencies), each pinned exactly:
+    a range would let two builds of the same commit differ."""
     manifest = json.loads((web / "package.json").read_text(encoding="utf-8"))
-    version = manifest.get("dependencies", {}).get("appwrite", "")
-    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
-        raise BuildError(f"web/package.json must pin appwrite to an exact version, not {version!r}")
-    return str(version)
+    pins = {**manifest.get("dependencies", {}), **manifest.get("devDependencies", {})}
+    for name, version in pins.items():
+        if not re.fullmatch(r"\d+\.\d+\.\d+", str(version)):
+            raise BuildError(
+                f"web/package.json must pin {name} to an exact version, not {version!r}"
+            )
+    return {str(name): str(version) for name, version in pins.items()}
 
 
-def installed_version(web: Path) -> str | None:
-    manifest = web / "node_modules/appwrite/package.json"
+def pinned_version(web: Path) -> str:
+    version = pinned_versions(web).get("appwrite")
+    if version is None:
+        raise BuildError("web/package.json must pin appwrite to an exact version")
+    return version
+
+
+def installed_version(web: Path, package: str = "appwrite") -> str | None:
+    manifest = web / "node_modules" / package / "package.json"
     if not manifest.is_file():
         return None
     return str(json.loads(manifest.read_text(encoding="utf-8")).get("version"))
 
 
 def needs_install(web: Path) -> bool:
-    """True when node_modules is missing or older than the manifest or the lock file."""
+    """True when node_modules is missing, holds another version of a package than the pin, or
+    is older than the manifest or the lock file."""
     marker = web / "node_modules/.package-lock.json"  # npm rewrites it on every install
-    if not marker.is_file() or installed_version(web) != pinned_version(web):
+    pins = pinned_versions(web)
+    if "appwrite" not in pins:
+        raise BuildError("web/package.json must pin appwrite to an exact version")
+    if not marker.is_file() or any(
+        installed_version(web, name) != version for name, version in pins.items()
+    ):
         return True
     sources = [web / "package.json", web / "package-lock.json"]
     newest = max(path.stat().st_mtime for path in sources if path.is_file())
@@ -89,20 +115,63 @@ def sdk_module(iife_source: str, version: str) -> str:
     )
 
 
+def _write(target: Path, text: str) -> Path:
+    target.parent.mkdir(exist_ok=True)
+    # Write then rename, so a server reading the page never sees a half-written module.
+    partial = target.with_suffix(".js.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(target)
+    return target
+
+
 def vendor_sdk(web: Path) -> Path:
     source = web / SDK_BROWSER_BUILD
     if not source.is_file():
         raise BuildError(f"{source} is missing: the appwrite package layout changed")
     version = installed_version(web) or "unknown"
-    target_dir = web / "vendor"
-    target_dir.mkdir(exist_ok=True)
-    target = target_dir / "appwrite.js"
     module = sdk_module(source.read_text(encoding="utf-8"), version)
-    # Write then rename, so a server reading the page never sees a half-written module.
-    partial = target.with_suffix(".js.partial")
-    partial.write_text(module, encoding="utf-8")
-    partial.replace(target)
-    return target
+    return _write(web / "vendor" / "appwrite.js", module)
+
+
+def es_module(
+    source_text: str, package: str, version: str, path: Path, names: tuple[str, ...]
+) -> str:
+    """A package's own ES module build, its exports checked and its source map line dropped (the
+    map is not deployed: a browser asking for it would only get a 404)."""
+    exported = _es_exports(source_text)
+    for name in names:
+        if name not in exported:
+            raise BuildError(f"{package} {version} ({path.as_posix()}) does not export {name}")
+    body = SOURCE_MAP_LINE.sub("", source_text).rstrip() + "\n"
+    return (
+        f"// {package} {version}, copied by tools/build_web.py from\n"
+        f"// node_modules/{package}/{path.as_posix()}. Do not edit.\n{body}"
+    )
+
+
+def _es_exports(source_text: str) -> set[str]:
+    names: set[str] = set()
+    for clause in re.findall(r"export\s*\{([^}]*)\}", source_text):
+        for part in clause.split(","):
+            words = part.split()
+            if words:
+                names.add(words[-1])
+    names.update(
+        re.findall(r"export\s+(?:const|let|var|function|class)\s+([A-Za-z_$][\w$]*)", source_text)
+    )
+    return names
+
+
+def vendor_es_modules(web: Path) -> list[Path]:
+    written = []
+    for target_name, (package, path, names) in ES_MODULES.items():
+        source = web / "node_modules" / package / path
+        if not source.is_file():
+            raise BuildError(f"{source} is missing: the {package} package layout changed")
+        version = installed_version(web, package) or "unknown"
+        module = es_module(source.read_text(encoding="utf-8"), package, version, path, names)
+        written.append(_write(web / "vendor" / target_name, module))
+    return written
 
 
 def assemble(web: Path, out: Path) -> list[Path]:
@@ -128,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if needs_install(web):
             npm_install(web)
-        target = vendor_sdk(web)
-        print(f"build_web: wrote {target}")
+        for target in [vendor_sdk(web), *vendor_es_modules(web)]:
+            print(f"build_web: wrote {target}")
         if args.out is not None:
             copied = assemble(web, args.out)
             print(f"build_web: {len(copied)} files to deploy in {args.out}")

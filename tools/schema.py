@@ -28,7 +28,8 @@ COLUMN_TYPES = frozenset(
         "datetime",
     }
 )
-STRING_FORMATS = frozenset({"", "email", "url", "ip", "enum"})
+# "datetime" is what the server reports (and the CLI compares) for a datetime column.
+STRING_FORMATS = frozenset({"", "email", "url", "ip", "enum", "datetime"})
 INDEX_TYPES = frozenset({"key", "unique", "fulltext"})
 
 

@@ -1,7 +1,14 @@
 // The page's only door to the backend: Appwrite Account and function executions, with every
 // failure turned into an ApiError whose `kind` tells the page what to do.
 
-import { Account, AppwriteException, Client, Functions, ID } from "./vendor/appwrite.js";
+import {
+  Account,
+  AppwriteException,
+  Client,
+  Functions,
+  ID,
+  Realtime,
+} from "./vendor/appwrite.js";
 
 export const ErrorKind = Object.freeze({
   AUTH: "auth", // not (or no longer) logged in: back to the login form
@@ -9,6 +16,7 @@ export const ErrorKind = Object.freeze({
   RETRYABLE: "retryable", // network, timeout, 5xx: the same request may succeed later
   TOO_LARGE: "too_large", // 413: the conversation no longer fits in one request
   INVALID: "invalid", // any other 4xx: retrying the same thing will not help
+  NOT_FOUND: "not_found", // 404 of a turn: not started yet, refused, or not the caller's
 });
 
 export class ApiError extends Error {
@@ -42,7 +50,12 @@ export async function loadConfig(url = "config.json") {
     // Below this many tokens of allowance no reply is possible (the system prompt, the tool
     // definitions and a minimal answer cost more): the Demo plan's 30 tokens, for instance.
     minChatTokens: Number.isInteger(config.minChatTokens) ? config.minChatTokens : 256,
+    // What a reply cost in dollars is the operator's figure; users see tokens unless told so.
+    showCost: config.showCost === true,
     functions: { chat: "chat", usage: "usage", billing: "billing", ...(config.functions ?? {}) },
+    // Where Realtime finds the rows the page follows: the user's account row and turn rows.
+    databaseId: typeof config.databaseId === "string" ? config.databaseId : "koffers_db",
+    tables: { subscriptions: "subscriptions", turns: "turns", ...(config.tables ?? {}) },
   };
 }
 
@@ -97,6 +110,9 @@ function functionError(status, body) {
       // The chat's 429 says which refusal it is: details[0].reason.
       details: Array.isArray(body?.error?.details) ? body.error.details : null,
     });
+  }
+  if (status === 404) {
+    return new ApiError(ErrorKind.NOT_FOUND, message || "Not found.", { status, code });
   }
   if (status === 413) {
     return new ApiError(
@@ -165,18 +181,12 @@ export function createBackend(config) {
   const account = new Account(client);
   const functions = new Functions(client);
 
-  async function execute(
-    functionId,
-    method,
-    body,
-    { path = "/", toError = functionError, toTransportError = transportError } = {},
-  ) {
-    let execution;
+  async function createExecution(functionId, method, body, path, isAsync, toTransportError) {
     try {
-      execution = await functions.createExecution(
+      return await functions.createExecution(
         functionId,
         body === undefined ? "" : JSON.stringify(body),
-        false,
+        isAsync,
         path,
         method,
         { "content-type": "application/json" },
@@ -184,11 +194,39 @@ export function createBackend(config) {
     } catch (error) {
       throw toTransportError(error);
     }
+  }
+
+  async function execute(
+    functionId,
+    method,
+    body,
+    { path = "/", toError = functionError, toTransportError = transportError } = {},
+  ) {
+    const execution = await createExecution(functionId, method, body, path, false, toTransportError);
     const status = Number(execution?.responseStatusCode ?? 0);
     const parsed = parseJson(execution?.responseBody);
     if (status >= 200 && status < 300 && parsed !== null) return parsed;
     throw toError(status >= 200 && status < 300 ? 502 : status, parsed);
   }
+
+  let realtime = null;
+  const onReconnect = [];
+
+  // One socket for every subscription of the page; after it was lost and opens again, the
+  // page reads what it may have missed.
+  function connection() {
+    if (realtime === null) {
+      realtime = new Realtime(client);
+      let opened = 0;
+      realtime.onOpen(() => {
+        opened += 1;
+        if (opened > 1) for (const callback of onReconnect) callback();
+      });
+    }
+    return realtime;
+  }
+
+  const rowsChannel = (table) => `tablesdb.${config.databaseId}.tables.${table}.rows`;
 
   const billing = (action, method, path, body) =>
     execute(config.functions.billing, method, body, {
@@ -226,6 +264,59 @@ export function createBackend(config) {
       accountCall(() => account.create(ID.unique(), email, password, name || undefined)),
     logOut: () => accountCall(() => account.deleteSession("current")),
     chat: (messages, requestId) => execute(config.functions.chat, "POST", { messages, requestId }),
+    // A turn: an asynchronous execution answered at once; the reply arrives in the turn's row.
+    startTurn: (messages, requestId) =>
+      createExecution(
+        config.functions.chat,
+        "POST",
+        { messages, requestId },
+        "/",
+        true,
+        transportError,
+      ),
+    // {turn, usage} of one of the caller's turns; NOT_FOUND before it exists.
+    turn: (requestId) =>
+      execute(config.functions.chat, "GET", undefined, {
+        path: `/turns/${encodeURIComponent(requestId)}`,
+      }),
+    stopTurn: (requestId) =>
+      execute(config.functions.chat, "POST", {}, {
+        path: `/turns/${encodeURIComponent(requestId)}/stop`,
+      }),
+    // What became of an asynchronous execution: null while it is queued or running.
+    executionOutcome: async (executionId) => {
+      let execution;
+      try {
+        execution = await functions.getExecution(config.functions.chat, executionId);
+      } catch (error) {
+        throw transportError(error);
+      }
+      return outcomeOf(execution);
+    },
+    // Every turn row and the account row of the user, as Realtime delivers them to their reader.
+    follow: async ({ onTurn, onAccount, onReconnected }) => {
+      onReconnect.push(onReconnected);
+      const socket = connection();
+      await socket.subscribe(
+        [rowsChannel(config.tables.turns), rowsChannel(config.tables.subscriptions)],
+        (event) => {
+          const table = event?.payload?.$tableId;
+          const channels = Array.isArray(event?.channels) ? event.channels : [];
+          const isTurn =
+            table === config.tables.turns ||
+            channels.includes(rowsChannel(config.tables.turns)) ||
+            typeof event?.payload?.requestId === "string";
+          if (isTurn) onTurn(event.payload);
+          else onAccount(event?.payload ?? null);
+        },
+      );
+    },
+    unfollow: async () => {
+      onReconnect.length = 0;
+      const socket = realtime;
+      realtime = null;
+      if (socket !== null) await socket.disconnect();
+    },
     usage: () => execute(config.functions.usage, "GET"),
     // GET /plans: {plans: [{id, name, tokens, price, current}], topups: [...], currentPlan}.
     plans: () => billing("plans", "GET", "/plans"),
@@ -234,6 +325,21 @@ export function createBackend(config) {
       redirectUrl(await billing(purchase.plan ? "plan" : "topup", "POST", "/checkout", purchase)),
     portal: async () => redirectUrl(await billing("portal", "POST", "/portal", {})),
   };
+}
+
+// The answer an execution document carries once it has run: {status, body}, or null before.
+// An asynchronous execution on Appwrite keeps the status code but not the body (body null).
+export function outcomeOf(execution) {
+  const state = execution?.status;
+  const status = Number(execution?.responseStatusCode ?? 0);
+  if ((state !== "completed" && state !== "failed") || !status) {
+    return state === "failed" ? { status: 500, body: null } : null;
+  }
+  return { status, body: parseJson(execution?.responseBody) };
+}
+
+export function errorOf(status, body) {
+  return functionError(status, body);
 }
 
 // 36 characters from [A-Za-z0-9-]: what the chat function accepts as an idempotency key.

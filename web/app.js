@@ -1,11 +1,29 @@
-// The chat page: login, the conversation, the usage meter, the notices around them, and buying
-// plans and packs (Checkout, the billing portal and the way back from them).
+// The chat page: login, the conversation and its streamed turns, the usage meter, the notices
+// around them, and buying plans and packs (Checkout, the billing portal and the way back).
 
-import { ApiError, ErrorKind, createBackend, loadConfig, newRequestId } from "./api.js";
-import { LEVELS, cannotChat, currentAlert, levelOf, limitKind } from "./format.js";
+import {
+  ApiError,
+  ErrorKind,
+  createBackend,
+  errorOf,
+  loadConfig,
+  newRequestId,
+  outcomeOf,
+} from "./api.js";
+import {
+  LEVELS,
+  cannotChat,
+  conversationTokens,
+  currentAlert,
+  formatTokens,
+  levelOf,
+  limitKind,
+} from "./format.js";
+import { copyText } from "./markdown.js";
 import {
   clearConversation,
   forgetCheckout,
+  forgetUser,
   loadConversation,
   loadDismissed,
   pendingCheckout,
@@ -13,11 +31,30 @@ import {
   saveConversation,
   saveDismissed,
 } from "./storage.js";
-import { byTestId, renderConversation, renderNotices, renderOffer, renderUsage } from "./view.js";
+import {
+  byTestId,
+  renderConversation,
+  renderConversationTokens,
+  renderNotices,
+  renderOffer,
+  renderUsage,
+} from "./view.js";
 
 // Back from Checkout the payment's events may still be on their way to the webhook: the meter is
 // read again after each of these pauses (about 20 s in all) before the page says it is late.
 const CONFIRM_DELAYS_MS = [0, 1000, 1500, 2000, 2500, 3000, 4000, 5000];
+// A turn is followed through Realtime (a few updates a second). After this long without news the
+// page reads the turn itself: an event missed while the socket reconnected, Realtime blocked by
+// a proxy, a turn still queued.
+const TURN_QUIET_MS = 2000;
+const TURN_TICK_MS = 500;
+// A turn with neither a row nor a known execution after this long never started.
+const TURN_LOST_MS = 20_000;
+// A Stop the server could not take yet (the turn not started) is asked again this often.
+const STOP_RETRY_MS = 1000;
+// Row events come in bursts (a settle, then the account): one usage read answers a burst.
+const USAGE_DEBOUNCE_MS = 250;
+const FINAL = new Set(["completed", "stopped", "failed"]);
 
 const state = {
   config: null,
@@ -39,16 +76,23 @@ const state = {
   billingError: null,
   checkout: null, // { phase: confirming|confirmed|slow|returned|cancelled, purchase, usage }
   dismissed: new Set(), // ids of threshold alerts the user dismissed
-  // Each send takes the next generation; an answer whose generation is no longer current was
-  // abandoned (Stop, logout) and is ignored.
+  // Bumped when the user leaves (logout, a new chat): answers to older requests are ignored.
   generation: 0,
-  pending: null, // { generation, text, requestId } while a reply is awaited
+  // The reply being written: { requestId, text, userMessageId, history, executionId, content,
+  // status: starting|pending|streaming|stopping, started, stopRequested, stopSent, ... }.
+  turn: null,
+  watch: null, // the timer that reads a quiet turn
+  following: null, // the Realtime subscription, once asked for
+  usageTimer: null,
+  usageReads: 0, // sequence of usage reads: an older answer never overwrites a newer one
+  usageApplied: 0,
   // The last message that did not get a reply. Sending the same text again reuses its request
   // id, so a request that did run on the server is answered from its record and charged once.
   unsent: null,
   error: null, // { title, text, retryable, newChat }
   status: "",
   authMode: "login",
+  rendered: { notices: null, offer: null }, // what the notices and the offer last showed
 };
 
 const input = () => byTestId("message-input");
@@ -73,16 +117,13 @@ function offerMode() {
   return state.offerOpen ? "browse" : null;
 }
 
-function renderChat() {
+// Only what changed is rebuilt: a notice is an alert, and one rebuilt with the same words would
+// be read out again.
+function renderChat({ toEnd = false } = {}) {
   const demo = isDemo();
   const mode = offerMode();
   if (mode !== null) ensureCatalog();
-  renderConversation(
-    byTestId("conversation"),
-    state.messages,
-    state.pending?.text ?? null,
-    state.blocked || demo,
-  );
+  renderMessages({ toEnd });
   // A plan that cannot chat gets the plans instead of a conversation and a box that can only fail.
   byTestId("conversation").hidden = demo;
   byTestId("composer").hidden = demo || !state.usageRead;
@@ -90,58 +131,106 @@ function renderChat() {
   byTestId("billing-button").hidden = !hasStripePlan();
   byTestId("new-chat").hidden = demo;
   renderUsage(state.usage);
-  renderNotices({
-    usage: state.usage,
-    blocked: state.blocked,
+  const alert = currentAlert(state.usage, state.dismissed);
+  const noticesKey = JSON.stringify([
+    state.usage?.level,
+    state.usage?.plan,
+    state.usage?.tokens,
+    state.blocked,
     demo,
-    tooLong: state.tooLong,
-    checkout: state.checkout,
-    billingError: state.billingError,
-    alert: currentAlert(state.usage, state.dismissed),
-    error: state.error,
-    status: state.status,
-    hasMessages: state.messages.length > 0,
-    onRetry: retry,
-    onNewChat: newChat,
-    onDismissAlert: dismissAlert,
-    onShowOffer: () => {
-      state.offerOpen = true;
-      renderChat();
-      // The offer's region takes focus: its title is read, and Tab goes on to its buttons.
-      byTestId("offer").focus();
-    },
-    onDismissCheckout: () => {
-      state.checkout = null;
-      renderChat();
-    },
-    onCheckAgain: () => void confirmCheckout(state.checkout?.purchase ?? null),
-    onDismissBillingError: () => {
-      state.billingError = null;
-      renderChat();
-    },
-  });
-  renderOffer({
+    state.tooLong?.tokens?.remaining,
+    state.checkout,
+    state.billingError,
+    alert,
+    state.error,
+    state.status,
+    state.messages.length > 0,
+  ]);
+  if (noticesKey !== state.rendered.notices) {
+    state.rendered.notices = noticesKey;
+    renderNotices({
+      usage: state.usage,
+      blocked: state.blocked,
+      demo,
+      tooLong: state.tooLong,
+      checkout: state.checkout,
+      billingError: state.billingError,
+      alert,
+      error: state.error,
+      status: state.status,
+      hasMessages: state.messages.length > 0,
+      onRetry: retry,
+      onNewChat: newChat,
+      onDismissAlert: dismissAlert,
+      onShowOffer: () => {
+        state.offerOpen = true;
+        renderChat();
+        // The offer's region takes focus: its title is read, and Tab goes on to its buttons.
+        byTestId("offer").focus();
+      },
+      onDismissCheckout: () => {
+        state.checkout = null;
+        renderChat();
+      },
+      onCheckAgain: () => void confirmCheckout(state.checkout?.purchase ?? null),
+      onDismissBillingError: () => {
+        state.billingError = null;
+        renderChat();
+      },
+    });
+  }
+  const offerKey = JSON.stringify([
     mode,
-    usage: state.usage,
-    catalog: state.catalog,
-    busy: state.buying,
-    handlers: {
-      onPlan: (plan) => void buy("plan", plan),
-      onTopup: (pack) => void buy("topup", pack),
-      onPortal: () => void openPortal(),
-      onRetryPlans: () => {
-        state.catalog = { ...state.catalog, status: "idle" };
-        renderChat();
+    state.usage?.plan,
+    state.usage?.tokens?.limit,
+    state.usage?.tokens?.planTokens,
+    state.catalog.status,
+    state.catalog.forPlan,
+    state.catalog.error,
+    state.buying,
+  ]);
+  if (offerKey !== state.rendered.offer) {
+    state.rendered.offer = offerKey;
+    renderOffer({
+      mode,
+      usage: state.usage,
+      catalog: state.catalog,
+      busy: state.buying,
+      handlers: {
+        onPlan: (plan) => void buy("plan", plan),
+        onTopup: (pack) => void buy("topup", pack),
+        onPortal: () => void openPortal(),
+        onRetryPlans: () => {
+          state.catalog = { ...state.catalog, status: "idle" };
+          renderChat();
+        },
+        onClose: () => {
+          state.offerOpen = false;
+          renderChat();
+        },
       },
-      onClose: () => {
-        state.offerOpen = false;
-        renderChat();
-      },
-    },
-  });
+    });
+  }
   renderComposer();
-  const list = byTestId("conversation");
-  list.scrollTop = list.scrollHeight;
+}
+
+// The conversation and the composer only: what a turn's progress changes.
+function renderMessages({ toEnd = false } = {}) {
+  renderConversation(byTestId("conversation"), {
+    messages: state.messages,
+    turn: state.turn,
+    blocked: state.blocked || isDemo(),
+    showCost: state.config.showCost,
+    toEnd,
+  });
+  renderConversationTokens(byTestId("conversation-tokens"), conversationTokens(state.messages), {
+    writing: state.turn !== null,
+  });
+}
+
+function renderTurn() {
+  renderMessages();
+  renderComposer();
 }
 
 // Plans bought through Stripe have a customer to manage; Demo has none.
@@ -150,15 +239,24 @@ function hasStripePlan() {
 }
 
 function renderComposer() {
-  const busy = state.pending !== null;
+  const turn = state.turn;
+  const busy = turn !== null;
   const textarea = input();
   textarea.disabled = state.blocked;
   textarea.placeholder = state.blocked
-    ? "Chat is paused: the monthly token limit is reached"
+    ? "Chat is paused: the allowance is spent"
     : "Message the assistant…";
   byTestId("send-button").disabled = state.blocked || busy;
-  byTestId("stop-button").hidden = !busy;
-  byTestId("composer-hint").hidden = state.blocked;
+  const stopButton = byTestId("stop-button");
+  stopButton.hidden = !busy;
+  const stopping = turn?.stopRequested === true;
+  byTestId("stop-label").textContent = stopping ? "Stopping…" : "Stop";
+  stopButton.setAttribute("aria-disabled", stopping ? "true" : "false");
+  const hint = byTestId("composer-hint");
+  hint.hidden = state.blocked;
+  hint.textContent = busy
+    ? "The assistant is writing. Esc or Stop ends the reply; you can type your next message."
+    : "Enter to send, Shift+Enter for a new line.";
   byTestId("composer").setAttribute("aria-busy", busy ? "true" : "false");
   autosize();
 }
@@ -188,6 +286,16 @@ function applyUsage(usage) {
       : usage;
   state.blocked = levelOf(usage) === "exceeded" || state.spent !== null;
   if (state.blocked) state.offerOpen = false;
+}
+
+// Only what is new is announced: the live region gets it once (emptied first, so that the same
+// words twice are still read).
+function announce(text) {
+  const region = byTestId("announcer");
+  region.textContent = "";
+  window.setTimeout(() => {
+    region.textContent = text;
+  }, 60);
 }
 
 // -- auth ----------------------------------------------------------------------------------------
@@ -257,18 +365,41 @@ function toggleAuthMode() {
 }
 
 async function logOut() {
+  const user = state.user;
+  const turn = state.turn;
   state.generation += 1;
-  state.pending = null;
+  dropTurn();
+  // A reply nobody will read is stopped, so that it is not charged to the end; the logout waits
+  // for that only a moment.
+  if (turn?.started) {
+    await Promise.race([state.backend.stopTurn(turn.requestId).catch(() => null), pause(1500)]);
+  }
+  await unfollow();
   try {
     await state.backend.logOut();
   } catch {
     // The session may already be gone; the page forgets it either way.
   }
+  // On a shared browser the next person finds nothing of this user's.
+  if (user !== null) forgetUser(user.$id);
   leaveChat();
   showAuth();
 }
 
+async function unfollow() {
+  const following = state.following;
+  state.following = null;
+  if (following === null) return;
+  try {
+    await state.backend.unfollow();
+  } catch {
+    // The socket closes with the page anyway.
+  }
+}
+
 function leaveChat() {
+  dropTurn();
+  window.clearTimeout(state.usageTimer);
   Object.assign(state, {
     user: null,
     messages: [],
@@ -283,24 +414,32 @@ function leaveChat() {
     billingError: null,
     checkout: null,
     dismissed: new Set(),
-    pending: null,
+    turn: null,
+    usageTimer: null,
     unsent: null,
     error: null,
     status: "",
+    rendered: { notices: null, offer: null },
   });
   input().value = "";
+  byTestId("conversation").replaceChildren();
+  // What was last announced is the user's text too.
+  byTestId("announcer").textContent = "";
 }
 
 // -- chat ----------------------------------------------------------------------------------------
 
 async function enterChat(user) {
   state.user = user;
-  state.messages = loadConversation(user.$id);
+  const saved = loadConversation(user.$id);
+  state.messages = saved.messages;
   state.dismissed = loadDismissed(user.$id);
+  resumeTurn(saved.turn);
   byTestId("user-email").textContent = user.email ?? "";
   show("chat");
-  renderChat();
+  renderChat({ toEnd: true });
   input().focus();
+  void follow();
   const returned = new URLSearchParams(window.location.search).get("checkout");
   const pending = pendingCheckout(user.$id);
   // The message the user was writing when they left to pay is waiting in the box.
@@ -324,20 +463,58 @@ async function enterChat(user) {
   if (!state.blocked && !isDemo() && state.user !== null) input().focus();
 }
 
-async function refreshUsage() {
+// The meter and the turns follow their rows through Realtime from the moment the chat shows.
+function follow() {
+  if (state.following === null && state.backend !== null) {
+    state.following = state.backend
+      .follow({
+        onTurn: onTurnRow,
+        onAccount: () => scheduleUsageRefresh(),
+        onReconnected: () => {
+          // Whatever happened while the socket was down is read once it is back.
+          if (state.turn !== null) void pollTurn(state.turn);
+          scheduleUsageRefresh();
+        },
+      })
+      .catch(() => {
+        // Realtime unavailable: a turn is read while it runs, the meter with each reply.
+      });
+  }
+  return state.following ?? Promise.resolve();
+}
+
+function scheduleUsageRefresh() {
+  if (state.user === null) return;
+  window.clearTimeout(state.usageTimer);
+  state.usageTimer = window.setTimeout(() => {
+    state.usageTimer = null;
+    void refreshUsage({ quiet: true });
+  }, USAGE_DEBOUNCE_MS);
+}
+
+async function refreshUsage({ quiet = false } = {}) {
   const generation = state.generation;
+  const user = state.user;
+  const read = ++state.usageReads;
   try {
     const usage = await state.backend.usage();
-    if (state.user === null) return;
-    applyUsage(usage);
+    if (state.user === null || state.user !== user) return;
+    // Reads may overtake each other: the figures of a later one stand.
+    if (read > state.usageApplied) {
+      state.usageApplied = read;
+      applyUsage(usage);
+    }
   } catch (error) {
     if (error instanceof ApiError && error.kind === ErrorKind.AUTH) {
       sessionEnded();
       return;
     }
     // The meter is informative; the chat works without it and the next reply refreshes it.
-    if (generation === state.generation) state.status = "Couldn't load your usage just now.";
+    if (!quiet && generation === state.generation) {
+      state.status = "Couldn't load your usage just now.";
+    }
   }
+  if (state.user === null) return;
   state.usageRead = true;
   renderChat();
 }
@@ -526,16 +703,76 @@ function dismissAlert(id) {
 
 function sessionEnded() {
   state.generation += 1;
+  void unfollow();
   leaveChat();
   showAuth("Your session has ended. Please log in again.");
 }
 
+// -- turns: a reply written on the server, followed as it grows -------------------------------
+
+// What the model sees: the most recent messages (the chat function caps their number), starting
+// with a user message as the API requires, without replies that came back empty. A stopped
+// reply's text is part of it: the next question may be about it.
+function historyFor(text, earlier = state.messages) {
+  const limit = Math.max(1, state.config.historyMessages);
+  const usable = earlier.filter((m) => m.content.trim() !== "");
+  // With a limit of one only the new message goes: slice(-0) would keep the whole history.
+  const recent = (limit > 1 ? usable.slice(-(limit - 1)) : []).map(({ role, content }) => ({
+    role,
+    content,
+  }));
+  while (recent.length && recent[0].role !== "user") recent.shift();
+  recent.push({ role: "user", content: text });
+  return recent;
+}
+
+function newTurn({ requestId, text, userMessageId, history, executionId = null, started = false }) {
+  const now = Date.now();
+  return {
+    requestId,
+    text,
+    userMessageId,
+    history,
+    executionId,
+    started,
+    content: "",
+    status: started ? "pending" : "starting",
+    stopRequested: false,
+    stopSent: false,
+    nextStopAt: 0,
+    polling: false,
+    finishing: false,
+    startedAt: now,
+    lastNewsAt: now,
+  };
+}
+
+function saveTurnState() {
+  if (state.user !== null) saveConversation(state.user.$id, state.messages, state.turn);
+}
+
+// A reload or a new visit while a reply was being written picks it up where it is.
+function resumeTurn(saved) {
+  if (saved === null) return;
+  const index = state.messages.findIndex((m) => m.id === saved.userMessageId);
+  if (index < 0) return;
+  state.turn = newTurn({
+    ...saved,
+    history: historyFor(saved.text, state.messages.slice(0, index)),
+    started: true,
+  });
+  startWatch();
+  void pollTurn(state.turn);
+}
+
 function send() {
   const text = input().value.trim();
-  if (!text || state.blocked || isDemo() || state.pending !== null || state.user === null) return;
+  if (!text || state.blocked || isDemo() || state.turn !== null || state.user === null) return;
   const requestId = state.unsent?.text === text ? state.unsent.requestId : newRequestId();
-  state.generation += 1;
-  state.pending = { generation: state.generation, text, requestId };
+  const history = historyFor(text);
+  const userMessage = { id: `u-${requestId}`, role: "user", content: text };
+  state.messages.push(userMessage);
+  state.turn = newTurn({ requestId, text, userMessageId: userMessage.id, history });
   state.unsent = null;
   state.error = null;
   state.tooLong = null;
@@ -543,52 +780,298 @@ function send() {
   state.checkout = null;
   state.status = "";
   input().value = "";
-  renderChat();
-  void exchange(state.pending);
+  saveTurnState();
+  renderChat({ toEnd: true });
+  announce("Sent. The assistant is writing.");
+  void startTurn(state.turn);
 }
 
-// What the model sees: the most recent messages (the chat function caps their number), starting
-// with a user message as the API requires, without replies that came back empty.
-function historyFor(text) {
-  const limit = Math.max(1, state.config.historyMessages);
-  const usable = state.messages.filter((m) => m.content.trim() !== "");
-  const recent = usable.slice(-(limit - 1)).map(({ role, content }) => ({ role, content }));
-  while (recent.length && recent[0].role !== "user") recent.shift();
-  recent.push({ role: "user", content: text });
-  return recent;
-}
-
-async function exchange(pending) {
-  const history = historyFor(pending.text);
+async function startTurn(turn) {
+  // The first batches of text come a fraction of a second after the start: the subscription is
+  // asked for first (the socket is usually open already), without waiting long for it.
+  await Promise.race([follow(), pause(1500)]);
+  if (turn !== state.turn) return;
+  let execution;
   try {
-    const reply = await state.backend.chat(history, pending.requestId);
-    if (pending.generation !== state.generation) return;
-    state.pending = null;
-    state.messages.push(
-      { role: "user", content: pending.text },
-      {
-        role: "assistant",
-        content: String(reply?.message?.content ?? ""),
-        usage: reply?.message?.usage ?? null,
-        truncated: reply?.message?.truncated === true,
-        model: reply?.message?.model ?? "",
-      },
-    );
-    saveConversation(state.user.$id, state.messages);
-    const before = levelOf(state.usage);
-    applyUsage(reply?.usage);
-    renderChat();
-    if (!state.blocked) input().focus();
-    // A reply that crossed a threshold raised its alert: the usage answer brings it.
-    if (LEVELS.indexOf(levelOf(state.usage)) > LEVELS.indexOf(before)) void refreshUsage();
+    execution = await state.backend.startTurn(turn.history, turn.requestId);
   } catch (error) {
-    if (pending.generation !== state.generation) return;
-    failed(pending, error);
+    turnFailed(turn, error);
+    return;
+  }
+  if (turn !== state.turn) return;
+  turn.started = true;
+  turn.executionId = typeof execution?.$id === "string" ? execution.$id : null;
+  if (turn.status === "starting") turn.status = "pending";
+  saveTurnState();
+  const outcome = outcomeOf(execution);
+  if (outcome !== null) {
+    await settleFromOutcome(turn, outcome);
+    return;
+  }
+  if (turn.stopRequested) void sendStop(turn);
+  renderTurn();
+  startWatch();
+}
+
+// The answer of a turn's execution when it is known: a refusal (no turn row was written) or, from
+// a runtime that ran the turn before answering, the chat's own answer.
+async function settleFromOutcome(turn, { status, body }) {
+  if (turn !== state.turn) return;
+  if (status >= 200 && status < 300) {
+    if (body?.message) {
+      await finishTurn(turn, messageDocument(body.message), body.usage ?? null);
+    } else {
+      turnLost(turn);
+    }
+    return;
+  }
+  if (status === 429 && !body?.error) {
+    // Appwrite keeps no body of an asynchronous execution. A refused request stored nothing, so
+    // the same request sent synchronously answers the refusal with the figures that tell "too
+    // long" from "spent" (or, if the allowance grew meanwhile, the reply).
+    try {
+      const answer = await state.backend.chat(turn.history, turn.requestId);
+      if (turn !== state.turn) return;
+      await finishTurn(turn, messageDocument(answer?.message), answer?.usage ?? null);
+    } catch (error) {
+      turnFailed(turn, error);
+    }
+    return;
+  }
+  turnFailed(turn, errorOf(status, body));
+}
+
+function startWatch() {
+  if (state.watch === null) state.watch = window.setInterval(watchTurn, TURN_TICK_MS);
+}
+
+function stopWatch() {
+  window.clearInterval(state.watch);
+  state.watch = null;
+}
+
+function watchTurn() {
+  const turn = state.turn;
+  if (turn === null) {
+    stopWatch();
+    return;
+  }
+  if (turn.stopRequested && !turn.stopSent && turn.started && Date.now() >= turn.nextStopAt) {
+    void sendStop(turn);
+  }
+  if (turn.started && Date.now() - turn.lastNewsAt >= TURN_QUIET_MS) void pollTurn(turn);
+}
+
+async function pollTurn(turn) {
+  if (turn.polling || turn !== state.turn) return;
+  turn.polling = true;
+  // The next read waits for another quiet spell.
+  turn.lastNewsAt = Date.now();
+  try {
+    const answer = await state.backend.turn(turn.requestId);
+    if (turn === state.turn) await applyTurn(turn, answer?.turn, answer?.usage ?? null);
+  } catch (error) {
+    if (turn !== state.turn) return;
+    if (error instanceof ApiError && error.kind === ErrorKind.AUTH) {
+      sessionEnded();
+      return;
+    }
+    // No row (still queued, or refused before it had one), or the function failing: what
+    // became of the execution tells. Offline, the next quiet spell reads again.
+    const missing = error instanceof ApiError && error.kind === ErrorKind.NOT_FOUND;
+    if (missing || (error instanceof ApiError && error.status > 0)) await noTurnYet(turn, missing);
+  } finally {
+    turn.polling = false;
   }
 }
 
+// The turn could not be read: the execution says whether it is still queued or running, or
+// ended without a turn (refused, failed).
+async function noTurnYet(turn, missing) {
+  if (turn.executionId !== null) {
+    let outcome;
+    try {
+      outcome = await state.backend.executionOutcome(turn.executionId);
+    } catch (error) {
+      if (error instanceof ApiError && error.kind === ErrorKind.AUTH) {
+        sessionEnded();
+        return;
+      }
+      if (missing && error instanceof ApiError && error.status === 404) {
+        // Neither a turn nor an execution: the platform lost it, nothing will come.
+        turnLost(turn);
+        return;
+      }
+      outcome = undefined;
+    }
+    if (turn !== state.turn) return;
+    if (outcome === null) return; // queued or running: its row comes
+    const bodiless = outcome !== undefined && outcome.status < 300 && !outcome.body?.message;
+    if (outcome !== undefined && !bodiless) {
+      await settleFromOutcome(turn, outcome);
+      return;
+    }
+  }
+  if (missing && Date.now() - turn.startedAt > TURN_LOST_MS) turnLost(turn);
+}
+
+// A turn's row, from Realtime (columns flat) or from GET /turns (usage nested), as one shape.
+function turnDocument(row) {
+  if (row === null || typeof row !== "object") return null;
+  const flat = row.usage === undefined || row.usage === null || typeof row.usage !== "object";
+  const usage = flat
+    ? {
+        inputTokens: Number(row.inputTokens) || 0,
+        cacheCreationInputTokens: Number(row.cacheCreationInputTokens) || 0,
+        cacheReadInputTokens: Number(row.cacheReadInputTokens) || 0,
+        outputTokens: Number(row.outputTokens) || 0,
+        totalTokens: Number(row.totalTokens) || 0,
+        steps: Number(row.steps) || 0,
+        costUsd: (Number(row.costMicroUsd) || 0) / 1_000_000,
+      }
+    : row.usage;
+  return {
+    requestId: String(row.requestId ?? ""),
+    status: String(row.status ?? ""),
+    content: typeof row.content === "string" ? row.content : "",
+    model: typeof row.model === "string" ? row.model : "",
+    stopReason: typeof row.stopReason === "string" ? row.stopReason : "",
+    truncated: row.truncated === true,
+    estimated: row.estimated === true,
+    usage,
+  };
+}
+
+// The chat's one-shot answer (`message`) as a finished turn.
+function messageDocument(message) {
+  return { ...turnDocument(message ?? {}), status: "completed" };
+}
+
+function onTurnRow(row) {
+  const doc = turnDocument(row);
+  if (doc === null) return;
+  const turn = state.turn;
+  if (turn !== null && doc.requestId === turn.requestId) {
+    void applyTurn(turn, doc, null);
+    return;
+  }
+  // Another tab's (or device's) turn: once it ends, its charge is on the meter. (A late event
+  // of this tab's own finished turn brings nothing new.)
+  const known = state.messages.some((m) => m.id === `a-${doc.requestId}`);
+  if (FINAL.has(doc.status) && !known) scheduleUsageRefresh();
+}
+
+async function applyTurn(turn, row, usage) {
+  const doc = row?.usage !== undefined && typeof row?.usage === "object" ? turnDocument(row) : row;
+  if (!doc || turn !== state.turn) return;
+  turn.lastNewsAt = Date.now();
+  if (FINAL.has(doc.status)) {
+    await finishTurn(turn, doc, usage);
+    return;
+  }
+  // Batches may overtake each other; the text of a turn only ever grows.
+  if (doc.content.length >= turn.content.length) turn.content = doc.content;
+  if (!turn.stopRequested && (doc.status === "pending" || doc.status === "streaming")) {
+    turn.status = doc.status;
+  }
+  if (turn.stopRequested && !turn.stopSent && turn.started) void sendStop(turn);
+  renderTurn();
+}
+
+async function finishTurn(turn, doc, usage) {
+  if (turn !== state.turn || turn.finishing) return;
+  turn.finishing = true;
+  let final = doc;
+  let figures = usage;
+  if (figures === null) {
+    // The row has the reply; the meter's figures come with the turn's own read.
+    try {
+      const answer = await state.backend.turn(turn.requestId);
+      if (answer?.turn && FINAL.has(answer.turn.status)) final = turnDocument(answer.turn);
+      figures = answer?.usage ?? null;
+    } catch {
+      // The meter is read again below.
+    }
+    if (turn !== state.turn) return;
+  }
+  stopWatch();
+  state.turn = null;
+  const composerFocused = byTestId("composer").contains(document.activeElement);
+  const nobodyFocused = document.activeElement === document.body;
+  const charged = Number(final.usage?.totalTokens) > 0;
+  let message = null;
+  if (final.status === "failed" && !final.content.trim() && !charged) {
+    // Nothing was written and nothing charged: the message goes back into the box, and a new
+    // request id is used for it (this one has its record).
+    state.messages = state.messages.filter((m) => m.id !== turn.userMessageId);
+    restoreText({ text: turn.text, requestId: newRequestId() });
+    state.error = {
+      title: "Message not sent",
+      text: "The assistant could not answer. Your message is back in the box.",
+      retryable: true,
+    };
+  } else {
+    message = {
+      id: `a-${turn.requestId}`,
+      role: "assistant",
+      content: final.content,
+      status: final.status,
+      usage: final.usage ?? null,
+      truncated: final.truncated === true,
+      estimated: final.estimated === true,
+      model: final.model ?? "",
+    };
+    state.messages.push(message);
+  }
+  saveTurnState();
+  const before = levelOf(state.usage);
+  if (figures?.tokens) applyUsage(figures);
+  else scheduleUsageRefresh();
+  renderChat();
+  // The Stop button is gone: a keyboard user who was at it goes on in the box.
+  if ((composerFocused || nobodyFocused) && !state.blocked) input().focus();
+  if (message !== null) announceReply(message);
+  // A reply that crossed a threshold raised its alert: the usage answer brings it.
+  if (LEVELS.indexOf(levelOf(state.usage)) > LEVELS.indexOf(before)) void refreshUsage();
+}
+
+function announceReply(message) {
+  const tokens = `${formatTokens(message.usage?.totalTokens)} tokens`;
+  const node = byTestId("conversation").querySelector(
+    `[data-key="${CSS.escape(message.id)}"] [data-testid="message-content"]`,
+  );
+  const text = (node?.textContent ?? message.content).trim();
+  if (message.status === "stopped") announce(`Stopped · ${tokens}. ${text}`);
+  else if (message.status === "failed") announce(`The reply was interrupted · ${tokens}. ${text}`);
+  else announce(`Reply: ${text} (${tokens})`);
+}
+
+// The message was not answered: it leaves the conversation and goes back into the box.
+function turnFailed(turn, error) {
+  if (turn !== state.turn) return;
+  stopWatch();
+  state.turn = null;
+  state.messages = state.messages.filter((m) => m.id !== turn.userMessageId);
+  saveTurnState();
+  failed(turn, error);
+}
+
+function turnLost(turn) {
+  turnFailed(
+    turn,
+    new ApiError(ErrorKind.RETRYABLE, "The reply did not arrive. Please try again.", {
+      status: 0,
+    }),
+  );
+}
+
+// Leaves the turn without waiting for it (a new chat, a logout).
+function dropTurn() {
+  stopWatch();
+  state.turn = null;
+}
+
 function failed(pending, error) {
-  state.pending = null;
   if (error instanceof ApiError && error.kind === ErrorKind.AUTH) {
     sessionEnded();
     return;
@@ -597,7 +1080,7 @@ function failed(pending, error) {
   restoreText(pending);
   if (error instanceof ApiError && error.kind === ErrorKind.LIMIT) {
     const usage = error.usage?.tokens ? error.usage : state.usage;
-    const sent = historyFor(pending.text).reduce((sum, message) => sum + message.content.length, 0);
+    const sent = pending.history.reduce((sum, message) => sum + message.content.length, 0);
     state.error = null;
     const kind = limitKind(usage, sent, state.config.minChatTokens, error.details);
     if (usage?.tokens && kind === "too_long") {
@@ -632,15 +1115,37 @@ function restoreText(pending) {
   if (!textarea.value.trim()) textarea.value = pending.text;
 }
 
+// Stop (the button or Esc): the server stops generating and charges what was written; the
+// partial reply stays in the conversation.
 function stop() {
-  const pending = state.pending;
-  if (pending === null) return;
-  state.generation += 1;
-  state.pending = null;
-  restoreText(pending);
-  state.status = "Stopped. Your message is back in the box.";
-  renderChat();
-  input().focus();
+  const turn = state.turn;
+  if (turn === null || turn.stopRequested) return;
+  const atButton = document.activeElement === byTestId("stop-button");
+  turn.stopRequested = true;
+  turn.status = "stopping";
+  renderTurn();
+  if (atButton || document.activeElement === document.body) input().focus();
+  announce("Stopping the reply.");
+  if (turn.started) void sendStop(turn);
+}
+
+async function sendStop(turn) {
+  if (turn.stopSent || turn !== state.turn) return;
+  turn.stopSent = true;
+  try {
+    const answer = await state.backend.stopTurn(turn.requestId);
+    // Settled: the final state and its charge; "stopping": Realtime or a read brings the end.
+    if (turn === state.turn) await applyTurn(turn, answer?.turn, answer?.usage ?? null);
+  } catch (error) {
+    if (turn !== state.turn) return;
+    if (error instanceof ApiError && error.kind === ErrorKind.AUTH) {
+      sessionEnded();
+      return;
+    }
+    // No row yet (a queued turn) or no answer: asked again in a moment.
+    turn.stopSent = false;
+    turn.nextStopAt = Date.now() + STOP_RETRY_MS;
+  }
 }
 
 function retry() {
@@ -651,8 +1156,11 @@ function retry() {
 
 function newChat() {
   if (state.user === null) return;
+  const turn = state.turn;
   state.generation += 1;
-  state.pending = null;
+  dropTurn();
+  // The reply of the old chat would only be charged to its end: it is stopped.
+  if (turn?.started) void state.backend.stopTurn(turn.requestId).catch(() => null);
   state.messages = [];
   state.unsent = null;
   state.error = null;
@@ -661,6 +1169,7 @@ function newChat() {
   clearConversation(state.user.$id);
   renderChat();
   input().focus();
+  announce("New chat.");
 }
 
 function onKeydown(event) {
@@ -668,6 +1177,42 @@ function onKeydown(event) {
     event.preventDefault();
     send();
   }
+}
+
+function onDocumentKeydown(event) {
+  if (event.key !== "Escape" || event.isComposing) return;
+  if (state.turn !== null) {
+    event.preventDefault();
+    stop();
+    return;
+  }
+  closeComposition();
+}
+
+// -- the meter's details: what the limit is made of ---------------------------------------------
+
+function toggleComposition() {
+  const meter = byTestId("usage-meter");
+  const open = meter.dataset.open !== "true";
+  meter.dataset.open = String(open);
+  byTestId("usage-tokens").setAttribute("aria-expanded", String(open));
+}
+
+function closeComposition() {
+  const meter = byTestId("usage-meter");
+  if (meter.dataset.open !== "true") return;
+  meter.dataset.open = "false";
+  byTestId("usage-tokens").setAttribute("aria-expanded", "false");
+}
+
+async function copyCode(button) {
+  const code = button.closest(".code-block")?.querySelector("pre");
+  const copied = await copyText(code?.textContent ?? "");
+  button.textContent = copied ? "Copied" : "Copy failed";
+  announce(copied ? "Code copied." : "The code could not be copied.");
+  window.setTimeout(() => {
+    button.textContent = "Copy";
+  }, 2000);
 }
 
 // -- start ---------------------------------------------------------------------------------------
@@ -679,9 +1224,18 @@ function wire() {
   byTestId("new-chat").addEventListener("click", newChat);
   byTestId("billing-button").addEventListener("click", () => void openPortal());
   byTestId("stop-button").addEventListener("click", stop);
+  byTestId("usage-tokens").addEventListener("click", toggleComposition);
   byTestId("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     send();
+  });
+  byTestId("conversation").addEventListener("click", (event) => {
+    const button = event.target.closest?.("[data-copy]");
+    if (button) void copyCode(button);
+  });
+  document.addEventListener("keydown", onDocumentKeydown);
+  document.addEventListener("click", (event) => {
+    if (!byTestId("usage-meter").contains(event.target)) closeComposition();
   });
   input().addEventListener("keydown", onKeydown);
   // Back from Checkout with the browser's Back button, the page may come from the back-forward
@@ -691,6 +1245,11 @@ function wire() {
       state.buying = null;
       renderChat();
     }
+  });
+  // Back online: a turn that went quiet is read at once, and the meter too.
+  window.addEventListener("online", () => {
+    if (state.turn !== null) void pollTurn(state.turn);
+    scheduleUsageRefresh();
   });
   input().addEventListener("input", autosize);
 }

@@ -91,26 +91,51 @@ export function limitNotice(usage) {
   if (tokens.remaining > 0) {
     // Refused before the bar is full: what is left cannot pay for even a short reply.
     return {
-      title: "Monthly token limit reached",
+      title: "The allowance is spent",
       text: `The ${formatTokens(tokens.remaining)} tokens left this period are too few for another reply. ${paused}`,
     };
   }
   const allowance = tokens.limit ? `all ${formatTokens(tokens.limit)} tokens` : "all your tokens";
   return {
-    title: "Monthly token limit reached",
+    title: "The allowance is spent",
     text: `You've used ${allowance}${plan ? ` of your ${plan} plan` : ""} for this period. ${paused}`,
   };
 }
 
-export function messageBreakdown(usage) {
-  return [
+// A reply's tokens by kind; its cost only where the operator shows dollars (`showCost`).
+export function messageBreakdown(usage, { showCost = false, estimated = false } = {}) {
+  const rows = [
     ["Input", formatTokens(usage?.inputTokens)],
     ["Cache write", formatTokens(usage?.cacheCreationInputTokens)],
     ["Cache read", formatTokens(usage?.cacheReadInputTokens)],
-    ["Output", formatTokens(usage?.outputTokens)],
+    // A reply cut before the model's final count has its output measured from the text.
+    ["Output", `${formatTokens(usage?.outputTokens)}${estimated ? " (measured)" : ""}`],
     ["Steps", formatTokens(usage?.steps)],
-    ["Cost", formatCost(usage?.costUsd)],
   ];
+  if (showCost) rows.push(["Cost", formatCost(usage?.costUsd)]);
+  return rows;
+}
+
+// What the limit is made of, for the meter's details.
+export function limitComposition(usage) {
+  const tokens = usage?.tokens ?? {};
+  const plan = planName(usage?.plan);
+  return [
+    [plan ? `${plan} plan` : "Plan", formatTokens(tokens.planTokens)],
+    ["Add-ons", formatTokens(tokens.addonTokens)],
+    ["Top-ups", formatTokens(tokens.topupTokens)],
+    ["Limit", formatTokens(tokens.limit)],
+    ["Used", formatTokens(tokens.used)],
+    ["Left", formatTokens(tokens.remaining)],
+  ];
+}
+
+// The tokens the conversation on screen has used: every reply's total.
+export function conversationTokens(messages) {
+  return messages.reduce((sum, message) => {
+    const total = Number(message?.usage?.totalTokens);
+    return sum + (message?.role === "assistant" && Number.isFinite(total) ? total : 0);
+  }, 0);
 }
 
 // -- buying ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-// DOM building and rendering. Text from users or the model is only ever set through
-// textContent: nothing here parses HTML.
+// DOM building and rendering. Text from users is only ever set through textContent; replies go
+// through markdown.js, which hands back sanitised nodes: nothing here assigns HTML.
 
 import {
   barPercent,
@@ -10,6 +10,7 @@ import {
   formatPrice,
   formatTokens,
   levelOf,
+  limitComposition,
   limitNotice,
   messageBreakdown,
   planName,
@@ -18,6 +19,7 @@ import {
   tooLongNotice,
   usageNotice,
 } from "./format.js";
+import { renderMarkdown } from "./markdown.js";
 
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -39,10 +41,12 @@ export function byTestId(id) {
 
 let tooltipSequence = 0;
 
-function tokenChip(usage) {
+function tokenChip(message, { showCost }) {
+  const usage = message.usage;
   const id = `tokens-tip-${++tooltipSequence}`;
-  const rows = messageBreakdown(usage).map(([label, value]) =>
-    el("div", { className: "tip-row" }, el("dt", { text: label }), el("dd", { text: value })),
+  const rows = messageBreakdown(usage, { showCost, estimated: message.estimated === true }).map(
+    ([label, value]) =>
+      el("div", { className: "tip-row" }, el("dt", { text: label }), el("dd", { text: value })),
   );
   const total = formatTokens(usage?.totalTokens);
   // A button is focusable by keyboard and touch; the tooltip shows on hover and focus.
@@ -52,16 +56,18 @@ function tokenChip(usage) {
       type: "button",
       className: "token-chip",
       "data-testid": "message-tokens",
+      "data-focus-key": "chip",
       "aria-describedby": id,
       "aria-label": `${total} tokens used by this reply`,
     },
     boltIcon(12),
     el("span", { text: `${total} tokens` }),
   );
+  // The tooltip role goes on a wrapper: on the list itself it would hide the terms' list.
   const tip = el(
-    "dl",
+    "div",
     { id, role: "tooltip", className: "token-tip", "data-testid": "message-token-breakdown" },
-    ...rows,
+    el("dl", { className: "tip-rows" }, ...rows),
   );
   return el("span", { className: "token-info" }, chip, tip);
 }
@@ -80,52 +86,125 @@ export function boltIcon(size) {
   return svg;
 }
 
-export function messageItem(message) {
+// A reply's text as rendered Markdown; the copy buttons get keys so that focus survives a
+// re-render while the reply is still being written.
+function fillReply(bubble, content) {
+  const fragment = renderMarkdown(content);
+  fragment.querySelectorAll("[data-copy]").forEach((button, index) => {
+    button.dataset.focusKey = `copy-${index}`;
+  });
+  bubble.replaceChildren(fragment);
+}
+
+const STATUS_LABELS = { stopped: "Stopped", failed: "Interrupted" };
+
+export function messageItem(message, { showCost = false } = {}) {
   const isAssistant = message.role === "assistant";
   const item = el("li", {
     className: `message message-${message.role}`,
     "data-testid": "message",
     "data-role": message.role,
+    "data-key": message.id,
+    "data-status": isAssistant ? (message.status ?? "completed") : null,
   });
   item.append(
     el("span", { className: "visually-hidden", text: isAssistant ? "Assistant:" : "You:" }),
-    el("div", { className: "bubble", "data-testid": "message-content", text: message.content }),
   );
-  if (isAssistant) {
-    const meta = el("div", { className: "message-meta" });
-    if (message.usage) meta.append(tokenChip(message.usage));
-    if (message.truncated) {
-      meta.append(
-        el("span", {
-          className: "truncated-note",
-          "data-testid": "message-truncated",
-          text: "Cut short: the token limit was reached",
-        }),
-      );
-    }
-    if (meta.childElementCount) item.append(meta);
+  if (!isAssistant) {
+    item.append(
+      el("div", { className: "bubble", "data-testid": "message-content", text: message.content }),
+    );
+    return item;
   }
+  const bubble = el("div", { className: "bubble markdown", "data-testid": "message-content" });
+  if (message.content.trim()) {
+    fillReply(bubble, message.content);
+  } else {
+    bubble.append(el("p", { className: "empty-reply", text: "No text was written." }));
+  }
+  item.append(bubble);
+  const meta = el("div", { className: "message-meta", "data-testid": "message-meta" });
+  const label = STATUS_LABELS[message.status];
+  if (label) {
+    meta.append(
+      el("span", {
+        className: `message-state state-${message.status}`,
+        "data-testid": `message-${message.status}`,
+        text: label,
+      }),
+    );
+    if (message.usage) meta.append(el("span", { className: "separator", text: "·" }));
+  }
+  if (message.usage) meta.append(tokenChip(message, { showCost }));
+  // A stopped reply is short because the user stopped it, whatever the server calls it.
+  if (message.truncated && message.status !== "stopped") {
+    meta.append(
+      el("span", {
+        className: "truncated-note",
+        "data-testid": "message-truncated",
+        text: "Cut short: the token limit was reached",
+      }),
+    );
+  }
+  if (meta.childElementCount) item.append(meta);
   return item;
 }
 
-export function pendingItem() {
-  return el(
-    "li",
-    { className: "message message-assistant message-pending", "data-testid": "message-pending" },
+const WRITING_LABELS = {
+  starting: "Starting…",
+  pending: "Starting…",
+  streaming: "Writing…",
+  stopping: "Stopping…",
+};
+
+// The reply being written: its text so far and what is happening to it.
+export function streamingItem(turn) {
+  const item = el("li", {
+    className: "message message-assistant message-writing",
+    "data-testid": "message",
+    "data-role": "assistant",
+    "data-key": `turn-${turn.requestId}`,
+    "data-status": "writing",
+    "aria-busy": "true",
+  });
+  const bubble = el("div", { className: "bubble markdown", "data-testid": "message-content" });
+  const state = el(
+    "p",
+    { className: "writing-state", "data-testid": "writing-state" },
     el(
-      "div",
-      { className: "bubble typing", role: "status", "aria-label": "The assistant is replying" },
+      "span",
+      { className: "typing", "aria-hidden": "true" },
       el("span", { className: "dot" }),
       el("span", { className: "dot" }),
       el("span", { className: "dot" }),
     ),
+    el("span", { className: "writing-label" }),
   );
+  item.append(el("span", { className: "visually-hidden", text: "Assistant:" }), bubble, state);
+  updateStreamingItem(item, turn);
+  return item;
+}
+
+function updateStreamingItem(item, turn) {
+  const bubble = item.querySelector('[data-testid="message-content"]');
+  const content = turn.content ?? "";
+  if (item.dataset.length !== String(content.length)) {
+    item.dataset.length = String(content.length);
+    const active = document.activeElement;
+    const key = bubble.contains(active) ? active?.dataset?.focusKey : undefined;
+    if (content) fillReply(bubble, content);
+    else bubble.replaceChildren();
+    bubble.hidden = !content;
+    if (key) bubble.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
+  }
+  item.dataset.turnStatus = turn.status;
+  item.querySelector(".writing-label").textContent = WRITING_LABELS[turn.status] ?? "Writing…";
 }
 
 export function emptyState() {
   return el(
     "li",
-    { className: "empty-state", "data-testid": "empty-state" },
+    { className: "empty-state", "data-testid": "empty-state", "data-key": "empty" },
     el("p", { className: "empty-title", text: "Start a conversation" }),
     el("p", {
       text: "Ask anything. Each reply shows the tokens it used; the meter above shows your month.",
@@ -133,14 +212,55 @@ export function emptyState() {
   );
 }
 
-export function renderConversation(list, messages, pendingText, blocked) {
-  list.replaceChildren();
-  for (const message of messages) list.append(messageItem(message));
-  if (pendingText !== null) {
-    list.append(messageItem({ role: "user", content: pendingText }), pendingItem());
+function signature(message, showCost) {
+  const usage = message.usage?.totalTokens ?? "";
+  return [message.status, message.content.length, usage, message.truncated, showCost].join("|");
+}
+
+// Updates the list in place: a message already shown keeps its node (and the focus of a token
+// chip in it), only the reply being written changes, and the view follows the end of the
+// conversation only when the reader was there (or has just sent a message).
+export function renderConversation(
+  list,
+  { messages, turn = null, blocked = false, showCost = false, toEnd = false },
+) {
+  const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 48;
+  const existing = new Map(
+    Array.from(list.children, (node) => [node.dataset.key ?? "", node]),
+  );
+  const wanted = [];
+  for (const message of messages) {
+    const sig = signature(message, showCost);
+    let node = existing.get(message.id);
+    if (node && node.dataset.signature !== sig) {
+      const replacement = messageItem(message, { showCost });
+      const active = document.activeElement;
+      const key = node.contains(active) ? active?.dataset?.focusKey : undefined;
+      node.replaceWith(replacement);
+      if (key) replacement.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
+      node = replacement;
+    }
+    if (!node) node = messageItem(message, { showCost });
+    node.dataset.signature = sig;
+    wanted.push(node);
+  }
+  if (turn !== null) {
+    const node = existing.get(`turn-${turn.requestId}`);
+    if (node) updateStreamingItem(node, turn);
+    wanted.push(node ?? streamingItem(turn));
   }
   // At the limit the notice says all there is to say; an invitation to chat would contradict it.
-  if (!list.childElementCount && !blocked) list.append(emptyState());
+  if (!wanted.length && !blocked) wanted.push(existing.get("empty") ?? emptyState());
+  wanted.forEach((node, index) => {
+    if (list.children[index] !== node) list.insertBefore(node, list.children[index] ?? null);
+  });
+  while (list.children.length > wanted.length) list.lastElementChild.remove();
+  if (atEnd || toEnd) list.scrollTop = list.scrollHeight;
+}
+
+export function renderConversationTokens(node, total, { writing = false } = {}) {
+  node.hidden = total <= 0;
+  node.textContent = `This chat: ${formatTokens(total)} tokens${writing ? " so far" : ""}`;
 }
 
 export function renderUsage(usage) {
@@ -168,6 +288,16 @@ export function renderUsage(usage) {
   byTestId("usage-plan").textContent = `${planName(usage.plan)} plan`;
   const date = formatDate(tokens.resetsAt);
   byTestId("usage-reset").textContent = date ? `Resets ${date}` : "";
+  byTestId("usage-composition-rows").replaceChildren(
+    ...limitComposition(usage).map(([label, value]) =>
+      el(
+        "div",
+        { className: `tip-row${label === "Limit" ? " tip-total" : ""}` },
+        el("dt", { text: label }),
+        el("dd", { text: value }),
+      ),
+    ),
+  );
 }
 
 function notice(testId, className, title, text, ...extra) {
@@ -436,9 +566,22 @@ function planCard(plan, { busy, compact, onPlan }) {
   );
 }
 
+// The button's name is its visible text with a few hidden words around it ("Buy +25,000 tokens
+// once for $5.00"), so that what a speech user reads out is the name.
 function packButton(pack, { busy, onTopup }) {
   const key = `topup:${pack.id}`;
   const price = formatPrice(pack.price);
+  const hidden = (text) => el("span", { className: "visually-hidden", text });
+  const label =
+    busy === key
+      ? el("span", { className: "pack-tokens", text: "Opening checkout…" })
+      : el(
+          "span",
+          { className: "pack-tokens" },
+          hidden("Buy "),
+          `+${formatTokens(pack.tokens)} tokens`,
+          hidden(price ? " once for " : " once"),
+        );
   const node = el(
     "button",
     {
@@ -447,13 +590,9 @@ function packButton(pack, { busy, onTopup }) {
       "data-testid": "topup-buy",
       "data-topup": pack.id,
       "data-focus-key": key,
-      "aria-label": purchaseLabel(pack, "topup"),
       disabled: busy !== null,
     },
-    el("span", {
-      className: "pack-tokens",
-      text: busy === key ? "Opening checkout…" : `+${formatTokens(pack.tokens)} tokens`,
-    }),
+    label,
     price ? el("span", { className: "pack-price", text: price }) : null,
   );
   node.addEventListener("click", () => onTopup(pack));

@@ -1,6 +1,8 @@
-"""The metered chat: a bounded tool loop in which every model call is reserved, capped and settled.
+"""The metered chat: a bounded tool loop in which every model call is reserved, streamed, capped
+and settled, and can be cut by a Stop or its deadline at any moment.
 
-Written against the ports only (``UsageStore``, ``ModelClient``); ``now`` is passed in.
+Written against the ports only (``UsageStore``, ``ModelClient``); ``now`` and the monotonic clock
+are passed in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 
 from .account import Account
 from .alert_service import AlertOutcome, Alerts
+from .alerts import due as alert_due
 from .errors import (
     AlreadyExists,
     InvalidRequest,
@@ -21,8 +24,10 @@ from .errors import (
     MeteringError,
     RequestInProgress,
     TokenLimitExceeded,
+    UpstreamError,
+    UpstreamUnavailable,
 )
-from .ledger import LedgerEntry, LedgerStatus
+from .ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from .model import (
     STOP_MAX_TOKENS,
     STOP_TOOL_USE,
@@ -30,6 +35,7 @@ from .model import (
     Message,
     ModelReply,
     ModelRequest,
+    StreamedCall,
     TextBlock,
     ToolResultBlock,
     ToolSpec,
@@ -39,15 +45,21 @@ from .model import (
 from .plans import PlanCatalog
 from .ports import ModelClient, Notifier, UsageStore
 from .pricing import PriceTable, pico_to_micro_usd
-from .reservation import CallBudget, budget_call, settle
+from .reservation import CallBudget, budget_call, input_upper_bound
 from .service import get_or_create_account
 from .tokens import TokenUsage
+from .turns import Turn, TurnPatch, TurnStatus
 from .wire import Json, usage_stats
 
 # Attempts to reserve a call when concurrent requests keep taking the room it was planned from.
 RESERVE_ATTEMPTS = 3
 # The shortest message a user could still send: what "a shorter message would fit" is tried with.
 MINIMAL_MESSAGE = "hi"
+
+# Why a reply ended early, where the provider's own stop reasons do not say it.
+STOPPED_BY_USER = "stopped"
+CUT_BY_DEADLINE = "deadline"
+CUT_BY_PROVIDER = "interrupted"  # the stream ended without message_stop (lost, error event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +69,16 @@ class ChatSettings:
     min_output_tokens: int
     system_prompt: str
     max_steps: int
+    # The longest one model call may stream; past it the call is cut and charged like a Stop.
+    call_deadline_seconds: float = 60.0
+    # How often a streaming turn writes its text and looks for a Stop.
+    progress_interval_seconds: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A validated conversation: plain text turns, the last from the user."""
+    """A validated conversation: plain text turns, the last from the user. With a
+    ``request_id`` the request is a turn its user can follow and stop."""
 
     messages: tuple[Message, ...]
     request_id: str | None = None
@@ -77,13 +94,15 @@ class ChatReply:
     truncated: bool
     usage: TokenUsage
     cost_micro_usd: int
+    estimated: bool = False
+    status: TurnStatus = TurnStatus.COMPLETED
 
 
 @dataclass(frozen=True, slots=True)
 class ChatResult:
     request_id: str
     reply: ChatReply
-    # Read after the request settled: its figures already include the reply.
+    # The account as this request left it: read before it, plus its own charge.
     account: Account
     replayed: bool = False
     # The usage alert this request found due, if any (None for nearly every request).
@@ -99,26 +118,26 @@ class ChatResult:
 
 
 def reply_record(reply: ChatReply) -> str:
-    """What a ledger entry keeps of its reply beyond its own columns (model, usage, cost)."""
-    record = {
-        "content": reply.content,
-        "stop_reason": reply.stop_reason,
-        "truncated": reply.truncated,
-    }
+    """What a ledger entry keeps of its reply beyond its own columns: how it ended, never its
+    text (that is its user's turn row)."""
+    record = {"stop_reason": reply.stop_reason, "truncated": reply.truncated}
     return json.dumps(record, separators=(",", ":"))
 
 
-def recorded_reply(entry: LedgerEntry) -> ChatReply:
-    """The reply a settled entry recorded, rebuilt from its record and its columns."""
-    record = json.loads(entry.reply)
+def recorded_reply(entry: LedgerEntry, turn: Turn | None) -> ChatReply:
+    """The reply a settled entry recorded, its text from the request's turn."""
+    record = json.loads(entry.reply) if entry.reply else {}
+    # Entries settled before turns existed hold their text (and camelCase keys) themselves.
+    content = turn.content if turn is not None else record.get("content", "")
     return ChatReply(
-        content=record["content"],
+        content=content,
         model=entry.model,
-        # Entries settled before the record existed hold the response message, camelCase.
-        stop_reason=record.get("stop_reason", record.get("stopReason")),
-        truncated=record["truncated"],
+        stop_reason=record.get("stop_reason", record.get("stopReason", "")),
+        truncated=bool(record.get("truncated", False)),
         usage=entry.usage,
         cost_micro_usd=entry.cost_micro_usd,
+        estimated=entry.estimated,
+        status=turn.status if turn is not None else TurnStatus.COMPLETED,
     )
 
 
@@ -154,9 +173,11 @@ class _Run:
 
     user_id: str
     request_id: str
-    limit: int
+    account: Account
     remaining: int
     conversation: list[Message]
+    # Only a request with an id its user knows has a turn row to follow and stop.
+    has_turn: bool
     usage: TokenUsage = TokenUsage()  # noqa: RUF009 -- immutable
     pico_usd: int = 0
     price_version: str = ""
@@ -165,6 +186,60 @@ class _Run:
     texts: list[str] = field(default_factory=list)
     stop_reason: str = ""
     truncated: bool = False
+    estimated: bool = False
+    status: TurnStatus = TurnStatus.COMPLETED
+    stopped: bool = False
+
+    @property
+    def content(self) -> str:
+        return "\n\n".join(text for text in self.texts if text)
+
+
+class _Progress:
+    """The stream's sink: collects what arrives, writes the turn's text every interval, and
+    learns of a Stop where it writes (from the row only the stop path writes)."""
+
+    def __init__(self, service: ChatService, run: _Run, now: datetime) -> None:
+        self.service = service
+        self.run = run
+        self.now = now
+        self.text_received = ""
+        self.tool_input_received = ""
+        self.started = self.last_check = service.monotonic()
+        self.written = run.content
+
+    def text(self, delta: str) -> None:
+        self.text_received += delta
+
+    def tool_input(self, delta: str) -> None:
+        self.tool_input_received += delta
+
+    def should_stop(self) -> bool:
+        if self.run.stopped:
+            return True
+        if not self.run.has_turn:
+            return False
+        now = self.service.monotonic()
+        if now - self.last_check < self.service.settings.progress_interval_seconds:
+            return False
+        self.last_check = now
+        self.flush()
+        self.run.stopped = self.service.stop_requested(self.run)
+        return self.run.stopped
+
+    def flush(self) -> None:
+        """Write the text so far, if it grew; progress is best effort, the final state is not."""
+        content = "\n\n".join(t for t in (*self.run.texts, self.text_received) if t)
+        if content == self.written:
+            return
+        patch: TurnPatch = {
+            "status": TurnStatus.STREAMING,
+            "content": content,
+            "updated_at": self.now,
+        }
+        with contextlib.suppress(MeteringError):
+            self.service.store.update_turn(self.run.request_id, patch)
+            self.written = content
 
 
 class ChatService:
@@ -177,6 +252,7 @@ class ChatService:
         prices: PriceTable,
         settings: ChatSettings,
         new_request_id: Callable[[], str],
+        monotonic: Callable[[], float],
         tools: Mapping[str, Tool] | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -187,81 +263,108 @@ class ChatService:
         self.prices = prices
         self.settings = settings
         self.new_request_id = new_request_id
+        self.monotonic = monotonic
         default_tools = (usage_tool(store),)
         self.tools = dict(tools) if tools is not None else {t.spec.name: t for t in default_tools}
 
     def handle(self, user_id: str, request: ChatRequest, now: datetime) -> ChatResult:
         account = get_or_create_account(self.store, self.plans, user_id, now)
-        if request.request_id is not None:
-            replayed = self._replay(user_id, request.request_id)
-            if replayed is not None:
-                return replayed
         run = _Run(
             user_id=user_id,
             request_id=request.request_id or self.new_request_id(),
-            limit=account.limit,
+            account=account,
             remaining=account.remaining,
             conversation=list(request.messages),
+            has_turn=request.request_id is not None,
         )
         first = self._request(run, step=0)
         # Decided before anything is written: a refused request leaves no trace.
         budget = self._budget(first, run.remaining)
         if budget is None:
+            # A retry of a request that used the last of the allowance still gets its answer.
+            if request.request_id is not None and self.store.get_ledger(run.request_id):
+                return self._replay(user_id, run.request_id)
             raise TokenLimitExceeded(account=account, reason=self._refusal(first, run.remaining))
-        if not self._claim(run, account, now):
-            # A concurrent request with the same id won the race: answer as a retry would be.
-            replayed = self._replay(user_id, run.request_id)
-            if replayed is not None:
-                return replayed
-            raise RequestInProgress("a request with this requestId is still running")
+        try:
+            budget = self._open(run, first, budget, now)
+        except AlreadyExists:
+            # The id has an entry: a retry (or a concurrent twin) answers as the first did.
+            return self._replay(user_id, run.request_id)
         try:
             self._loop(run, first, budget, now)
-            # Inside: a reply that cannot be recorded is abandoned like a failed step, so the
-            # completed steps stay charged instead of waiting for the cron to give them back.
-            reply = self._record(run, now)
         except BaseException:
             self._abandon(run, now)
             raise
-        result = ChatResult(run.request_id, reply, self._account(run.user_id))
+        reply = self._reply(run)
+        used = run.account.current_tokens_used + run.usage.total_tokens
+        after = replace(run.account, current_tokens_used=used)
+        if self.alerts is not None and alert_due(after) is not None:
+            # Decided on what is stored, read once the request settled. Requests that cross a
+            # threshold together mostly see each other's holds in the figures they start from;
+            # one that saw none leaves the alert to the user's next request.
+            after = self._account(run.user_id)
+        result = ChatResult(run.request_id, reply, after)
         if self.alerts is not None:
-            # The account read after settling: a pure check, no store call below 75 %.
-            result = replace(result, alert=self.alerts.after_usage(result.account, now))
+            result = replace(result, alert=self.alerts.after_usage(after, now))
         return result
 
     # -- idempotency ---------------------------------------------------------------------------
 
-    def _replay(self, user_id: str, request_id: str) -> ChatResult | None:
+    def _replay(self, user_id: str, request_id: str) -> ChatResult:
         entry = self.store.get_ledger(request_id)
-        if entry is None:
-            return None
-        if entry.user_id != user_id:
+        if entry is None or entry.user_id != user_id:
             raise InvalidRequest("requestId is already in use; send a new one")
         if entry.status is LedgerStatus.RESERVED:
             raise RequestInProgress("a request with this requestId is still running")
-        if entry.status is not LedgerStatus.SETTLED or not entry.reply:
+        if entry.status is not LedgerStatus.SETTLED:
             raise InvalidRequest("the request with this requestId did not complete; send a new one")
-        return ChatResult(request_id, recorded_reply(entry), self._account(user_id), replayed=True)
+        reply = recorded_reply(entry, self.store.get_turn(request_id))
+        return ChatResult(request_id, reply, self._account(user_id), replayed=True)
 
-    def _claim(self, run: _Run, account: Account, now: datetime) -> bool:
-        """Claim the request id by creating its ledger entry; False when it exists already.
+    def _open(
+        self, run: _Run, request: ModelRequest, budget: CallBudget, now: datetime
+    ) -> CallBudget:
+        """Claim the request id and hold the first call's budget: one atomic change that creates
+        the ledger entry (and the turn) and raises the counter. Re-plans from the fresh balance
+        when concurrent requests took the room; ``AlreadyExists`` when the id is taken."""
+        for _ in range(RESERVE_ATTEMPTS):
+            entry = LedgerEntry(
+                request_id=run.request_id,
+                user_id=run.user_id,
+                status=LedgerStatus.RESERVED,
+                model=self.settings.model,
+                period_start=run.account.period_start,
+                created_at=now,
+                updated_at=now,
+                held_tokens=budget.reserve_tokens,
+            )
+            turn = self._new_turn(run, now) if run.has_turn else None
+            try:
+                self.store.open_request(entry, run.account.limit, turn)
+            except LimitReached:
+                fresh = self._account(run.user_id)
+                run.account, run.remaining = fresh, fresh.remaining
+                smaller = self._budget(request, fresh.remaining)
+                if smaller is None:
+                    raise TokenLimitExceeded(
+                        account=fresh, reason=self._refusal(request, fresh.remaining)
+                    ) from None
+                budget = smaller
+                continue
+            self._held(run, budget)
+            return budget
+        account = self._account(run.user_id)
+        raise TokenLimitExceeded(account=account, reason=self._refusal(request, account.remaining))
 
-        The entry is the claim (not ``claims.run_once``): reservations are recorded on it and a
-        replay reads its reply. Settling completes it, discarding an uncharged one releases it.
-        """
-        entry = LedgerEntry(
+    def _new_turn(self, run: _Run, now: datetime) -> Turn:
+        return Turn(
             request_id=run.request_id,
             user_id=run.user_id,
-            status=LedgerStatus.RESERVED,
-            model=self.settings.model,
-            period_start=account.period_start,
+            status=TurnStatus.PENDING,
             created_at=now,
             updated_at=now,
+            model=self.settings.model,
         )
-        try:
-            self.store.create_ledger(entry)
-        except AlreadyExists:
-            return False
-        return True
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -269,30 +372,62 @@ class ChatService:
         request = first
         for step in range(self.settings.max_steps):
             if step > 0:
+                # No further model call once the user stopped the turn.
+                if self.stop_requested(run):
+                    run.stopped = True
+                    return self._finish(run, now)
                 request = self._request(run, step)
                 next_budget = self._budget(request, run.remaining)
-                if next_budget is None:
+                if next_budget is None or not self._hold(run, next_budget):
                     run.truncated = True
-                    return
+                    return self._finish(run, now)
                 budget = next_budget
-            reserved = self._reserve(run, request, budget, first_call=step == 0)
-            if reserved is None:
-                run.truncated = True
-                return
-            budget = reserved
-            reply = self.model.complete(replace(request, max_tokens=budget.max_tokens))
-            self._settle(run, reply, now)
-            run.texts.extend(b.text for b in reply.blocks if isinstance(b, TextBlock) and b.text)
+            sink = _Progress(self, run, now)
+            call = self.model.stream(
+                replace(request, max_tokens=budget.max_tokens),
+                sink,
+                self.settings.call_deadline_seconds,
+            )
+            usage = self._charge(run, request, budget, call, sink)
+            reply = call.reply
+            if reply.text:
+                run.texts.append(reply.text)
             run.stop_reason = reply.stop_reason
-            if reply.stop_reason == STOP_MAX_TOKENS and budget.capped:
+            run.model = reply.model or self.settings.model
+            if call.cut:
+                # Not `truncated`, which means cut by the cap: the stop reason says why.
+                run.stop_reason = self._cut_reason(run, sink)
+            elif reply.stop_reason == STOP_MAX_TOKENS and budget.capped:
                 run.truncated = True
             last = step == self.settings.max_steps - 1
-            if reply.stop_reason != STOP_TOOL_USE or not reply.tool_uses or last:
-                return
+            more = reply.stop_reason == STOP_TOOL_USE and bool(reply.tool_uses)
+            if call.cut or not more or last:
+                return self._settle(run, usage, now, final=True)
+            self._settle(run, usage, now, final=False)
+            if self.stop_requested(run):
+                run.stopped = True
+                return self._finish(run, now)
             # The provider refuses empty text blocks when they are sent back.
             said = tuple(b for b in reply.blocks if not isinstance(b, TextBlock) or b.text)
             run.conversation.append(Message(role="assistant", blocks=said))
             run.conversation.append(Message(role="user", blocks=self._run_tools(run, reply)))
+        return None
+
+    def _cut_reason(self, run: _Run, sink: _Progress) -> str:
+        if run.stopped:
+            return STOPPED_BY_USER
+        if self.monotonic() - sink.started >= self.settings.call_deadline_seconds:
+            return CUT_BY_DEADLINE
+        return CUT_BY_PROVIDER
+
+    def stop_requested(self, run: _Run) -> bool:
+        """Whether the user stopped the turn; a failed look-up is no Stop (the next one asks)."""
+        if not run.has_turn:
+            return False
+        try:
+            return self.store.stop_requested(run.request_id)
+        except MeteringError:
+            return False
 
     def _request(self, run: _Run, step: int) -> ModelRequest:
         last = step == self.settings.max_steps - 1
@@ -326,32 +461,19 @@ class ChatService:
         exact = self.model.count_tokens(request)
         return budget_call(remaining, exact, settings.max_tokens, settings.min_output_tokens)
 
-    def _reserve(
-        self, run: _Run, request: ModelRequest, budget: CallBudget, *, first_call: bool
-    ) -> CallBudget | None:
-        """Reserve ``budget``, or a smaller one when concurrent requests took the room it was
-        planned from: re-plan from the fresh balance a few times before giving up."""
-        for _ in range(RESERVE_ATTEMPTS):
-            try:
-                used = self.store.reserve(
-                    run.user_id, run.request_id, budget.reserve_tokens, run.limit
-                )
-            except LimitReached:
-                fresh = self._account(run.user_id)
-                smaller = self._budget(request, max(0, run.limit - fresh.current_tokens_used))
-                if smaller is None:
-                    break
-                budget = smaller
-                continue
-            run.held = budget.reserve_tokens
-            run.remaining = max(0, run.limit - used)
-            return budget
-        if first_call:
-            account = self._account(run.user_id)
-            raise TokenLimitExceeded(
-                account=account, reason=self._refusal(request, account.remaining)
-            )
-        return None
+    def _hold(self, run: _Run, budget: CallBudget) -> bool:
+        """Hold a later step's budget; False when concurrent requests took the room."""
+        try:
+            self.store.hold(run.user_id, run.request_id, budget.reserve_tokens, run.account.limit)
+        except LimitReached:
+            return False
+        self._held(run, budget)
+        return True
+
+    @staticmethod
+    def _held(run: _Run, budget: CallBudget) -> None:
+        run.held = budget.reserve_tokens
+        run.remaining = max(0, run.remaining - budget.reserve_tokens)
 
     def _refusal(self, request: ModelRequest, remaining: int) -> LimitReason:
         """Why the first call does not fit: a minimal request (same system prompt and tools, the
@@ -364,36 +486,93 @@ class ChatService:
             return "message_too_long"
         return "allowance_spent"
 
-    def _settle(self, run: _Run, reply: ModelReply, now: datetime) -> None:
-        usage = reply.usage if reply.usage.steps else replace(reply.usage, steps=1)
-        settlement = settle(run.held, usage.total_tokens)
-        if settlement.release:
-            self.store.release(run.user_id, run.request_id, settlement.release)
-        run.held = 0
-        run.remaining += settlement.release
-        if settlement.extra:
-            run.remaining = max(0, run.remaining - self._charge_extra(run, settlement.extra))
+    # -- charging ------------------------------------------------------------------------------
+
+    def _charge(
+        self,
+        run: _Run,
+        request: ModelRequest,
+        budget: CallBudget,
+        call: StreamedCall,
+        sink: _Progress,
+    ) -> TokenUsage:
+        """What the call is charged: its usage as reported, the output measured when the call
+        was cut before its final count; never more than the call's reservation."""
+        usage = call.reply.usage if call.reply.usage.steps else replace(call.reply.usage, steps=1)
+        if call.cut and not call.output_reported:
+            output = self._measure_output(request, sink, budget.max_tokens)
+            usage = replace(usage, output_tokens=output)
+            run.estimated = True
+        return _within(usage, budget.reserve_tokens)
+
+    def _measure_output(self, request: ModelRequest, sink: _Progress, max_tokens: int) -> int:
+        """The output of a cut call, from what was received: the provider's free count of the
+        prompt with and without the partial turn; the local bound when it cannot count."""
+        partial = (sink.text_received + sink.tool_input_received).rstrip()
+        if not partial:
+            return 0
+        with_partial = replace(
+            request,
+            messages=(*request.messages, Message.text("assistant", partial)),
+        )
+        try:
+            measured = self.model.count_tokens(with_partial) - self.model.count_tokens(request)
+        except (UpstreamError, UpstreamUnavailable):
+            measured = input_upper_bound((partial,), 0)
+        return max(0, min(measured, max_tokens))
+
+    def _settle(self, run: _Run, usage: TokenUsage, now: datetime, *, final: bool) -> None:
+        """Put the step on the ledger and give back the unused hold, in one atomic change; the
+        last step also records how the request ended."""
+        release = max(0, run.held - usage.total_tokens)
         cost = self.prices.cost(self.settings.model, usage, now)
         run.usage += usage
         run.pico_usd += cost.pico_usd
         run.price_version = cost.price_version
-        run.model = reply.model or self.settings.model
+        if final:
+            run.status = TurnStatus.STOPPED if run.stopped else TurnStatus.COMPLETED
+        self._write_settlement(run, release, now, final=final)
+        run.remaining += release
+        run.held = 0
 
-    def _charge_extra(self, run: _Run, extra: int) -> int:
-        """Charge usage the provider reported beyond the reservation, never past the limit."""
-        try:
-            self.store.reserve(run.user_id, run.request_id, extra, run.limit)
-        except LimitReached:
-            room = self._account(run.user_id).remaining
-            part = min(extra, room)
-            if part <= 0:
-                return 0
-            try:
-                self.store.reserve(run.user_id, run.request_id, part, run.limit)
-            except LimitReached:
-                return 0
-            return part
-        return extra
+    def _finish(self, run: _Run, now: datetime) -> None:
+        """End the request after its last settled step (stopped, or out of room)."""
+        run.status = TurnStatus.STOPPED if run.stopped else TurnStatus.COMPLETED
+        if run.stopped:
+            run.stop_reason = STOPPED_BY_USER
+        self._write_settlement(run, run.held, now, final=True)
+        run.held = 0
+
+    def _write_settlement(self, run: _Run, release: int, now: datetime, *, final: bool) -> None:
+        patch: LedgerPatch = {
+            "held_tokens": 0,
+            "model": run.model or self.settings.model,
+            "usage": run.usage,
+            "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
+            "price_version": run.price_version,
+            "estimated": run.estimated,
+            "updated_at": now,
+        }
+        turn: TurnPatch | None = None
+        if final:
+            patch["status"] = LedgerStatus.SETTLED
+            patch["reply"] = reply_record(self._reply(run))
+        if run.has_turn:
+            turn = self._turn_patch(run, now, run.status if final else TurnStatus.STREAMING)
+        self.store.settle(run.user_id, run.request_id, release, patch, turn)
+
+    def _turn_patch(self, run: _Run, now: datetime, status: TurnStatus) -> TurnPatch:
+        return {
+            "status": status,
+            "content": run.content,
+            "model": run.model or self.settings.model,
+            "stop_reason": run.stop_reason,
+            "truncated": run.truncated,
+            "usage": run.usage,
+            "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
+            "estimated": run.estimated,
+            "updated_at": now,
+        }
 
     def _run_tools(self, run: _Run, reply: ModelReply) -> tuple[Block, ...]:
         results: list[Block] = []
@@ -410,57 +589,68 @@ class ChatService:
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _record(self, run: _Run, now: datetime) -> ChatReply:
-        """Settle the ledger entry with the reply, which a retry with the same id replays."""
-        reply = ChatReply(
-            content="\n\n".join(run.texts),
+    def _reply(self, run: _Run) -> ChatReply:
+        return ChatReply(
+            content=run.content,
             model=run.model or self.settings.model,
             stop_reason=run.stop_reason,
             truncated=run.truncated,
             usage=run.usage,
             cost_micro_usd=pico_to_micro_usd(run.pico_usd),
+            estimated=run.estimated,
+            status=run.status,
         )
-        self.store.update_ledger(
-            run.request_id,
-            {
-                "status": LedgerStatus.SETTLED,
-                "model": reply.model,
-                "usage": reply.usage,
-                "cost_micro_usd": reply.cost_micro_usd,
-                "price_version": run.price_version,
-                "reply": reply_record(reply),
-                "updated_at": now,
-            },
-        )
-        return reply
 
     def _abandon(self, run: _Run, now: datetime) -> None:
-        """After a failure: give back what is held and keep only completed steps charged.
+        """After a failure: give back what the entry still holds and keep only settled steps
+        charged. The stored entry decides, not this execution's figures: a change may have
+        committed although its answer was lost.
 
         Best effort: whatever this cannot undo, the cron reclaims from the still-reserved entry.
         """
+        run.status = TurnStatus.FAILED
         with contextlib.suppress(MeteringError):
-            if run.held:
-                self.store.release(run.user_id, run.request_id, run.held)
-                run.held = 0
-            if run.usage.steps == 0:
-                # Nothing charged: forget the request so that a retry with its id can run.
-                self.store.discard_ledger(run.request_id)
+            entry = self.store.get_ledger(run.request_id)
+            if entry is None or entry.status is not LedgerStatus.RESERVED:
                 return
-            self.store.update_ledger(
-                run.request_id,
-                {
-                    "status": LedgerStatus.FAILED,
-                    "model": run.model or self.settings.model,
-                    "usage": run.usage,
-                    "cost_micro_usd": pico_to_micro_usd(run.pico_usd),
-                    "price_version": run.price_version,
+            turn: TurnPatch | None = None
+            if run.has_turn:
+                turn = {
+                    "status": TurnStatus.FAILED,
+                    "content": run.content,
+                    "usage": entry.usage,
+                    "cost_micro_usd": entry.cost_micro_usd,
+                    "estimated": entry.estimated,
                     "updated_at": now,
-                },
-            )
+                }
+            if entry.usage.steps == 0:
+                # Nothing charged: forget the request so that a retry with its id can run.
+                self.store.discard_request(run.user_id, run.request_id, entry.held_tokens, turn)
+                return
+            patch: LedgerPatch = {
+                "status": LedgerStatus.FAILED,
+                "held_tokens": 0,
+                "updated_at": now,
+            }
+            self.store.settle(run.user_id, run.request_id, entry.held_tokens, patch, turn)
 
     def _account(self, user_id: str) -> Account:
         account = self.store.get_account(user_id)
         if account is None:
             raise MeteringError(f"account of {user_id} vanished")
         return account
+
+
+def _within(usage: TokenUsage, reserved: int) -> TokenUsage:
+    """``usage`` cut down to ``reserved`` tokens, output first: a call is never charged more
+    than it held (the safe input bound makes this a no-op unless a provider overreports)."""
+    excess = usage.total_tokens - reserved
+    if excess <= 0:
+        return usage
+    output_cut = min(excess, usage.output_tokens)
+    input_cut = min(excess - output_cut, usage.input_tokens)
+    return replace(
+        usage,
+        output_tokens=usage.output_tokens - output_cut,
+        input_tokens=usage.input_tokens - input_cut,
+    )

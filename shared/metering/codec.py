@@ -19,12 +19,15 @@ from .plans import Plan, PlanCatalog
 from .ports import Charges, ClaimOutcome, Payment, PaymentKind, PaymentPatch
 from .timeutil import month_start, parse_timestamp
 from .tokens import TokenUsage
+from .turns import Turn, TurnPatch, TurnStatus
 
 SUBSCRIPTIONS = "subscriptions"
 LEDGER = "usage_events"
 CLAIMS = "claims"
 NOTICES = "notices"
 PAYMENTS = "payments"
+TURNS = "turns"
+TURN_STOPS = "turn_stops"
 
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,6 +89,14 @@ def _enum(kind: Callable[[Any], Any]) -> Kind:
     )
 
 
+def _flag(value: Any) -> bool | None:
+    # SQLite has no boolean type: it stores 0 and 1.
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    return None
+
+
+FLAG = Kind(encode=bool, decode=_flag)
 STATUS = _enum(LedgerStatus)
 _CHARGE = re.compile(r"(?P<price>[^,*]+)\*(?P<quantity>[0-9]{1,9})")
 
@@ -194,11 +205,14 @@ LEDGER_FIELDS: tuple[Field[LedgerRow], ...] = (
     Field("period_start", "periodStart", TIME, lambda row: month_start(row.created)),
     Field("created_at", "startedAt", TIME, lambda row: row.created),
     Field("updated_at", "touchedAt", TIME, lambda row: row.updated),
-    Field("reserved_tokens", "reservedTokens", INT, _zero),
+    Field("held_tokens", "heldTokens", INT, _zero),
+    Field("estimated", "estimated", FLAG, lambda _: False),
     Field("cost_micro_usd", "costMicroUsd", INT, _zero),
     Field("price_version", "priceVersion", TEXT, lambda _: ""),
     Field("reply", "reply", TEXT, lambda _: ""),
 )
+# Rows written before ``heldTokens`` kept a request's holds and charged steps in one column.
+LEGACY_RESERVED = "reservedTokens"
 
 
 def _encode(fields: tuple[Field[D], ...], record: object) -> dict[str, Any]:
@@ -317,9 +331,17 @@ def decode_ledger(row: Row, request_id: str | None = None) -> LedgerEntry:
         if request_id:
             values["request_id"] = request_id
         usage = TokenUsage(**_decode(USAGE_FIELDS, row, None))
+        if values["status"] is LedgerStatus.RESERVED and not values["held_tokens"]:
+            legacy = INT.decode(row.get(LEGACY_RESERVED)) or 0
+            values["held_tokens"] = max(0, legacy - usage.total_tokens)
         return LedgerEntry(usage=usage, **values)
     except (KeyError, ValueError, InvalidRequest) as exc:
         raise _malformed(LEDGER, row) from exc
+
+
+def ledger_counted(entry: LedgerEntry) -> int:
+    """What an entry puts on its user's counter: its settled usage and its live hold."""
+    return entry.usage.total_tokens + entry.held_tokens
 
 
 # -- claims ------------------------------------------------------------------------------------
@@ -435,3 +457,60 @@ def decode_notice(row: Row) -> Notice:
     if any(value is None for value in values.values()):
         raise _malformed(NOTICES, row)
     return Notice(id=row_id, **values)
+
+
+# -- turns -------------------------------------------------------------------------------------
+
+TURN_STATUS = _enum(TurnStatus)
+TURN_FIELDS: tuple[Field[object], ...] = (
+    Field("request_id", "requestId", TEXT),
+    Field("user_id", "userId", TEXT),
+    Field("status", "status", TURN_STATUS, lambda _: TurnStatus.PENDING),
+    Field("created_at", "startedAt", TIME),
+    Field("updated_at", "touchedAt", TIME),
+    Field("content", "content", TEXT, lambda _: ""),
+    Field("model", "model", TEXT, lambda _: ""),
+    Field("stop_reason", "stopReason", TEXT, lambda _: ""),
+    Field("truncated", "truncated", FLAG, lambda _: False),
+    Field("cost_micro_usd", "costMicroUsd", INT, _zero),
+    Field("estimated", "estimated", FLAG, lambda _: False),
+)
+TURN_PATCH_FIELDS = TurnPatch.__optional_keys__ | TurnPatch.__required_keys__
+
+
+def turn_permissions(user_id: str) -> list[str]:
+    """A turn row is its user's alone (row security): Realtime delivers it to nobody else."""
+    return [f'read("user:{user_id}")']
+
+
+def encode_turn(turn: Turn) -> dict[str, Any]:
+    """Every column of the turn's ``turns`` row (its row id is ``row_key(request_id)``)."""
+    return {**_encode(TURN_FIELDS, turn), **encode_usage(turn.usage)}
+
+
+def encode_turn_patch(patch: TurnPatch) -> dict[str, Any]:
+    """The columns a patch sets; ``StoreError`` for a field that is not patchable."""
+    rest = {name: value for name, value in patch.items() if name != "usage"}
+    data = _encode_patch("turn", TURN_FIELDS, TURN_PATCH_FIELDS, rest)
+    if "usage" in patch:
+        data.update(encode_usage(patch["usage"]))
+    return data
+
+
+def decode_turn(row: Row) -> Turn:
+    """The turn of a ``turns`` row."""
+    try:
+        values = _decode(TURN_FIELDS, row, None)
+        usage = TokenUsage(**_decode(USAGE_FIELDS, row, None))
+    except (KeyError, ValueError, InvalidRequest) as exc:
+        raise _malformed(TURNS, row) from exc
+    if None in (values["request_id"], values["user_id"], values["created_at"]):
+        raise _malformed(TURNS, row)
+    if values["updated_at"] is None:
+        values["updated_at"] = values["created_at"]
+    return Turn(usage=usage, **values)
+
+
+def encode_stop(request_id: str, user_id: str, now: datetime) -> dict[str, Any]:
+    """The ``turn_stops`` row of a Stop (its row id is ``row_key(request_id)``)."""
+    return {"requestId": request_id, "userId": user_id, "requestedAt": encode_time(now)}

@@ -40,6 +40,14 @@ class Forbidden(MeteringError):
     status = 403
 
 
+class PathNotFound(MeteringError):
+    """What the path names does not exist for the caller (another user's turn included: the
+    answer never tells whether it exists)."""
+
+    code = "not_found"
+    status = 404
+
+
 class RequestInProgress(MeteringError):
     """A request with the same idempotency key is still running."""
 

@@ -11,7 +11,7 @@ from .tokens import TokenUsage
 
 
 class LedgerStatus(StrEnum):
-    RESERVED = "reserved"  # in flight: `reserved_tokens` are held on the user's counter
+    RESERVED = "reserved"  # in flight: `usage` charged so far, `held_tokens` held for the call
     SETTLED = "settled"  # done: `usage` is charged, nothing held
     FAILED = "failed"  # the model failed: completed steps charged, the rest released
     RECLAIMED = "reclaimed"  # the request died mid-flight; the cron gave its hold back
@@ -27,7 +27,10 @@ class LedgerEntry:
     created_at: datetime
     updated_at: datetime
     usage: TokenUsage = TokenUsage()  # noqa: RUF009 -- immutable, safe to share
-    reserved_tokens: int = 0
+    # The live hold of the call in flight: on the user's counter, not yet settled.
+    held_tokens: int = 0
+    # True when some output was measured from the text received (a call cut before its usage).
+    estimated: bool = False
     cost_micro_usd: int = 0
     price_version: str = ""
     # The response message, kept so that a retry with the same request id answers the same.
@@ -35,7 +38,7 @@ class LedgerEntry:
 
 
 class LedgerPatch(TypedDict, total=False):
-    """Fields of a ledger entry its owning request sets; ``reserved_tokens`` is never patched."""
+    """Fields of a ledger entry its owning request (or the cron's reclaim) sets."""
 
     status: LedgerStatus
     model: str
@@ -43,4 +46,6 @@ class LedgerPatch(TypedDict, total=False):
     cost_micro_usd: int
     price_version: str
     reply: str
+    held_tokens: int
+    estimated: bool
     updated_at: datetime

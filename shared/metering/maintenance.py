@@ -13,11 +13,12 @@ from .account import Account, demo_period_due, plan_reset
 from .billing import ENDED_STATUSES, decide_recovered_reset, recovered_cancel
 from .billing_service import cancel_subscription
 from .config import EnvReader
-from .errors import MeteringError
-from .ledger import LedgerEntry, LedgerStatus
+from .errors import Conflict, MeteringError
+from .ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from .plans import PlanCatalog, load_default_plans
 from .ports import AccountQuery, BillingProvider, Page, SubscriptionSnapshot, UsageStore
 from .timeutil import month_start
+from .turns import TurnPatch, TurnStatus
 
 MAX_DRIFT_REPORTED = 50
 
@@ -203,13 +204,24 @@ class Maintenance:
 
         for entry in self._pages(fetch):
             account = self.store.get_account(entry.user_id)
-            # After a reset the hold was already taken off with the old period's usage.
-            if account and account.period_start == entry.period_start and entry.reserved_tokens:
-                self.store.release(entry.user_id, entry.request_id, entry.reserved_tokens)
-                summary.tokens_released += entry.reserved_tokens
-            self.store.update_ledger(
-                entry.request_id, {"status": LedgerStatus.RECLAIMED, "updated_at": now}
-            )
+            # Only the live hold goes back: the settled steps stay charged, as the provider
+            # billed them. After a reset the hold already went with the old period's usage.
+            same_period = account is not None and account.period_start == entry.period_start
+            release = entry.held_tokens if same_period else 0
+            turn = self.store.get_turn(entry.request_id)
+            turn_patch: TurnPatch | None = None
+            if turn is not None and not turn.status.final:
+                turn_patch = {"status": TurnStatus.FAILED, "updated_at": now}
+            patch: LedgerPatch = {
+                "status": LedgerStatus.RECLAIMED,
+                "held_tokens": 0,
+                "updated_at": now,
+            }
+            try:
+                self.store.settle(entry.user_id, entry.request_id, release, patch, turn_patch)
+            except Conflict:
+                continue  # the request settled itself meanwhile: it was not dead
+            summary.tokens_released += release
             summary.reservations_reclaimed += 1
             self._touched[entry.user_id] = None
 

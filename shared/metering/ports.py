@@ -15,7 +15,8 @@ from typing import Generic, Protocol, TypedDict, TypeVar
 from .account import Account, AccountPatch, ResetPlan
 from .alerts import Email, Notice
 from .ledger import LedgerEntry, LedgerPatch
-from .model import ModelReply, ModelRequest, StreamedCall, StreamSink
+from .model import ModelRequest, StreamedCall, StreamSink
+from .turns import Turn, TurnPatch
 
 T = TypeVar("T")
 
@@ -111,18 +112,12 @@ class UsageStore(Protocol):
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
         """One page of matching accounts in a stable order."""
 
-    # -- the hard cap --------------------------------------------------------------------------
-
-    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
-        """Atomically add ``tokens`` to the user's counter unless that would pass ``limit``.
-
-        On success also adds them to the ledger entry's ``reserved_tokens`` and returns the new
-        counter value. Raises ``LimitReached`` (changing nothing) when ``used + tokens > limit``.
-        """
-
-    def release(self, user_id: str, request_id: str, tokens: int) -> None:
-        """Give back ``tokens`` of the entry's reservation: the counter (never below zero) and the
-        entry's ``reserved_tokens`` both go down by them."""
+    # -- the hard cap and the ledger: every change of both is one atomic change ---------------
+    #
+    # Invariant, whatever fails when: the counter equals the sum over the period's entries of
+    # their settled ``usage`` plus their ``held_tokens``. Each method below changes the counter and
+    # the entry (and the turn, when given) together or not at all: a TablesDB transaction on
+    # Appwrite, a transaction on SQLite.
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         """Apply a period reset once, and only forward.
@@ -135,27 +130,66 @@ class UsageStore(Protocol):
         conditional change of the counters.
         """
 
-    # -- the ledger ----------------------------------------------------------------------------
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+        """Create ``entry`` (status ``reserved``, ``held_tokens`` its first hold) and ``turn``, and
+        add the hold to the user's counter unless that passes ``limit``. Raises ``AlreadyExists``
+        when the request id has an entry, ``LimitReached`` when the hold does not fit; either way
+        nothing changed. Creating the entry is the request's claim; a turn left by a discarded
+        earlier attempt with the same id (the provider refused it) is replaced."""
 
-    def create_ledger(self, entry: LedgerEntry) -> None:
-        """Insert ``entry`` keyed by its request id; raises ``AlreadyExists`` if there is one."""
+    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
+        """Add ``tokens`` to the user's counter unless that passes ``limit``, and to the entry's
+        ``held_tokens``; ``LimitReached`` changes nothing."""
+
+    def settle(
+        self,
+        user_id: str,
+        request_id: str,
+        release: int,
+        patch: LedgerPatch,
+        turn: TurnPatch | None = None,
+    ) -> None:
+        """Give back ``release`` tokens of the counter (never below zero), apply ``patch`` to the
+        entry (a settled step sets ``held_tokens`` 0 and the new cumulative ``usage``) and
+        ``turn`` to the request's turn. ``Conflict`` when the entry changed meanwhile (the cron
+        reclaimed it): nothing changed."""
+
+    def discard_request(
+        self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None
+    ) -> None:
+        """Give back ``release`` tokens and delete the entry of a request that charged nothing
+        (the provider refused before generating), so a retry with its id can run; ``turn`` is
+        applied to its turn. No-op for the entry when it does not exist."""
 
     def get_ledger(self, request_id: str) -> LedgerEntry | None: ...
-
-    def discard_ledger(self, request_id: str) -> None:
-        """Delete an entry that holds and charged nothing (a request refused before any call),
-        so that a refused request leaves no trace. No-op when it does not exist."""
-
-    def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry: ...
 
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
     ) -> Page[LedgerEntry]:
         """Entries still ``reserved`` whose last update is older than ``updated_before``."""
 
+    def list_ledger(
+        self, created_from: datetime, created_before: datetime, limit: int, cursor: str | None
+    ) -> Page[LedgerEntry]:
+        """One page, in a stable order, of the entries created from ``created_from`` (inclusive)
+        to ``created_before`` (exclusive): a month's usage, for the operator's report."""
+
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
-        """Sum over the user's entries of that period: ``reserved_tokens`` of entries still
-        ``reserved`` (their holds and the steps charged so far), charged usage of the others."""
+        """Sum over the user's entries of that period of their charged ``usage`` total plus their
+        ``held_tokens``: what the counter must equal."""
+
+    # -- turns (the streamed reply its user reads) and their Stop ------------------------------
+
+    def get_turn(self, request_id: str) -> Turn | None: ...
+
+    def update_turn(self, request_id: str, patch: TurnPatch) -> None:
+        """Progress of a streaming turn (its text so far); only its own execution writes it."""
+
+    def request_stop(self, request_id: str, user_id: str, now: datetime) -> None:
+        """Record that the user asked the turn to stop, in a row only this path writes
+        (idempotent: a second Stop changes nothing)."""
+
+    def stop_requested(self, request_id: str) -> bool: ...
 
     # -- claims (Stripe events, top-ups, resets: effects that must happen once) ----------------
 
@@ -214,18 +248,9 @@ class IdentityVerifier(Protocol):
 
 
 class ModelClient(Protocol):
-    """The model provider. Failures surface as ``UpstreamError`` (the provider refused) or
-    ``UpstreamUnavailable`` (overloaded, rate limited, timed out, unreachable)."""
-
-    def complete(self, request: ModelRequest) -> ModelReply:
-        """One model call; ``usage`` of the reply is what the provider billed for it."""
-
-    def count_tokens(self, request: ModelRequest) -> int:
-        """The input tokens ``request`` would use (the provider's free count)."""
-
-
-class StreamingModelClient(ModelClient, Protocol):
-    """A model provider whose calls stream, so that a call can be cut at any moment."""
+    """The model provider; every call streams, so that a call can be cut at any moment.
+    Failures surface as ``UpstreamError`` (the provider refused) or ``UpstreamUnavailable``
+    (overloaded, rate limited, timed out, unreachable)."""
 
     def stream(
         self, request: ModelRequest, sink: StreamSink, deadline_seconds: float
@@ -236,6 +261,9 @@ class StreamingModelClient(ModelClient, Protocol):
         generating (nothing to charge). Once generation started, every ending is returned, cut or
         not, and never retried: the provider bills what it generated.
         """
+
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens ``request`` would use (the provider's free count)."""
 
 
 # -- the billing system ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ WEBHOOK = "stripe-webhook"
 CRON = "monthly-reset-cron"
 BILLING = "billing"
 FUNCTIONS = (CHAT, USAGE, WEBHOOK, CRON, BILLING)
-MIGRATE = "tools.migrate"
+MIGRATE = "tools.admin"
 LOCAL_RUNTIME = "make dev"
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -218,10 +218,28 @@ CHAT_TIMEOUT_SECONDS = Setting.number(
     "CHAT_TIMEOUT_SECONDS",
     12.0,
     (CHAT,),
-    "per-attempt Anthropic timeout; `timeout x (CHAT_MAX_RETRIES + 1)` must stay under "
+    "the longest one model call may stream (cut and charged like a Stop past it, never "
+    "retried once the provider answered); `timeout x (CHAT_MAX_RETRIES + 1)` must stay under "
     "Appwrite's 30 s",
     minimum=1.0,
     maximum=29.0,
+)
+CHAT_PROGRESS_INTERVAL_SECONDS = Setting.number(
+    "CHAT_PROGRESS_INTERVAL_SECONDS",
+    0.25,
+    (CHAT,),
+    "how often a streaming turn writes its text and looks for a Stop (each is a database write "
+    "and a read; Stop is noticed within about this long)",
+    minimum=0.05,
+    maximum=5.0,
+)
+CHAT_STOP_WAIT_SECONDS = Setting.number(
+    "CHAT_STOP_WAIT_SECONDS",
+    5.0,
+    (CHAT,),
+    "how long `POST /turns/{id}/stop` waits for the turn to settle before answering `stopping`",
+    minimum=0.0,
+    maximum=20.0,
 )
 CHAT_MAX_RETRIES = Setting.integer(
     "CHAT_MAX_RETRIES", 1, (CHAT,), "SDK retries of a failed attempt", minimum=0, maximum=5
@@ -331,7 +349,7 @@ APPWRITE_API_KEY = Setting.secret(
     "APPWRITE_API_KEY",
     (*FUNCTIONS, MIGRATE),
     "static API key; functions use it for the database, else the per-execution `x-appwrite-key`",
-    shown_default="functions: unset; `tools.migrate`: required",
+    shown_default="functions: unset; `tools.admin`: required",
 )
 APPWRITE_DATABASE_ID = Setting.text("APPWRITE_DATABASE_ID", "koffers_db", FUNCTIONS, "database id")
 APPWRITE_SUBSCRIPTIONS_TABLE = Setting.text(
@@ -362,7 +380,7 @@ APPWRITE_PAYMENTS_TABLE = Setting.text(
     "table id of the payments: paid invoices and top-ups (revenue), refunds taken back",
 )
 
-# -- tools.migrate -----------------------------------------------------------------------------
+# -- tools.admin ---------------------------------------------------------------------------------
 
 APPWRITE_ENDPOINT = Setting.text(
     "APPWRITE_ENDPOINT",

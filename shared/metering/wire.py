@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     # Types only: the chat's usage tool answers the model with UsageStats built here.
     from .chat import ChatReply, ChatResult
     from .checkout import PricedOffer, Shelf
+    from .turn_service import TurnView
 
 # A JSON object built for an answer.
 Json = dict[str, Any]
@@ -84,12 +85,34 @@ class ChatMessage(TypedDict):
     stopReason: str
     truncated: bool
     usage: MessageUsage
+    # True when some output was measured from the text received (a call cut before its usage).
+    estimated: bool
 
 
 class ChatResponse(TypedDict):
     """The body of a chat answered (first time or replayed)."""
 
     message: ChatMessage
+    usage: UsageStats
+
+
+class TurnDocument(TypedDict):
+    """A streamed turn as its user reads it: the text so far, then its final state."""
+
+    requestId: str
+    status: str
+    content: str
+    model: str
+    stopReason: str
+    truncated: bool
+    usage: MessageUsage
+    estimated: bool
+
+
+class TurnResponse(TypedDict):
+    """The body of ``GET /turns/{id}`` and ``POST /turns/{id}/stop``."""
+
+    turn: TurnDocument
     usage: UsageStats
 
 
@@ -141,11 +164,29 @@ def chat_message(reply: ChatReply) -> ChatMessage:
         "stopReason": reply.stop_reason,
         "truncated": reply.truncated,
         "usage": message_usage(reply.usage, reply.cost_micro_usd),
+        "estimated": reply.estimated,
     }
 
 
 def chat_response(result: ChatResult) -> ChatResponse:
     return {"message": chat_message(result.reply), "usage": usage_stats(result.account)}
+
+
+def turn_response(view: TurnView) -> TurnResponse:
+    turn = view.turn
+    # A Stop asked but not settled yet: the row still says streaming, the caller is told more.
+    status = "stopping" if view.stopping else turn.status.value
+    document: TurnDocument = {
+        "requestId": turn.request_id,
+        "status": status,
+        "content": turn.content,
+        "model": turn.model,
+        "stopReason": turn.stop_reason,
+        "truncated": turn.truncated,
+        "usage": message_usage(turn.usage, turn.cost_micro_usd),
+        "estimated": turn.estimated,
+    }
+    return {"turn": document, "usage": usage_stats(view.account)}
 
 
 # -- billing -------------------------------------------------------------------------------------

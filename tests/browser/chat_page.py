@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
 from metering.service import get_or_create_account
-from metering.tokens import TokenUsage
 from playwright.sync_api import Page, expect
+
+from tests.support.builders import charge
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -62,28 +62,11 @@ class Backend:
         return user
 
     def use_tokens(self, user: User, tokens: int) -> None:
-        """Charge ``tokens`` the way a finished chat request does: reserve, then settle."""
-        now = datetime.now(UTC)
+        """Charge ``tokens`` the way a finished chat request does: hold, then settle."""
         account = self.store.get_account(user.user_id)
         assert account is not None
         request_id = "seed-" + secrets.token_hex(12)
-        self.store.create_ledger(
-            LedgerEntry(
-                request_id=request_id,
-                user_id=user.user_id,
-                status=LedgerStatus.RESERVED,
-                model="claude-sonnet-5-5",
-                period_start=account.period_start,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        self.store.reserve(user.user_id, request_id, tokens, account.limit)
-        output = tokens // 4
-        usage = TokenUsage(input_tokens=tokens - output, output_tokens=output, steps=1)
-        self.store.update_ledger(
-            request_id, {"status": LedgerStatus.SETTLED, "usage": usage, "updated_at": now}
-        )
+        charge(self.store, user.user_id, request_id, tokens, datetime.now(UTC), limit=account.limit)
 
     def add_topup(self, user: User, tokens: int) -> None:
         """Credit a pack the way the webhook does once its payment is confirmed."""

@@ -1,4 +1,5 @@
-"""The Anthropic adapter against the Messages API wire format, through the real SDK."""
+"""The Anthropic adapter against the Messages API wire format, through the real SDK: request
+translation, usage and block mapping, errors and retries of the streamed call, and the count."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from metering.adapters.anthropic_model import AnthropicModel
 from metering.errors import UpstreamError, UpstreamUnavailable
 from metering.model import (
     Message,
+    ModelReply,
     ModelRequest,
     TextBlock,
     ToolResultBlock,
@@ -19,12 +21,15 @@ from metering.tokens import TokenUsage
 
 from tests.support.anthropic_fake import (
     MODEL,
+    Event,
     Failure,
     FakeAnthropic,
     Raise,
     Reply,
+    Streamed,
     connection_refused,
     message_document,
+    stream_events,
     text_reply,
     timeout,
     tool_use_reply,
@@ -63,6 +68,27 @@ def model_for(
     )
 
 
+class Collected:
+    """A sink that takes every event and never asks to stop."""
+
+    def text(self, delta: str) -> None:
+        pass
+
+    def tool_input(self, delta: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def streamed(model: AnthropicModel, sent: ModelRequest) -> ModelReply:
+    """The reply of one streamed call that ran to its ``message_stop``."""
+    call = model.stream(sent, Collected(), deadline_seconds=5)
+    assert not call.cut
+    assert call.output_reported
+    return call.reply
+
+
 def test_request_carries_system_messages_tools_and_the_capped_max_tokens() -> None:
     """Domain turns, tool calls and results become the API's content blocks unchanged."""
     fake = FakeAnthropic().then(text_reply("Plenty left."))
@@ -75,9 +101,10 @@ def test_request_carries_system_messages_tools_and_the_capped_max_tokens() -> No
         Message("user", (ToolResultBlock("toolu_1", '{"used": 5}', is_error=False),)),
     )
 
-    model_for(fake).complete(request(messages=conversation, max_tokens=77, tool_choice="none"))
+    streamed(model_for(fake), request(messages=conversation, max_tokens=77, tool_choice="none"))
 
     [body] = fake.requests
+    assert body["stream"] is True
     assert body["model"] == MODEL
     assert body["max_tokens"] == 77
     assert body["system"] == "Be brief."
@@ -124,7 +151,7 @@ def test_no_tools_and_no_system_are_left_out_of_the_request() -> None:
     """Empty optional parameters are omitted rather than sent empty (the API refuses some)."""
     fake = FakeAnthropic().then(text_reply("Hi."))
 
-    model_for(fake).complete(request(system="", tools=()))
+    streamed(model_for(fake), request(system="", tools=()))
 
     assert not {"system", "tools", "tool_choice"} & set(fake.requests[0])
 
@@ -133,7 +160,7 @@ def test_base_url_is_honoured() -> None:
     """ANTHROPIC_BASE_URL points the client at another server (the local offline model)."""
     fake = FakeAnthropic().then(text_reply("Hi."))
 
-    model_for(fake, base_url="http://127.0.0.1:8123/anthropic").complete(request())
+    streamed(model_for(fake, base_url="http://127.0.0.1:8123/anthropic"), request())
 
     assert fake.urls[0] == "http://127.0.0.1:8123/anthropic/v1/messages"
 
@@ -144,7 +171,7 @@ def test_usage_maps_every_disjoint_field_including_one_hour_cache_writes() -> No
         text_reply("Done.", 120, 45, cache_write_5m=300, cache_write_1h=200, cache_read=900)
     )
 
-    reply = model_for(fake).complete(request())
+    reply = streamed(model_for(fake), request())
 
     assert reply.usage == token_usage(
         input=120, writes=500, reads=900, output=45, writes_1h=200, steps=1
@@ -160,18 +187,54 @@ def test_usage_without_cache_fields_counts_them_as_zero() -> None:
     )
     fake = FakeAnthropic().then(Reply(document))
 
-    reply = model_for(fake).complete(request())
+    reply = streamed(model_for(fake), request())
 
     assert reply.usage == TokenUsage(input_tokens=11, output_tokens=3, steps=1)
+
+
+def with_a_thinking_block_first(events: tuple[Event, ...]) -> tuple[Event, ...]:
+    """``events`` with a thinking block streamed before the message's own blocks."""
+    shifted: list[Event] = [
+        (name, {**data, "index": data["index"] + 1} if "index" in data else data)
+        for name, data in events
+    ]
+    thinking: list[Event] = [
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "hmm"},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "sig"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ]
+    # After message_start and the ping.
+    return (*shifted[:2], *thinking, *shifted[2:])
 
 
 def test_tool_use_blocks_map_to_domain_blocks_and_unknown_kinds_are_dropped() -> None:
     """A tool call keeps its id, name and input; block kinds this client never asks for vanish."""
     document = tool_use_reply("get_my_usage", {"scope": "month"}).document
-    document["content"].insert(0, {"type": "thinking", "thinking": "hmm", "signature": "sig"})
-    fake = FakeAnthropic().then(Reply(document))
+    fake = FakeAnthropic().then(Streamed(with_a_thinking_block_first(stream_events(document))))
 
-    reply = model_for(fake).complete(request())
+    reply = streamed(model_for(fake), request())
 
     assert reply.stop_reason == "tool_use"
     [call] = reply.tool_uses
@@ -225,11 +288,12 @@ def test_count_tokens_uses_the_free_counting_endpoint() -> None:
 def test_sdk_failures_become_domain_errors(
     outcome: Failure | Raise, error: type[Exception]
 ) -> None:
-    """Refusals are UpstreamError (502); overload, rate limits, outages and timeouts are 503."""
+    """Refusals are UpstreamError (502); overload, rate limits, outages and timeouts are 503;
+    all raised before the stream starts, so nothing is charged."""
     fake = FakeAnthropic().then(outcome)
 
     with pytest.raises(error) as raised:
-        model_for(fake).complete(request())
+        model_for(fake).stream(request(), Collected(), deadline_seconds=5)
 
     assert not type(raised.value).__module__.startswith("anthropic")
     assert "sk-ant-test-key" not in str(raised.value)
@@ -247,7 +311,7 @@ def test_a_rate_limited_attempt_is_retried_within_max_retries() -> None:
     """With max_retries=1 a 429 carrying retry-after-ms is retried once and the reply used."""
     fake = FakeAnthropic().then(Failure(429, {"retry-after-ms": "1"}), text_reply("Second try."))
 
-    reply = model_for(fake, retries=1).complete(request())
+    reply = streamed(model_for(fake, retries=1), request())
 
     assert reply.text == "Second try."
     assert len(fake.requests) == 2
@@ -259,7 +323,7 @@ def test_a_reply_with_invalid_usage_is_an_upstream_error() -> None:
     fake = FakeAnthropic().then(Reply(document))
 
     with pytest.raises(UpstreamError):
-        model_for(fake).complete(request())
+        model_for(fake).stream(request(), Collected(), deadline_seconds=5)
 
 
 def test_request_and_reply_bodies_round_trip_as_json() -> None:
@@ -267,6 +331,6 @@ def test_request_and_reply_bodies_round_trip_as_json() -> None:
     nested = {"filters": {"months": [1, 2]}, "note": "ünïcode"}
     fake = FakeAnthropic().then(tool_use_reply("lookup", nested))
 
-    reply = model_for(fake).complete(request())
+    reply = streamed(model_for(fake), request())
 
     assert json.loads(json.dumps(dict(reply.tool_uses[0].input))) == nested

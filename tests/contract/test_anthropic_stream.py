@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.errors import UpstreamError, UpstreamUnavailable
-from metering.model import Message, ModelRequest, TextBlock, ToolSpec, ToolUseBlock
+from metering.model import (
+    Block,
+    Message,
+    ModelReply,
+    ModelRequest,
+    TextBlock,
+    ToolSpec,
+    ToolUseBlock,
+)
 from metering.tokens import TokenUsage
 
 from tests.support.anthropic_fake import (
@@ -106,27 +114,49 @@ CACHE_5M, CACHE_1H, CACHE_READ = 30, 70, 900
     ],
     ids=["text", "tool_use"],
 )
-def test_a_completed_stream_reports_what_complete_reports(reply: Reply) -> None:
-    """A stream that runs to message_stop is charged exactly what a non-streamed call is."""
-    fake = FakeAnthropic().then(reply, reply)
-    model = model_for(fake)
+def test_a_completed_stream_reports_the_whole_message_and_its_usage(reply: Reply) -> None:
+    """A stream that runs to message_stop gives the message's blocks, stop reason, model and
+    exact usage, every delta on the sink, and a closed response."""
+    fake = FakeAnthropic().then(reply)
     sink = Sink(fake)
 
-    completed = model.complete(REQUEST)
-    streamed = model.stream(REQUEST, sink, deadline_seconds=5)
+    streamed = model_for(fake).stream(REQUEST, sink, deadline_seconds=5)
 
-    assert streamed.reply == completed
+    assert streamed.reply == reply_of(reply.document)
     assert not streamed.cut
     assert streamed.output_reported
     assert streamed.reply.usage.cache_creation_1h_tokens == 70
     assert streamed.reply.usage.cache_creation_5m_tokens == 30
     assert streamed.reply.usage.cache_read_input_tokens == 900
-    assert "".join(sink.texts) == completed.text
-    for tool_use in completed.tool_uses:
+    assert "".join(sink.texts) == streamed.reply.text
+    for tool_use in streamed.reply.tool_uses:
         assert json.loads("".join(sink.inputs)) == tool_use.input
-    assert fake.requests[1]["stream"] is True
-    assert "stream" not in fake.requests[0] or fake.requests[0]["stream"] is False
+    assert fake.requests[0]["stream"] is True
     assert fake.streams[0].closed
+
+
+def reply_of(document: dict[str, Any]) -> ModelReply:
+    """The domain reply ``document`` stands for, read off the API's JSON by hand."""
+    blocks: list[Block] = []
+    for block in document["content"]:
+        if block["type"] == "text":
+            blocks.append(TextBlock(block["text"]))
+        else:
+            blocks.append(ToolUseBlock(block["id"], block["name"], block["input"]))
+    usage = document["usage"]
+    return ModelReply(
+        blocks=tuple(blocks),
+        stop_reason=document["stop_reason"],
+        usage=TokenUsage(
+            input_tokens=usage["input_tokens"],
+            cache_creation_input_tokens=usage["cache_creation_input_tokens"],
+            cache_read_input_tokens=usage["cache_read_input_tokens"],
+            output_tokens=usage["output_tokens"],
+            cache_creation_1h_tokens=usage["cache_creation"]["ephemeral_1h_input_tokens"],
+            steps=1,
+        ),
+        model=document["model"],
+    )
 
 
 def test_stop_before_the_first_token_charges_the_input_only() -> None:
@@ -268,7 +298,7 @@ def test_a_failure_after_the_start_is_a_cut_never_retried_or_raised(
 def test_a_call_refused_before_it_started_raises(
     outcome: Failure | Raise | Streamed, error: type[Exception]
 ) -> None:
-    """A call the provider refused before message_start raises, as complete does."""
+    """A call the provider refused before message_start raises: nothing was generated."""
     fake = FakeAnthropic().then(outcome)
 
     with pytest.raises(error):

@@ -364,3 +364,156 @@ def test_injected_failures_answer_once_with_the_given_error(emulator: AppwriteEm
     error = error_of(lambda: new_subscription(db, "u1"))
     assert (error.code, error.type) == (503, "general_service_disabled")
     assert new_subscription(db, "u1").id == "u1"
+
+
+def operation(action: str, row_id: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One staged operation of ``create_operations`` on the subscriptions table."""
+    return {"action": action, "databaseId": DB, "tableId": SUBS, "rowId": row_id, "data": data}
+
+
+def test_a_batch_of_operations_commits_all_or_nothing(emulator: AppwriteEmulator) -> None:
+    """create_operations stages a batch in one request, answered 201 with the transaction;
+    the commit applies it in order, a refused bound rolls all of it back."""
+    db = tables(emulator)
+    new_subscription(db, "u1", currentTokensUsed=5)
+    ok = db.create_transaction().id
+    staged = db.create_operations(
+        ok,
+        [
+            operation("create", "u2", {"userId": "u2", "$permissions": ['read("user:u2")']}),
+            operation("increment", "u2", {"column": "topupTokens", "value": 7, "max": 7}),
+            operation("update", "u1", {"plan": "pro"}),
+            operation("decrement", "u1", {"column": "currentTokensUsed", "value": 5, "min": 0}),
+        ],
+    )
+    assert (staged.id, staged.status, staged.operations) == (ok, "pending", 4)
+    assert [row["$id"] for row in emulator.rows(SUBS)] == ["u1"]
+    db.update_transaction(ok, commit=True)
+    created = db.get_row(DB, SUBS, "u2")
+    assert (created.data["topupTokens"], created.permissions) == (7, ['read("user:u2")'])
+    row = db.get_row(DB, SUBS, "u1").data
+    assert (row["plan"], row["currentTokensUsed"]) == ("pro", 0)
+
+    failing = db.create_transaction().id
+    db.create_operations(
+        failing,
+        [
+            operation("update", "u1", {"plan": "team"}),
+            operation("increment", "u2", {"column": "topupTokens", "value": 1, "max": 7}),
+        ],
+    )
+    error = error_of(lambda: db.update_transaction(failing, commit=True))
+    assert (error.code, error.type) == (400, "attribute_limit_exceeded")
+    assert db.get_row(DB, SUBS, "u1").data["plan"] == "pro"
+    assert db.get_transaction(failing).status == "failed"
+
+
+def test_a_batch_naming_a_missing_row_is_refused_at_staging_and_stages_nothing(
+    emulator: AppwriteEmulator,
+) -> None:
+    """An update, delete, increment or decrement of a row that neither exists nor is created
+    earlier in the transaction is a 404 document_not_found when staged; an empty batch is a
+    400 general_bad_request; the transaction stays pending and empty."""
+    db = tables(emulator)
+    new_subscription(db, "u1")
+    transaction = db.create_transaction().id
+    for action in ("update", "delete", "increment", "decrement"):
+        data = {"column": "topupTokens", "value": 1} if action.endswith("crement") else {}
+        batch = [operation("update", "u1", {"plan": "pro"}), operation(action, "nobody", data)]
+        error = error_of(lambda batch=batch: db.create_operations(transaction, batch))
+        assert (error.code, error.type) == (404, "document_not_found")
+    error = error_of(lambda: db.create_operations(transaction, []))
+    assert (error.code, error.type) == (400, "general_bad_request")
+    assert (db.get_transaction(transaction).status, db.get_transaction(transaction).operations) == (
+        "pending",
+        0,
+    )
+
+
+def test_a_row_deleted_earlier_in_the_transaction_is_missing_at_the_commit(
+    emulator: AppwriteEmulator,
+) -> None:
+    """Staging reads rows as the transaction's earlier requests left them, so an update after
+    a delete staged before is refused at once; in the same batch, the commit refuses it."""
+    db = tables(emulator)
+    new_subscription(db, "u1")
+    earlier = db.create_transaction().id
+    db.create_operations(earlier, [operation("delete", "u1")])
+    error = error_of(
+        lambda: db.create_operations(earlier, [operation("update", "u1", {"plan": "pro"})])
+    )
+    assert (error.code, error.type) == (404, "document_not_found")
+    same = db.create_transaction().id
+    db.create_operations(same, [operation("delete", "u1"), operation("update", "u1", {})])
+    error = error_of(lambda: db.update_transaction(same, commit=True))
+    assert (error.code, error.type) == (404, "document_not_found")
+    assert [row["$id"] for row in emulator.rows(SUBS)] == ["u1"]
+
+
+def test_a_batch_conflicts_as_single_staged_calls_do() -> None:
+    """A create of an existing row, and an update or upsert of a row changed since staging,
+    fail the commit with 409 transaction_conflict; increments are not checked."""
+    clock = Clock(datetime(2026, 3, 1, tzinfo=UTC))
+    with emulated_appwrite(clock=clock) as emulator:
+        db = tables(emulator)
+        new_subscription(db, "u1")
+        for batch in (
+            [operation("create", "u1", {"userId": "u1"})],
+            [operation("update", "u1", {"plan": "pro"})],
+            [operation("upsert", "u1", {"userId": "u1", "plan": "pro"})],
+        ):
+            transaction = db.create_transaction().id
+            db.create_operations(transaction, batch)
+            clock.advance()
+            db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1)
+            error = error_of(
+                lambda transaction=transaction: db.update_transaction(transaction, commit=True)
+            )
+            assert (error.code, error.type) == (409, "transaction_conflict")
+        assert db.get_row(DB, SUBS, "u1").data["plan"] is None
+
+        counted = db.create_transaction().id
+        db.create_operations(
+            counted, [operation("increment", "u1", {"column": "topupTokens", "value": 2})]
+        )
+        clock.advance()
+        db.increment_row_column(DB, SUBS, "u1", "currentTokensUsed", value=1)
+        db.update_transaction(counted, commit=True)
+        assert db.get_row(DB, SUBS, "u1").data["topupTokens"] == 2
+
+
+def test_an_upsert_creates_a_row_or_replaces_its_columns_and_permissions(
+    emulator: AppwriteEmulator,
+) -> None:
+    """A staged upsert creates a missing row, and sets the given columns and permissions of
+    an existing one."""
+    db = tables(emulator)
+    new_subscription(db, "u1", plan="demo")
+    transaction = db.create_transaction().id
+    db.create_operations(
+        transaction,
+        [
+            operation(
+                "upsert", "u1", {"userId": "u1", "plan": "pro", "$permissions": ['read("any")']}
+            ),
+            operation("upsert", "u2", {"userId": "u2", "plan": "team"}),
+        ],
+    )
+    db.update_transaction(transaction, commit=True)
+    replaced, created = db.get_row(DB, SUBS, "u1"), db.get_row(DB, SUBS, "u2")
+    assert (replaced.data["plan"], replaced.permissions) == ("pro", ['read("any")'])
+    assert (created.data["plan"], created.permissions) == ("team", [])
+
+
+def test_a_cut_connection_fails_the_call_before_or_after_the_server_handled_it(
+    emulator: AppwriteEmulator,
+) -> None:
+    """disconnect_next loses the next matching request, or only its answer: the change then
+    happened although the client saw an error."""
+    db = tables(emulator)
+    emulator.disconnect_next("POST", r"/rows$")
+    error_of(lambda: new_subscription(db, "u1"))
+    assert emulator.rows(SUBS) == []
+    emulator.disconnect_next("POST", r"/rows$", handled=True)
+    error_of(lambda: new_subscription(db, "u1"))
+    assert [row["$id"] for row in emulator.rows(SUBS)] == ["u1"]

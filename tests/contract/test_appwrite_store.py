@@ -16,9 +16,12 @@ from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, new_account, plan_reset
 from metering.adapters.appwrite_store import AppwriteStore
 from metering.codec import ROW_ID, row_key
-from metering.errors import NotFound, StoreError
+from metering.errors import AlreadyExists, Conflict, NotFound, StoreError
+from metering.ledger import LedgerPatch, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome
+from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnStatus
 
 from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
 from tests.support.builders import MARCH, NOW, ledger_entry
@@ -43,11 +46,22 @@ def starter(store: AppwriteStore, user_id: str) -> None:
     store.create_account(new_account(user_id, load_default_plans().get("starter"), NOW))
 
 
-def holding(store: AppwriteStore, request_id: str, tokens: int) -> None:
-    """user-1 on Starter, and ``request_id``'s entry holding ``tokens`` of its 50,000."""
+def holding(store: AppwriteStore, request_id: str, tokens: int, turn: bool = False) -> None:
+    """user-1 on Starter, and ``request_id``'s entry in flight holding ``tokens`` of its
+    50,000 (with its turn, when ``turn``)."""
     starter(store, "user-1")
-    store.create_ledger(ledger_entry("user-1", request_id))
-    store.reserve("user-1", request_id, tokens, 50_000)
+    opened = new_turn(request_id) if turn else None
+    store.open_request(ledger_entry("user-1", request_id, held_tokens=tokens), 50_000, opened)
+
+
+def new_turn(request_id: str) -> Turn:
+    return Turn(request_id, "user-1", TurnStatus.PENDING, NOW, NOW)
+
+
+def counter_and_ledger(store: AppwriteStore) -> tuple[int, int]:
+    account = store.get_account("user-1")
+    assert account is not None
+    return account.current_tokens_used, store.ledger_total("user-1", MARCH)
 
 
 def due_reset(
@@ -97,8 +111,7 @@ def test_a_legacy_row_with_a_random_id_is_found_and_metered_by_user_id(
         },
         row_id="6650f0a2c3d4e5f6a7b8",
     )
-    store.create_ledger(ledger_entry("user-1", "req-1"))
-    assert store.reserve("user-1", "req-1", 90, 50_000) == 100
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=90), 50_000)
     account = store.add_topup("user-1", 5)
     assert (account.row_id, account.current_tokens_used, account.topup_tokens) == (
         "6650f0a2c3d4e5f6a7b8",
@@ -115,7 +128,7 @@ def test_request_ids_appwrite_would_refuse_are_kept_under_a_hashed_row_id(
     holding(store, "_retry.1", 40)
     stored = store.get_ledger("_retry.1")
     assert stored is not None
-    assert (stored.request_id, stored.reserved_tokens) == ("_retry.1", 40)
+    assert (stored.request_id, stored.held_tokens) == ("_retry.1", 40)
     assert emulator.rows("usage_events")[0]["$id"] == row_key("_retry.1")
 
 
@@ -146,18 +159,19 @@ def test_an_expired_claim_is_taken_over_by_exactly_one_of_many_workers(
     assert outcomes.count(ClaimOutcome.IN_PROGRESS) == 15
 
 
-def test_release_after_a_concurrent_lowering_gives_back_only_what_is_left(
+def test_a_settle_after_a_concurrent_lowering_gives_back_only_what_is_left(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
-    """If the counter went below the hold meanwhile, release empties it and stops at zero."""
+    """The counter went below the release meanwhile: the refused commit is read and tried again
+    with what is left, so the counter stops at zero and the step still settles."""
     holding(store, "req-1", 100)
     emulator.table("subscriptions").rows["user-1"]["currentTokensUsed"] = 30
-    store.release("user-1", "req-1", 100)
+    store.settle("user-1", "req-1", 100, {"held_tokens": 0})
     account = store.get_account("user-1")
     ledger = store.get_ledger("req-1")
     assert account is not None
     assert ledger is not None
-    assert (account.current_tokens_used, ledger.reserved_tokens) == (0, 0)
+    assert (account.current_tokens_used, ledger.held_tokens) == (0, 0)
 
 
 def test_a_failed_reset_commit_releases_its_claim_so_the_retry_applies_once(
@@ -239,26 +253,92 @@ def test_an_increment_of_a_vanished_row_is_not_found_and_of_a_missing_column_a_s
     assert account.topup_tokens == 0
 
 
-def test_a_warm_reservation_costs_two_calls(
+TRANSACTION = [
+    ("POST", "/tablesdb/transactions"),
+    ("POST", "/tablesdb/transactions/{id}/operations"),
+    ("PATCH", "/tablesdb/transactions/{id}"),
+]
+
+
+def requests_of(emulator: AppwriteEmulator) -> list[tuple[str, str]]:
+    """The requests made since ``calls`` was cleared, transaction ids replaced by ``{id}``."""
+    ids = set(emulator.transactions)
+    return [
+        (call.method, "/".join("{id}" if part in ids else part for part in call.path.split("/")))
+        for call in emulator.calls
+    ]
+
+
+def test_each_change_of_the_hard_cap_is_one_transaction_of_three_requests(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
-    """Once the user's row id is known, a reservation is two atomic increments, nothing more."""
+    """Opening, holding, settling a step and discarding each create a transaction, stage all
+    their changes in one request and commit: three requests, the user's row id known."""
     starter(store, "user-1")
-    store.create_ledger(ledger_entry("user-1", "req-1"))
+    turn = new_turn("req-1")
+    step: LedgerPatch = {"held_tokens": 0, "usage": TokenUsage(input_tokens=300, steps=1)}
+    changes: list[Callable[[], object]] = [
+        lambda: store.open_request(ledger_entry("user-1", "req-1", held_tokens=500), 50_000, turn),
+        lambda: store.settle("user-1", "req-1", 200, step, {"content": "Hi"}),
+        lambda: store.hold("user-1", "req-1", 300, 50_000),
+        lambda: store.settle("user-1", "req-1", 300, {**step, "status": LedgerStatus.SETTLED}),
+        lambda: store.open_request(ledger_entry("user-1", "req-2", held_tokens=40), 50_000),
+        lambda: store.discard_request("user-1", "req-2", 40),
+    ]
+    for change in changes:
+        emulator.calls.clear()
+        change()
+        assert requests_of(emulator) == TRANSACTION
+    assert counter_and_ledger(store) == (300, 300)
+
+
+def test_a_single_step_chat_costs_seven_requests(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """The account read, the request opened, its one step settled: 1 + 3 + 3 requests."""
+    starter(store, "user-1")
     emulator.calls.clear()
-    store.reserve("user-1", "req-1", 10, 50_000)
-    assert [(call.method, call.path.rsplit("/", 1)[-1]) for call in emulator.calls] == [
-        ("PATCH", "increment"),
-        ("PATCH", "increment"),
+    store.get_account("user-1")
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=500), 50_000, new_turn("req-1"))
+    usage = TokenUsage(input_tokens=300, output_tokens=50, steps=1)
+    store.settle(
+        "user-1",
+        "req-1",
+        150,
+        {"status": LedgerStatus.SETTLED, "held_tokens": 0, "usage": usage},
+        {"status": TurnStatus.COMPLETED, "usage": usage},
+    )
+    assert len(emulator.calls) == 7
+    assert counter_and_ledger(store) == (350, 350)
+
+
+def test_a_settle_giving_nothing_back_reads_the_entry_once_staged(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """With no hold to take the guard from, the status is read between staging and commit:
+    one request more."""
+    holding(store, "req-1", 100)
+    emulator.calls.clear()
+    store.settle("user-1", "req-1", 0, {"status": LedgerStatus.SETTLED})
+    assert requests_of(emulator) == [
+        *TRANSACTION[:2],
+        ("GET", f"/tablesdb/koffers_db/tables/usage_events/rows/{row_key('req-1')}"),
+        TRANSACTION[2],
     ]
 
 
 OPERATIONS: dict[str, Callable[[AppwriteStore], Any]] = {
     "get_account": lambda s: s.get_account("user-1"),
     "update_account": lambda s: s.update_account("user-1", {"plan": "pro"}),
-    "reserve": lambda s: s.reserve("user-1", "req-1", 1, 100),
-    "release": lambda s: s.release("user-1", "req-1", 1),
+    "open_request": lambda s: s.open_request(ledger_entry("user-1", "req-2"), 100),
+    "hold": lambda s: s.hold("user-1", "req-1", 1, 100),
+    "settle": lambda s: s.settle("user-1", "req-1", 1, {"held_tokens": 0}),
+    "discard_request": lambda s: s.discard_request("user-1", "req-1", 1),
     "get_ledger": lambda s: s.get_ledger("req-1"),
+    "get_turn": lambda s: s.get_turn("req-1"),
+    "update_turn": lambda s: s.update_turn("req-1", {"content": "x"}),
+    "request_stop": lambda s: s.request_stop("req-1", "user-1", NOW),
+    "stop_requested": lambda s: s.stop_requested("req-1"),
     "list_accounts": lambda s: s.list_accounts(AccountQuery(), 10, None),
     "ledger_total": lambda s: s.ledger_total("user-1", MARCH),
     "claim_event": lambda s: s.claim_event("evt_9", "t", "o", NOW, LEASE),
@@ -271,8 +351,7 @@ def test_appwrite_failures_surface_as_store_errors_only(
     emulator: AppwriteEmulator, store: AppwriteStore, operation: Callable[[AppwriteStore], Any]
 ) -> None:
     """A 5xx from Appwrite becomes StoreError; no AppwriteException escapes the adapter."""
-    starter(store, "user-1")
-    store.create_ledger(ledger_entry("user-1", "req-1"))
+    holding(store, "req-1", 10, turn=True)
     for method in ("GET", "POST", "PATCH", "DELETE"):
         emulator.fail_next(method, r".", 503, "general_service_disabled")
     with pytest.raises(StoreError) as caught:
@@ -329,3 +408,180 @@ def test_a_release_keeps_a_claim_completed_while_it_was_being_released(
         assert store.claim_event("evt_1", "invoice.paid", "in_1", later, LEASE) is (
             ClaimOutcome.DONE
         )
+
+
+# -- the hard cap when requests fail -----------------------------------------------------------
+
+STEP = TokenUsage(input_tokens=250, output_tokens=50, steps=1)
+# The requests of a change, as ``disconnect_next`` matches them.
+BEGIN = ("POST", r"^/tablesdb/transactions$")
+STAGE = ("POST", r"/operations$")
+COMMIT = ("PATCH", r"^/tablesdb/transactions/[^/]+$")
+READ = ("GET", r"/rows/")
+# Each change, from req-1 in flight holding 500 with its turn, and the requests it makes.
+CHANGES: dict[str, tuple[Callable[[AppwriteStore], object], list[tuple[str, str]]]] = {
+    "open_request": (
+        lambda s: s.open_request(
+            ledger_entry("user-1", "req-2", held_tokens=400), 50_000, new_turn("req-2")
+        ),
+        [BEGIN, STAGE, COMMIT],
+    ),
+    "hold": (lambda s: s.hold("user-1", "req-1", 300, 50_000), [BEGIN, STAGE, COMMIT]),
+    "settle": (
+        lambda s: s.settle(
+            "user-1", "req-1", 200, {"held_tokens": 0, "usage": STEP}, {"usage": STEP}
+        ),
+        [BEGIN, STAGE, COMMIT],
+    ),
+    "settle-giving-nothing-back": (
+        lambda s: s.settle("user-1", "req-1", 0, {"status": LedgerStatus.SETTLED}),
+        [BEGIN, STAGE, READ, COMMIT],
+    ),
+    "discard_request": (
+        lambda s: s.discard_request("user-1", "req-1", 500, {"status": TurnStatus.FAILED}),
+        [BEGIN, STAGE, COMMIT],
+    ),
+}
+
+
+def snapshot(store: AppwriteStore) -> tuple[object, ...]:
+    return (
+        counter_and_ledger(store),
+        store.get_ledger("req-1"),
+        store.get_ledger("req-2"),
+        store.get_turn("req-1"),
+        store.get_turn("req-2"),
+    )
+
+
+def fault_points() -> list[Any]:
+    return [
+        pytest.param(name, position, handled, id=f"{name}-http{position + 1}-{when}")
+        for name, (_, requests) in CHANGES.items()
+        for position in range(len(requests))
+        for handled, when in ((False, "lost"), (True, "answer-lost"))
+    ]
+
+
+@pytest.mark.parametrize(("name", "position", "handled"), fault_points())
+def test_a_change_whose_request_or_answer_is_lost_is_all_or_nothing(
+    name: str, position: int, handled: bool
+) -> None:
+    """The connection cut at any request of a change, before the server got it or after it
+    handled it: a StoreError, and the change applied whole (its commit went through) or not at
+    all; either way the counter equals the ledger."""
+    change, requests = CHANGES[name]
+    states = []
+    for fault in (False, True):
+        with emulated_appwrite() as emulator:
+            store = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+            holding(store, "req-1", 500, turn=True)
+            before = snapshot(store)
+            if fault:
+                emulator.disconnect_next(*requests[position], handled=handled)
+                with pytest.raises(StoreError):
+                    change(store)
+            else:
+                change(store)
+            states.append((before, snapshot(store)))
+    (before, applied), (_, after) = states
+    committed = handled and position == len(requests) - 1
+    assert after == (applied if committed else before)
+    (counter, ledger), *_ = after
+    assert counter == ledger
+
+
+def test_a_settle_retried_after_its_answer_was_lost_is_refused(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """The step settled, but the answer was lost; the request then gives its hold back again
+    as it fails: refused (Conflict), so the hold is not given back twice."""
+    holding(store, "req-1", 500)
+    emulator.disconnect_next(*COMMIT, handled=True)
+    with pytest.raises(StoreError):
+        store.settle("user-1", "req-1", 200, {"held_tokens": 0, "usage": STEP})
+    with pytest.raises(Conflict):
+        store.settle("user-1", "req-1", 500, {"status": LedgerStatus.FAILED, "held_tokens": 0})
+    assert counter_and_ledger(store) == (300, 300)
+
+
+def test_open_request_retried_after_its_answer_was_lost_finds_its_claim(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """The request was opened, its answer lost: the retry is AlreadyExists, held once."""
+    starter(store, "user-1")
+    entry = ledger_entry("user-1", "req-1", held_tokens=400)
+    emulator.disconnect_next(*COMMIT, handled=True)
+    with pytest.raises(StoreError):
+        store.open_request(entry, 50_000)
+    with pytest.raises(AlreadyExists):
+        store.open_request(entry, 50_000)
+    assert counter_and_ledger(store) == (400, 400)
+
+
+@pytest.mark.parametrize("release", [0, 200])
+def test_a_reclaim_committed_while_a_settle_was_staged_makes_the_settle_conflict(
+    monkeypatch: pytest.MonkeyPatch, release: int
+) -> None:
+    """The cron's reclaim lands between the settle's staging and its commit: the settle's
+    commit is refused (the guard finds the hold gone, or the staged update finds the row
+    changed) and nothing is given back twice."""
+    now = [NOW]
+    with emulated_appwrite(clock=lambda: now[0]) as emulator:
+        store = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+        cron = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+        holding(store, "req-1", 500)
+        cron.get_account("user-1")
+        tables = store._db
+        commit = tables.update_transaction
+
+        def reclaim_first(transaction_id: str, **options: Any) -> Any:
+            if options.get("commit"):
+                now[0] += timedelta(seconds=1)
+                patch = {"status": LedgerStatus.RECLAIMED, "held_tokens": 0}
+                cron.settle("user-1", "req-1", 500, patch)  # type: ignore[arg-type]
+            return commit(transaction_id, **options)
+
+        monkeypatch.setattr(tables, "update_transaction", reclaim_first)
+        with pytest.raises(Conflict):
+            store.settle("user-1", "req-1", release, {"held_tokens": 0, "usage": STEP})
+        monkeypatch.undo()
+        entry = store.get_ledger("req-1")
+        assert entry is not None
+        assert (entry.status, entry.usage) == (LedgerStatus.RECLAIMED, TokenUsage())
+        assert counter_and_ledger(store) == (0, 0)
+
+
+def test_a_legacy_entry_in_flight_is_counted_and_reclaimed_from_its_reserved_tokens(
+    emulator: AppwriteEmulator, store: AppwriteStore
+) -> None:
+    """A row written before heldTokens kept holds and charged steps in reservedTokens: it
+    counts that, and the cron's reclaim gives back the rest even though heldTokens is NULL."""
+    starter(store, "user-1")
+    emulator.table("subscriptions").rows["user-1"]["currentTokensUsed"] = 500
+    emulator.insert_row(
+        "usage_events",
+        {
+            "requestId": "req-old",
+            "userId": "user-1",
+            "status": "reserved",
+            "periodStart": "2026-03-01T00:00:00.000+00:00",
+            "startedAt": "2026-03-15T11:00:00.000+00:00",
+            "touchedAt": "2026-03-15T11:00:00.000+00:00",
+            "reservedTokens": 500,
+            "inputTokens": 200,
+            "totalTokens": 200,
+            "steps": 1,
+        },
+        row_id="req-old",
+    )
+    entry = store.get_ledger("req-old")
+    assert entry is not None
+    assert entry.held_tokens == 300
+    assert counter_and_ledger(store) == (500, 500)
+
+    store.settle("user-1", "req-old", 300, {"status": LedgerStatus.RECLAIMED, "held_tokens": 0})
+
+    assert counter_and_ledger(store) == (200, 200)
+    with pytest.raises(Conflict):
+        store.settle("user-1", "req-old", 300, {"status": LedgerStatus.RECLAIMED})

@@ -1,4 +1,5 @@
-"""The schema as code (``appwrite.json``) and ``tools.migrate`` against the emulated Appwrite."""
+"""The schema as code (``appwrite.json``) and ``tools.admin migrate|backfill`` against the
+emulated Appwrite."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from metering.plans import load_default_plans
 from metering.ports import ClaimOutcome
 
 from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
-from tools import migrate
+from tools import admin
 from tools.schema import (
     APPWRITE_JSON,
     ColumnSpec,
@@ -40,16 +41,17 @@ SCHEMA = load_schema()
 DOCUMENT: dict[str, Any] = json.loads(APPWRITE_JSON.read_text(encoding="utf-8"))
 
 
-def run(emulator: AppwriteEmulator, *args: str) -> tuple[int, str]:
-    """Run the command as an operator would, against the emulator; returns (exit code, stderr)."""
-    out = io.StringIO()
+def run(emulator: AppwriteEmulator, *args: str, key: str = "") -> tuple[int, str]:
+    """Run the command as an operator would, against the emulator; returns (exit code, what it
+    wrote on stdout and stderr)."""
+    out, err = io.StringIO(), io.StringIO()
     environ = {
         "APPWRITE_ENDPOINT": emulator.endpoint,
         "APPWRITE_PROJECT_ID": emulator.project_id,
-        "APPWRITE_API_KEY": emulator.api_key,
+        "APPWRITE_API_KEY": key or emulator.api_key,
     }
-    code = migrate.main(list(args), environ=environ, out=out, sleep=lambda _: None)
-    return code, out.getvalue()
+    code = admin.main(list(args), environ=environ, out=out, err=err, sleep=lambda _: None)
+    return code, out.getvalue() + err.getvalue()
 
 
 @pytest.fixture
@@ -76,6 +78,8 @@ def test_appwrite_json_declares_the_tables_with_zero_default_counters() -> None:
         "claims",
         "notices",
         "payments",
+        "turns",
+        "turn_stops",
     }
     for table_id, keys in counters.items():
         for key in keys:
@@ -101,7 +105,8 @@ def test_appwrite_json_indexes_the_lookups_the_store_makes() -> None:
 @pytest.mark.parametrize(
     ("function_id", "execute", "schedule", "timeout"),
     [
-        ("chat", ["users"], "", 30),
+        # A streamed turn is an asynchronous execution: it runs up to the function's timeout.
+        ("chat", ["users"], "", 300),
         ("usage", ["users"], "", 15),
         ("stripe-webhook", ["any"], "", 30),
         ("monthly-reset-cron", [], "0 * * * *", 300),
@@ -224,7 +229,8 @@ def test_subscription_defaults_fill_only_null_columns(
 
 
 def test_migrate_creates_everything_in_a_fresh_project(empty_project: AppwriteEmulator) -> None:
-    """Database, tables, every column with its type and default, and every index."""
+    """Database, tables, every column with its type and default, and every index with its
+    orders exactly as appwrite.json spells them (`ASC`, not the SDK enum's `asc`)."""
     code, output = run(empty_project, "migrate")
     assert code == 0, output
     for spec in SCHEMA.tables:
@@ -237,6 +243,10 @@ def test_migrate_creates_everything_in_a_fresh_project(empty_project: AppwriteEm
         }
         assert {key: tuple(i.columns) for key, i in table.indexes.items()} == {
             i.key: i.columns for i in spec.indexes
+        }
+        # As appwrite.json spells them: the CLI compares orders case-sensitively.
+        assert {key: tuple(i.orders) for key, i in table.indexes.items()} == {
+            i.key: i.orders for i in spec.indexes
         }
     assert "waiting for" in output
 
@@ -286,26 +296,26 @@ def test_migrate_dry_run_lists_the_steps_and_writes_nothing(
     assert "would create column subscriptions.currentTokensUsed (integer)" in output
 
 
-def test_migrate_refuses_to_run_without_its_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    """All missing variables are named at once; nothing is contacted."""
-    out = io.StringIO()
-    code = migrate.main(["migrate"], environ={}, out=out)
+def test_migrate_names_every_missing_variable_once_one_is_set() -> None:
+    """One of the project's variables alone is a configuration error naming the other two, in
+    one line on stderr; nothing is contacted."""
+    out, err = io.StringIO(), io.StringIO()
+    code = admin.main(
+        ["migrate"], environ={"APPWRITE_ENDPOINT": "http://a.test/v1"}, out=out, err=err
+    )
     assert code == 1
-    message = out.getvalue()
-    for name in ("APPWRITE_ENDPOINT", "APPWRITE_PROJECT_ID", "APPWRITE_API_KEY"):
+    assert out.getvalue() == ""
+    message = err.getvalue()
+    assert message.count("\n") == 1
+    for name in ("APPWRITE_PROJECT_ID", "APPWRITE_API_KEY"):
         assert name in message
 
 
 def test_migrate_reports_a_wrong_api_key_as_an_error(empty_project: AppwriteEmulator) -> None:
     """A 401 from Appwrite is a clean error exit, not a traceback."""
-    out = io.StringIO()
-    environ = {
-        "APPWRITE_ENDPOINT": empty_project.endpoint,
-        "APPWRITE_PROJECT_ID": empty_project.project_id,
-        "APPWRITE_API_KEY": "wrong",
-    }
-    assert migrate.main(["migrate"], environ=environ, out=out) == 1
-    assert "user_unauthorized" in out.getvalue()
+    code, output = run(empty_project, "migrate", key="wrong")
+    assert code == 1
+    assert "user_unauthorized" in output
     assert empty_project.writes() == []
 
 

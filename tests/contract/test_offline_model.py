@@ -1,10 +1,14 @@
 """The local runtime's offline model through the real Anthropic SDK: the Messages API's shapes,
-usage, truncation, prompt caching, the usage tool round trip and the API's errors."""
+usage, truncation, prompt caching, the usage tool round trip, streaming at its pace (and stopping
+when the client closes) and the API's errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +20,10 @@ from hypothesis import strategies as st
 from metering.adapters.anthropic_model import AnthropicModel
 from metering.model import Message, ModelRequest
 
+from localruntime.offline_model import OfflineModel, StreamRecord, StreamState
 from localruntime.server import Runtime
 from tests.support.runtime import running
+from tests.support.waiting import wait_until
 
 MODEL = "claude-sonnet-5-5"
 USAGE_TOOL: Any = {
@@ -34,19 +40,36 @@ STATS = {
 }
 
 
+# Slow enough that a test can close a stream half-way, fast enough that a reply takes seconds.
+PACE = 25.0
+LONG_QUESTION = " ".join(f"word{n}" for n in range(40)) + ": can you explain budgeting to me?"
+
+
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    with running(tmp_path_factory.mktemp("offline"), functions={}) as started:
+    env = {"OFFLINE_MODEL_TOKENS_PER_SECOND": "0"}
+    with running(tmp_path_factory.mktemp("offline"), functions={}, env=env) as started:
         yield started
 
 
-@pytest.fixture
-def client(runtime: Runtime) -> anthropic.Anthropic:
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    env = {"OFFLINE_MODEL_TOKENS_PER_SECOND": str(PACE)}
+    with running(tmp_path_factory.mktemp("offline-paced"), functions={}, env=env) as started:
+        yield started
+
+
+def sdk(runtime: Runtime) -> anthropic.Anthropic:
     return anthropic.Anthropic(
         api_key="offline-local-key",
         base_url=runtime.base_url + "/_offline/anthropic",
         max_retries=0,
     )
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> anthropic.Anthropic:
+    return sdk(runtime)
 
 
 def ask(text: str) -> list[Any]:
@@ -198,11 +221,190 @@ def test_malformed_requests_are_bad_request_errors(
     assert raised.value.status_code == 400
 
 
-def test_streaming_is_refused_in_the_apis_error_format(client: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError) as raised:
-        client.messages.create(model=MODEL, max_tokens=10, messages=ask("Hi"), stream=True)
+def test_a_malformed_streamed_request_is_refused_before_any_event(
+    client: anthropic.Anthropic,
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as raised:  # noqa: SIM117 -- entering raises
+        with client.messages.stream(model=MODEL, max_tokens=0, messages=ask("Hi")):
+            pass
     assert isinstance(raised.value.body, dict)
     assert raised.value.body["error"]["type"] == "invalid_request_error"
+
+
+def blocks(message: Any) -> list[dict[str, Any]]:
+    """The content blocks as the API sent them (a streamed message adds a parsed output)."""
+    return [block.model_dump(exclude={"parsed_output"}) for block in message.content]
+
+
+def record_of(runtime: Runtime, message_id: str) -> StreamRecord:
+    record = runtime.model.stream_record(message_id)
+    assert record is not None, f"the offline model has no stream {message_id}"
+    return record
+
+
+def test_a_streamed_reply_grows_at_the_set_pace_to_the_non_streamed_reply(
+    paced: Runtime,
+) -> None:
+    """Same text, stop reason and usage as the non-streamed answer, a token per delta, each
+    snapshot extending the last, and no faster than the pace allows."""
+    client = sdk(paced)
+    messages = ask("What is a sinking fund?")
+    whole = client.messages.create(model=MODEL, max_tokens=512, messages=messages)
+    seen: list[tuple[float, str]] = []
+    kinds: list[str] = []
+    with client.messages.stream(model=MODEL, max_tokens=512, messages=messages) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "text":
+                seen.append((time.monotonic(), event.snapshot))
+        final = stream.get_final_message()
+    assert kinds[:2] == ["message_start", "content_block_start"]
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    assert blocks(final) == blocks(whole)
+    assert final.stop_reason == whole.stop_reason == "end_turn"
+    assert final.usage == whole.usage
+    texts = [text for _, text in seen]
+    assert all(len(a) < len(b) and b.startswith(a) for a, b in itertools.pairwise(texts))
+    record = record_of(paced, final.id)
+    assert len(seen) == record.tokens == record.sent_tokens == math.ceil(len(texts[-1]) / 4)
+    assert record.state is StreamState.COMPLETED
+    # The server sleeps between deltas: half of the paced duration is a bound no load breaks.
+    assert seen[-1][0] - seen[0][0] >= 0.5 * (len(seen) - 1) / PACE
+
+
+def test_the_wire_carries_the_apis_event_sequence(runtime: Runtime) -> None:
+    """What the SDK parses (and hides, like ``ping``): named events whose data names them too,
+    the input usage on ``message_start`` and the cumulative usage on ``message_delta``."""
+    response = requests.post(
+        runtime.base_url + "/_offline/anthropic/v1/messages",
+        json={"model": MODEL, "max_tokens": 256, "messages": ask("Hello"), "stream": True},
+        headers={"x-api-key": "offline-local-key"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    frames = [frame for frame in response.text.split("\n\n") if frame]
+    events = [
+        (f.split("\n")[0].removeprefix("event: "), json.loads(f.split("\n")[1][6:])) for f in frames
+    ]
+    assert all(data["type"] == name for name, data in events)
+    names = " ".join(name for name, _ in events)
+    assert re.fullmatch(
+        "message_start content_block_start ping (content_block_delta )+content_block_stop "
+        "message_delta message_stop",
+        names,
+    )
+    start, delta = events[0][1]["message"], events[-2][1]
+    assert (start["content"], start["stop_reason"], start["usage"]["output_tokens"]) == (
+        [],
+        None,
+        1,
+    )
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert delta["usage"]["output_tokens"] == math.ceil(len(text) / 4)
+    assert delta["usage"]["input_tokens"] == start["usage"]["input_tokens"]
+
+
+def test_a_streamed_tool_call_sends_its_input_as_json_deltas(client: anthropic.Anthropic) -> None:
+    messages = ask("How many tokens do I have left?")
+    whole = client.messages.create(
+        model=MODEL, max_tokens=256, messages=messages, tools=[USAGE_TOOL]
+    )
+    pieces: list[str] = []
+    with client.messages.stream(
+        model=MODEL, max_tokens=256, messages=messages, tools=[USAGE_TOOL]
+    ) as stream:
+        for event in stream:
+            if event.type == "input_json":
+                pieces.append(event.partial_json)
+        final = stream.get_final_message()
+    assert "".join(pieces) == "{}"
+    assert final.stop_reason == "tool_use"
+    assert blocks(final) == blocks(whole)
+    assert final.usage == whole.usage
+
+
+def test_closing_a_stream_early_stops_the_server_generating(paced: Runtime) -> None:
+    """The server notices the closed connection and sends no further token."""
+    client = sdk(paced)
+    texts = 0
+    with client.messages.stream(model=MODEL, max_tokens=512, messages=ask(LONG_QUESTION)) as stream:
+        for event in stream:
+            texts += event.type == "text"
+            if texts == 3:
+                break
+        message_id = stream.current_message_snapshot.id
+    record = record_of(paced, message_id)
+    wait_until(lambda: record.state is StreamState.ABANDONED, timeout=10)
+    sent = record.sent_tokens
+    time.sleep(5 / PACE)
+    assert record.sent_tokens == sent < record.tokens
+    assert sent >= 3
+
+
+def test_the_chat_adapter_streams_the_same_reply_and_a_stop_cuts_it(paced: Runtime) -> None:
+    """The port's streaming call: the whole reply with its reported usage, or, cut by the
+    sink's Stop, the text so far and a server that stopped sending."""
+    model = AnthropicModel.connect(
+        "offline-local-key",
+        base_url=paced.base_url + "/_offline/anthropic",
+        timeout_seconds=30,
+        max_retries=0,
+    )
+    request = ModelRequest(
+        model=MODEL,
+        system="Be helpful.",
+        messages=(Message.text("user", LONG_QUESTION),),
+        max_tokens=512,
+    )
+    whole = model.complete(request)
+
+    class Sink:
+        def __init__(self, stop_after: int | None) -> None:
+            self.deltas: list[str] = []
+            self.stop_after = stop_after
+
+        def text(self, delta: str) -> None:
+            self.deltas.append(delta)
+
+        def tool_input(self, delta: str) -> None:
+            raise AssertionError("no tool in this request")
+
+        def should_stop(self) -> bool:
+            return self.stop_after is not None and len(self.deltas) >= self.stop_after
+
+    full = Sink(None)
+    call = model.stream(request, full, deadline_seconds=60)
+    assert (call.cut, call.output_reported) == (False, True)
+    assert call.reply.text == "".join(full.deltas) == whole.text
+    assert call.reply.usage == whole.usage
+
+    stopping = Sink(4)
+    cut = model.stream(request, stopping, deadline_seconds=60)
+    assert (cut.cut, cut.output_reported) == (True, False)
+    assert cut.reply.text == "".join(stopping.deltas) == whole.text[:16]
+    assert cut.reply.usage.input_tokens == whole.usage.input_tokens
+    record = paced.model.streams()[-1]
+    wait_until(lambda: record.state is StreamState.ABANDONED, timeout=10)
+    assert 4 <= record.sent_tokens < record.tokens
+
+
+def test_the_pace_spaces_the_deltas_by_one_over_tokens_per_second() -> None:
+    """On a fake clock: each delta waits its turn, the events around them do not."""
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    model = OfflineModel(10, clock=lambda: now[0], sleep=sleep)
+    events = list(model.stream_message({"model": MODEL, "max_tokens": 64, "messages": ask("Hi")}))
+    deltas = [e for e in events if e.startswith(b"event: content_block_delta")]
+    assert len(waits) == len(deltas) > 1
+    assert waits == pytest.approx([0.1] * len(deltas))
+    assert now[0] == pytest.approx(len(deltas) / 10)
 
 
 def test_the_chat_adapter_round_trips_through_the_offline_model(runtime: Runtime) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.packaging import ROOT, function_config, pack, unpack
+from tests.support.packaging import ROOT, function_config, pack, packed_names, unpack
 from tools import vendor
+from tools.deploy import install_cli
 
 # Appwrite's runtime is python-3.12: use it when this machine has it.
 PYENV_312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")
@@ -124,3 +125,87 @@ def test_a_stale_or_unlisted_wheel_is_reported(tmp_path: Path) -> None:
     assert vendor.problems(folder, expected) == [
         f"usage/requirements.txt does not list {vendor.REQUIREMENT}"
     ]
+
+
+# -- what the CLI leaves out ---------------------------------------------------------------------
+
+# The CLI's own matcher (the `ignore` package it packs with) over the same files, as its
+# functionsCreateDeployment does: `.appwrite`, then the ignore list or else the .gitignore.
+CLI_FILTER = """
+const ignore = require(require.resolve("ignore", { paths: [process.argv[1]] }));
+const { files, rules } = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const ignorer = ignore();
+ignorer.add(".appwrite");
+ignorer.add(rules);
+process.stdout.write(JSON.stringify(files.filter((file) => !ignorer.ignores(file))));
+"""
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "fn"
+    for name in (
+        "src/main.py",
+        "src/__pycache__/main.cpython-312.pyc",
+        "wheels/metering-1.0.0-py3-none-any.whl",
+        "notes.log",
+        "secret.env",
+        ".appwrite/cache",
+        ".gitignore",
+    ):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x")
+    (folder / ".gitignore").write_text("secret.env\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("ignore", "packed"),
+    [
+        (
+            ["__pycache__", "*.log"],
+            [".gitignore", "secret.env", "src/main.py", "wheels/metering-1.0.0-py3-none-any.whl"],
+        ),
+        (
+            None,
+            [
+                ".gitignore",
+                "notes.log",
+                "src/__pycache__/main.cpython-312.pyc",
+                "src/main.py",
+                "wheels/metering-1.0.0-py3-none-any.whl",
+            ],
+        ),
+        (
+            [],
+            [
+                ".gitignore",
+                "notes.log",
+                "secret.env",
+                "src/__pycache__/main.cpython-312.pyc",
+                "src/main.py",
+                "wheels/metering-1.0.0-py3-none-any.whl",
+            ],
+        ),
+    ],
+    ids=["ignore-list-not-gitignore", "gitignore-without-list", "empty-list-still-replaces"],
+)
+def test_a_folder_is_packed_with_its_ignore_list_or_its_gitignore_never_both(
+    tmp_path: Path, ignore: list[str] | None, packed: list[str]
+) -> None:
+    """The ignore list replaces the folder's .gitignore, the repository's never applies (the
+    wheels it ignores ship), `.appwrite` never ships; and the CLI's own matcher agrees."""
+    folder = _folder(tmp_path)
+    assert packed_names(folder, ignore) == packed
+    cli = install_cli()
+    gitignore = (folder / ".gitignore").read_text().splitlines()
+    files = sorted(
+        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
+    )
+    completed = subprocess.run(
+        ["node", "-e", CLI_FILTER, str(cli)],
+        input=json.dumps({"files": files, "rules": gitignore if ignore is None else ignore}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(completed.stdout) == packed

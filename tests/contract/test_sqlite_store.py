@@ -15,6 +15,7 @@ from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import Payment, PaymentKind, UsageStore
 from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnStatus
 
 from localruntime.sqlite_store import SYSTEM_COLUMNS, SQLiteStore
 from tests.support.appwrite_emulator import emulated_appwrite
@@ -96,15 +97,40 @@ def _exercise(store: UsageStore) -> None:
         period_start=MARCH,
         created_at=NOW,
         updated_at=NOW,
+        held_tokens=900,
     )
-    store.create_ledger(entry)
-    store.reserve("user-1", "_retry.1", 900, 10**6)
-    store.release("user-1", "_retry.1", 100)
-    usage = TokenUsage(input_tokens=500, cache_creation_input_tokens=200, output_tokens=100)
-    store.update_ledger(
+    turn = Turn("_retry.1", "user-1", TurnStatus.PENDING, NOW, NOW, model="claude-sonnet-5-5")
+    # A discarded first attempt, then the retry that claims the same id and replaces its turn.
+    store.open_request(entry, 10**6, turn)
+    store.discard_request("user-1", "_retry.1", 900, {"status": TurnStatus.FAILED})
+    store.open_request(entry, 10**6, turn)
+    first = TokenUsage(input_tokens=500, cache_creation_input_tokens=200, steps=1)
+    store.settle(
+        "user-1",
         "_retry.1",
-        {"status": LedgerStatus.SETTLED, "usage": usage, "cost_micro_usd": 42, "reply": ""},
+        200,
+        {"held_tokens": 0, "usage": first, "cost_micro_usd": 30},
+        {"status": TurnStatus.STREAMING, "content": "Hel", "usage": first},
     )
+    store.update_turn("_retry.1", {"content": "Hello", "updated_at": NOW})
+    store.hold("user-1", "_retry.1", 300, 10**6)
+    usage = first + TokenUsage(output_tokens=100, steps=1)
+    store.settle(
+        "user-1",
+        "_retry.1",
+        200,
+        {
+            "status": LedgerStatus.SETTLED,
+            "held_tokens": 0,
+            "usage": usage,
+            "cost_micro_usd": 42,
+            "estimated": True,
+            "reply": "",
+        },
+        {"status": TurnStatus.STOPPED, "usage": usage, "truncated": True, "estimated": True},
+    )
+    store.request_stop("_retry.1", "user-1", NOW)
+    store.request_stop("_retry.1", "user-1", NOW)
     store.claim_event("evt_1", "invoice.paid", "in_1", NOW, timedelta(minutes=2))
     store.complete_event("evt_1", "x" * 300, NOW)
     store.claim_event("topup_1", "topup", "cs_1", NOW, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -16,15 +17,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metering.account import Account, ResetPlan, apply_reset, new_account, plan_reset
 from metering.claims import reset_claim
-from metering.errors import AlreadyExists, InvalidRequest, LimitReached, NotFound, StoreError
-from metering.ledger import LedgerStatus
+from metering.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidRequest,
+    LimitReached,
+    NotFound,
+    StoreError,
+)
+from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, Payment, PaymentKind, UsageStore
 from metering.service import get_or_create_account
 from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnPatch, TurnStatus
 
 from localruntime.sqlite_store import SQLiteStore
 from tests.strategies import periods
+from tests.support import builders
 from tests.support.builders import MARCH, NOW, ledger_entry, token_usage
 from tests.support.threads import run_together
 
@@ -46,9 +56,8 @@ def make_account(store: UsageStore, user_id: str, tokens_per_month: int = 1_000)
 
 
 def charge(store: UsageStore, user_id: str, request_id: str, tokens: int) -> None:
-    """Put ``tokens`` on the user's counter through a reservation of its own."""
-    store.create_ledger(ledger_entry(user_id, request_id))
-    store.reserve(user_id, request_id, tokens, UNLIMITED)
+    """Put ``tokens`` on the user's counter through a settled request of its own."""
+    builders.charge(store, user_id, request_id, tokens, NOW)
 
 
 def used(store: UsageStore, user_id: str) -> int:
@@ -57,17 +66,45 @@ def used(store: UsageStore, user_id: str) -> int:
     return account.current_tokens_used
 
 
-def reserved(store: UsageStore, request_id: str) -> int:
+def entry_of(store: UsageStore, request_id: str) -> LedgerEntry:
     entry = store.get_ledger(request_id)
     assert entry is not None
-    return entry.reserved_tokens
+    return entry
 
 
-def holding(store: UsageStore, tokens: int) -> None:
-    """user-1's fresh account and req-1's entry, holding ``tokens`` of its 1,000."""
+def held(store: UsageStore, request_id: str) -> int:
+    return entry_of(store, request_id).held_tokens
+
+
+def balanced(store: UsageStore, user_id: str = "user-1") -> int:
+    """The user's counter, once checked to equal what the ledger says it must be."""
+    counter = used(store, user_id)
+    assert store.ledger_total(user_id, MARCH) == counter
+    return counter
+
+
+def new_turn(request_id: str, user_id: str = "user-1", **fields: Any) -> Turn:
+    """A pending turn of ``request_id`` started at ``NOW``; ``fields`` override."""
+    turn = Turn(request_id, user_id, TurnStatus.PENDING, NOW, NOW, model="claude-sonnet-5-5")
+    return replace(turn, **fields)
+
+
+def holding(store: UsageStore, tokens: int, *, with_turn: bool = False) -> None:
+    """user-1's fresh account and req-1's entry in flight, holding ``tokens`` of its 1,000."""
     make_account(store, "user-1")
-    store.create_ledger(ledger_entry("user-1", "req-1"))
-    store.reserve("user-1", "req-1", tokens, 1_000)
+    turn = new_turn("req-1") if with_turn else None
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=tokens), 1_000, turn)
+
+
+def step(usage: TokenUsage, **fields: Any) -> LedgerPatch:
+    """The patch of a settled step whose cumulative usage is ``usage``: nothing held after."""
+    return LedgerPatch(held_tokens=0, usage=usage, **fields)
+
+
+def reclaim(store: UsageStore, request_id: str = "req-1", user_id: str = "user-1") -> None:
+    """What the cron does to a dead request: give back its hold, the entry ``reclaimed``."""
+    patch: LedgerPatch = {"status": LedgerStatus.RECLAIMED, "held_tokens": 0}
+    store.settle(user_id, request_id, held(store, request_id), patch)
 
 
 def charged_and_due(store: UsageStore) -> tuple[Account, ResetPlan]:
@@ -210,25 +247,31 @@ def test_add_topup_credits_the_balance_cumulatively(store: UsageStore) -> None:
     [
         pytest.param("account", {"current_tokens_used": 0}, id="account-counter"),
         pytest.param("account", {"plan": "pro", "no_such_field": 1}, id="account-unknown"),
-        pytest.param("ledger", {"reserved_tokens": 0}, id="ledger-hold"),
+        pytest.param("ledger", {"reserved_tokens": 0}, id="ledger-legacy-hold"),
         pytest.param("ledger", {"reply": "x", "no_such_field": 1}, id="ledger-unknown"),
+        pytest.param("turn", {"content": "x", "no_such_field": 1}, id="turn-unknown"),
     ],
 )
 def test_a_patch_of_a_field_that_cannot_be_patched_is_a_store_error_and_changes_nothing(
-    store: UsageStore, record: str, patch: dict[str, object]
+    store: UsageStore, record: str, patch: dict[str, Any]
 ) -> None:
-    """A programming error (a counter, the hold, an unknown name), answered 5xx so that Stripe
-    retries once it is fixed; nothing is written, not even the valid fields beside it."""
-    make_account(store, "user-1")
-    charge(store, "user-1", "req-1", 40)
-    before = (store.get_account("user-1"), store.get_ledger("req-1"))
-    update: Any = store.update_account if record == "account" else store.update_ledger
+    """A programming error (a counter, the legacy hold, an unknown name), answered 5xx so that
+    Stripe retries once it is fixed; nothing is written, not even the valid fields beside it."""
+    holding(store, 40, with_turn=True)
+    before = (store.get_account("user-1"), store.get_ledger("req-1"), store.get_turn("req-1"))
+
+    writes: dict[str, Callable[[], object]] = {
+        "account": lambda: store.update_account("user-1", patch),  # type: ignore[arg-type]
+        "ledger": lambda: store.settle("user-1", "req-1", 10, patch),  # type: ignore[arg-type]
+        "turn": lambda: store.update_turn("req-1", patch),  # type: ignore[arg-type]
+    }
 
     with pytest.raises(StoreError) as caught:
-        update("user-1" if record == "account" else "req-1", patch)
+        writes[record]()
 
     assert caught.value.status >= 500
-    assert (store.get_account("user-1"), store.get_ledger("req-1")) == before
+    after = (store.get_account("user-1"), store.get_ledger("req-1"), store.get_turn("req-1"))
+    assert after == before
 
 
 def test_an_empty_stripe_id_is_stored_as_none(store: UsageStore) -> None:
@@ -259,92 +302,376 @@ def test_create_account_under_the_row_id_of_another_user_is_a_store_error(
 # -- the hard cap ------------------------------------------------------------------------------
 
 
-def test_reserve_adds_to_the_counter_and_the_entry(store: UsageStore) -> None:
-    """A reservation returns the new counter and is held on the ledger entry too."""
+def test_open_request_creates_the_entry_and_the_turn_and_holds_the_tokens(
+    store: UsageStore,
+) -> None:
+    """One change: the entry in flight with its first hold, its turn, and the counter raised."""
     make_account(store, "user-1")
-    store.create_ledger(ledger_entry("user-1", "req-1"))
+    entry = ledger_entry("user-1", "req-1", held_tokens=300)
+    turn = new_turn("req-1")
 
-    assert store.reserve("user-1", "req-1", 300, 1_000) == 300
-    assert store.reserve("user-1", "req-1", 200, 1_000) == 500
-    assert used(store, "user-1") == 500
-    assert reserved(store, "req-1") == 500
+    store.open_request(entry, 1_000, turn)
+
+    assert store.get_ledger("req-1") == entry
+    assert store.get_turn("req-1") == turn
+    assert balanced(store) == 300
 
 
-def test_reserve_up_to_exactly_the_limit_succeeds(store: UsageStore) -> None:
-    """The limit is inclusive: used + tokens == limit is allowed."""
+def test_open_request_up_to_exactly_the_limit_succeeds(store: UsageStore) -> None:
+    """The limit is inclusive: used + hold == limit is allowed."""
     holding(store, 600)
 
-    assert store.reserve("user-1", "req-1", 400, 1_000) == 1_000
+    store.open_request(ledger_entry("user-1", "req-2", held_tokens=400), 1_000)
+
+    assert balanced(store) == 1_000
 
 
-def test_reserve_past_the_limit_raises_and_changes_nothing(store: UsageStore) -> None:
+def test_open_request_past_the_limit_raises_and_changes_nothing(store: UsageStore) -> None:
+    """One token past the limit is refused with LimitReached: no entry, no turn, no hold."""
+    holding(store, 600)
+
+    with pytest.raises(LimitReached):
+        store.open_request(
+            ledger_entry("user-1", "req-2", held_tokens=401), 1_000, new_turn("req-2")
+        )
+
+    assert (store.get_ledger("req-2"), store.get_turn("req-2")) == (None, None)
+    assert balanced(store) == 600
+
+
+def test_open_request_holding_nothing_is_still_refused_past_the_limit(store: UsageStore) -> None:
+    """A counter already above the limit (a lowered plan) refuses even an empty hold."""
+    holding(store, 600)
+
+    with pytest.raises(LimitReached):
+        store.open_request(ledger_entry("user-1", "req-2"), 500)
+    store.open_request(ledger_entry("user-1", "req-3"), 600)
+
+    assert store.get_ledger("req-2") is None
+    assert held(store, "req-3") == 0
+    assert balanced(store) == 600
+
+
+def test_open_request_twice_raises_already_exists_and_changes_nothing(
+    store: UsageStore,
+) -> None:
+    """The request id is the claim: a second opening keeps the first entry, turn and hold."""
+    holding(store, 100, with_turn=True)
+    before = (store.get_ledger("req-1"), store.get_turn("req-1"))
+
+    with pytest.raises(AlreadyExists):
+        store.open_request(
+            ledger_entry("user-1", "req-1", held_tokens=50, model="other"),
+            1_000,
+            new_turn("req-1", content="second"),
+        )
+
+    assert (store.get_ledger("req-1"), store.get_turn("req-1")) == before
+    assert balanced(store) == 100
+
+
+def test_open_request_replaces_the_turn_of_a_discarded_attempt(store: UsageStore) -> None:
+    """A retry of a request the provider refused claims its id again, with a fresh turn."""
+    holding(store, 100, with_turn=True)
+    store.discard_request("user-1", "req-1", 100, {"status": TurnStatus.FAILED})
+    retry = new_turn("req-1", created_at=NOW + timedelta(seconds=5))
+
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=80), 1_000, retry)
+
+    assert store.get_turn("req-1") == retry
+    assert balanced(store) == 80
+
+
+def test_open_request_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
+    """Nothing is held for, and no entry created by, a user without an account."""
+    with pytest.raises(NotFound):
+        store.open_request(ledger_entry("nobody", "req-1", held_tokens=10), 1_000)
+
+    assert store.get_ledger("req-1") is None
+    assert store.get_account("nobody") is None
+
+
+def test_hold_adds_to_the_counter_and_the_entry(store: UsageStore) -> None:
+    """A later step's hold raises the counter and the entry's hold together."""
+    holding(store, 300)
+
+    store.hold("user-1", "req-1", 200, 1_000)
+
+    assert held(store, "req-1") == 500
+    assert balanced(store) == 500
+
+
+def test_hold_past_the_limit_raises_and_changes_nothing(store: UsageStore) -> None:
     """One token past the limit is refused with LimitReached; counter and entry stay put."""
     holding(store, 600)
 
     with pytest.raises(LimitReached):
-        store.reserve("user-1", "req-1", 401, 1_000)
+        store.hold("user-1", "req-1", 401, 1_000)
 
-    assert used(store, "user-1") == 600
-    assert reserved(store, "req-1") == 600
+    assert held(store, "req-1") == 600
+    assert balanced(store) == 600
 
 
-@pytest.mark.parametrize(
-    ("held", "released", "left"),
-    [
-        pytest.param(500, 180, 320, id="part-of-the-hold"),
-        pytest.param(100, 250, 0, id="more-than-is-held-floors-at-zero"),
-    ],
-)
-def test_release_gives_back_to_the_counter_and_the_entry(
-    store: UsageStore, held: int, released: int, left: int
+@pytest.mark.parametrize("tokens", [0, 100])
+def test_hold_without_a_ledger_entry_raises_not_found_and_holds_nothing(
+    store: UsageStore, tokens: int
 ) -> None:
-    """A release lowers both the counter and the entry's hold, and never below zero."""
-    holding(store, held)
+    """A hold that no entry records could never be given back, so none is taken."""
+    make_account(store, "user-1")
 
-    store.release("user-1", "req-1", released)
+    with pytest.raises(NotFound):
+        store.hold("user-1", "req-missing", tokens, 1_000)
 
-    assert used(store, "user-1") == left
-    assert reserved(store, "req-1") == left
+    assert balanced(store) == 0
+
+
+def test_settle_charges_the_step_and_gives_back_the_rest(store: UsageStore) -> None:
+    """The step's usage goes on the entry, its unused hold back to the counter, and the turn
+    shows it, in one change; a later step settles on top."""
+    holding(store, 500, with_turn=True)
+    first = TokenUsage(input_tokens=300, output_tokens=20, steps=1)
+
+    store.settle(
+        "user-1",
+        "req-1",
+        180,
+        step(first),
+        {"status": TurnStatus.STREAMING, "content": "Hel", "usage": first},
+    )
+
+    entry = entry_of(store, "req-1")
+    assert (entry.status, entry.held_tokens, entry.usage) == (LedgerStatus.RESERVED, 0, first)
+    turn = store.get_turn("req-1")
+    assert turn is not None
+    assert (turn.status, turn.content, turn.usage) == (TurnStatus.STREAMING, "Hel", first)
+    assert balanced(store) == 320
+
+    store.hold("user-1", "req-1", 400, 1_000)
+    both = first + TokenUsage(input_tokens=350, output_tokens=30, steps=1)
+    store.settle("user-1", "req-1", 20, step(both, status=LedgerStatus.SETTLED))
+
+    assert entry_of(store, "req-1").status is LedgerStatus.SETTLED
+    assert balanced(store) == both.total_tokens == 700
+
+
+def test_settle_sets_the_patched_fields_only(store: UsageStore) -> None:
+    """A final patch sets status, model, usage, cost, reply and the estimate flag; the entry's
+    id, user, period and start stay."""
+    holding(store, 70)
+    usage = TokenUsage(input_tokens=20, output_tokens=30, steps=1)
+    later = NOW + timedelta(seconds=3)
+
+    store.settle(
+        "user-1",
+        "req-1",
+        20,
+        step(
+            usage,
+            status=LedgerStatus.SETTLED,
+            model="claude-haiku-4-5",
+            cost_micro_usd=510,
+            price_version="2026-11-01",
+            reply="done",
+            estimated=True,
+            updated_at=later,
+        ),
+    )
+
+    assert store.get_ledger("req-1") == replace(
+        ledger_entry("user-1", "req-1"),
+        status=LedgerStatus.SETTLED,
+        model="claude-haiku-4-5",
+        usage=usage,
+        cost_micro_usd=510,
+        price_version="2026-11-01",
+        reply="done",
+        estimated=True,
+        updated_at=later,
+    )
+    assert balanced(store) == 50
+
+
+def test_settle_leaves_the_hold_alone_when_the_patch_does_not_name_it(store: UsageStore) -> None:
+    """Only the patch sets the entry's hold: giving back counter tokens changes no other field."""
+    holding(store, 300)
+
+    store.settle("user-1", "req-1", 100, {"reply": "partial"})
+
+    entry = entry_of(store, "req-1")
+    assert (entry.held_tokens, entry.reply, entry.status) == (300, "partial", LedgerStatus.RESERVED)
+    assert used(store, "user-1") == 200
+
+
+def test_settle_giving_back_more_than_the_counter_floors_at_zero(store: UsageStore) -> None:
+    """A reset took the hold off the counter with the old period's usage: what the request
+    gives back afterwards takes the counter to zero, never below."""
+    holding(store, 300)
+    snapshot = store.get_account("user-1")
+    assert snapshot is not None
+    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+    assert reset is not None
+    assert store.apply_reset(reset, snapshot.period_start) is not None
+
+    store.settle("user-1", "req-1", 250, step(TokenUsage(input_tokens=50, steps=1)))
+
+    assert used(store, "user-1") == 0
+    assert entry_of(store, "req-1").usage.total_tokens == 50
+
+
+@pytest.mark.parametrize("release", [0, 40])
+def test_settle_of_an_entry_no_longer_in_flight_raises_conflict_and_changes_nothing(
+    store: UsageStore, release: int
+) -> None:
+    """A late settle after the cron reclaimed the entry is refused: the reclaim gave the hold
+    back, and the entry, its turn and the counter stay as the reclaim left them."""
+    holding(store, 300, with_turn=True)
+    reclaim(store)
+    before = (store.get_ledger("req-1"), store.get_turn("req-1"))
+
+    with pytest.raises(Conflict):
+        store.settle(
+            "user-1",
+            "req-1",
+            release,
+            step(TokenUsage(input_tokens=260, steps=1), status=LedgerStatus.SETTLED),
+            {"status": TurnStatus.COMPLETED},
+        )
+
+    assert (store.get_ledger("req-1"), store.get_turn("req-1")) == before
+    assert balanced(store) == 0
+
+
+def test_a_late_settle_racing_the_reclaim_applies_exactly_one_of_them(store: UsageStore) -> None:
+    """The request's own last settle and the cron's reclaim at once, eight times over: one of
+    each pair applies, the other is a Conflict, and the hold is given back once."""
+    make_account(store, "user-1", tokens_per_month=UNLIMITED)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(name: str, change: Callable[[], None]) -> None:
+        try:
+            change()
+        except Conflict:
+            name = "conflict"
+        with lock:
+            outcomes.append(name)
+
+    for index in range(8):
+        request_id = f"req-{index}"
+        store.open_request(ledger_entry("user-1", request_id, held_tokens=500), UNLIMITED)
+        usage = TokenUsage(input_tokens=300, steps=1)
+        run_together(
+            [
+                partial(
+                    attempt,
+                    "settled",
+                    partial(
+                        store.settle,
+                        "user-1",
+                        request_id,
+                        200,
+                        step(usage, status=LedgerStatus.SETTLED),
+                    ),
+                ),
+                partial(attempt, "reclaimed", partial(reclaim, store, request_id)),
+            ]
+        )
+
+    assert outcomes.count("conflict") == 8
+    assert balanced(store) == 300 * outcomes.count("settled")
+
+
+def test_settle_of_an_unknown_request_raises_conflict_and_creates_nothing(
+    store: UsageStore,
+) -> None:
+    """There is no entry in flight to settle; nothing is given back."""
+    holding(store, 300)
+
+    with pytest.raises(Conflict):
+        store.settle("user-1", "req-unknown", 100, step(TokenUsage()))
+
+    assert store.get_ledger("req-unknown") is None
+    assert balanced(store) == 300
+
+
+def test_holds_and_settles_keep_the_counter_equal_to_the_ledger(store: UsageStore) -> None:
+    """Through a request's steps, each hold and each settle leaves counter == ledger total."""
+    rng = random.Random(7)
+    make_account(store, "user-1", tokens_per_month=UNLIMITED)
+    charge(store, "user-1", "req-earlier", 69)
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=400), UNLIMITED)
+    hold, usage = 400, TokenUsage()
+    for number in range(6):
+        if number:
+            hold = rng.randint(1, 400)
+            store.hold("user-1", "req-1", hold, UNLIMITED)
+            balanced(store)
+        charged = rng.randint(0, hold)
+        usage += TokenUsage(input_tokens=charged, steps=1)
+        store.settle("user-1", "req-1", hold - charged, step(usage))
+        balanced(store)
+
+    store.settle("user-1", "req-1", 0, step(usage, status=LedgerStatus.SETTLED))
+    assert balanced(store) == 69 + usage.total_tokens
+
+
+def test_discard_request_gives_back_its_hold_and_forgets_it(store: UsageStore) -> None:
+    """A request that charged nothing: its hold returns, its entry goes (a retry may take the
+    id again), and its turn ends as told."""
+    holding(store, 300, with_turn=True)
+
+    store.discard_request("user-1", "req-1", 300, {"status": TurnStatus.FAILED})
+
+    assert store.get_ledger("req-1") is None
+    turn = store.get_turn("req-1")
+    assert turn is not None
+    assert turn.status is TurnStatus.FAILED
+    assert balanced(store) == 0
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=10), 1_000)
+    assert balanced(store) == 10
+
+
+@pytest.mark.parametrize("release", [0, 300])
+def test_discard_request_of_an_entry_not_in_flight_keeps_it(
+    store: UsageStore, release: int
+) -> None:
+    """An entry the cron reclaimed, or none at all, is left as it is and nothing is given back;
+    the turn still ends as told."""
+    holding(store, 300, with_turn=True)
+    reclaim(store)
+    charge(store, "user-1", "req-2", 50)
+    before = store.get_ledger("req-1")
+
+    store.discard_request("user-1", "req-1", release, {"status": TurnStatus.FAILED})
+    store.discard_request("user-1", "req-unknown", release)
+
+    assert store.get_ledger("req-1") == before
+    turn = store.get_turn("req-1")
+    assert turn is not None
+    assert turn.status is TurnStatus.FAILED
+    assert balanced(store) == 50
 
 
 def test_negative_amounts_are_refused_and_change_nothing(store: UsageStore) -> None:
-    """A negative reservation or top-up is an error; a non-positive release is a no-op."""
+    """A negative hold, release or top-up is an error, before anything is written."""
     holding(store, 100)
 
     with pytest.raises(InvalidRequest):
-        store.reserve("user-1", "req-1", -50, 1_000)
+        store.open_request(ledger_entry("user-1", "req-2", held_tokens=-50), 1_000)
+    with pytest.raises(InvalidRequest):
+        store.hold("user-1", "req-1", -50, 1_000)
+    with pytest.raises(InvalidRequest):
+        store.settle("user-1", "req-1", -50, step(TokenUsage()))
+    with pytest.raises(InvalidRequest):
+        store.discard_request("user-1", "req-1", -50)
     with pytest.raises(InvalidRequest):
         store.add_topup("user-1", -50)
-    store.release("user-1", "req-1", -50)
-    store.release("user-1", "req-1", 0)
 
     account = store.get_account("user-1")
     assert account is not None
     assert (account.current_tokens_used, account.topup_tokens) == (100, 0)
-    assert reserved(store, "req-1") == 100
-
-
-def test_reserve_without_a_ledger_entry_raises_not_found_and_holds_nothing(
-    store: UsageStore,
-) -> None:
-    """A hold that no entry records could never be released, so none is taken."""
-    make_account(store, "user-1")
-
-    with pytest.raises(NotFound):
-        store.reserve("user-1", "req-missing", 100, 1_000)
-
-    assert used(store, "user-1") == 0
-
-
-def test_reserve_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
-    """Reserving for a user without an account creates nothing and holds nothing."""
-    store.create_ledger(ledger_entry("nobody", "req-1"))
-
-    with pytest.raises(NotFound):
-        store.reserve("nobody", "req-1", 10, 1_000)
-
-    assert store.get_account("nobody") is None
-    assert reserved(store, "req-1") == 0
+    assert entry_of(store, "req-1") == ledger_entry("user-1", "req-1", held_tokens=100)
+    assert store.get_ledger("req-2") is None
 
 
 def test_add_topup_for_an_unknown_user_raises_not_found(store: UsageStore) -> None:
@@ -359,91 +686,40 @@ def test_add_topup_for_an_unknown_user_raises_not_found(store: UsageStore) -> No
 
 
 def test_ledger_entry_round_trips(store: UsageStore) -> None:
-    """Every field of a created entry reads back as written."""
+    """Every field of an opened entry reads back as written; an unknown id reads None."""
+    make_account(store, "user-1")
     entry = ledger_entry(
         "user-1",
         "req-1",
-        status=LedgerStatus.SETTLED,
         usage=token_usage(input=10, writes=8, reads=6, output=4, writes_1h=3, steps=2),
+        held_tokens=70,
+        estimated=True,
         cost_micro_usd=1234,
         price_version="2026-11-01",
         reply="Hello, world",
     )
 
-    store.create_ledger(entry)
+    store.open_request(entry, UNLIMITED)
 
     assert store.get_ledger("req-1") == entry
     assert store.get_ledger("req-unknown") is None
 
 
-def test_create_ledger_twice_raises_already_exists(store: UsageStore) -> None:
-    """A request id is an idempotency key: the second creation fails and keeps the first."""
-    store.create_ledger(ledger_entry("user-1", "req-1", reply="first"))
-
-    with pytest.raises(AlreadyExists):
-        store.create_ledger(ledger_entry("user-1", "req-1", reply="second"))
-
-    stored = store.get_ledger("req-1")
-    assert stored is not None
-    assert stored.reply == "first"
-
-
-def test_update_ledger_sets_the_patched_fields_only(store: UsageStore) -> None:
-    """A settle patch sets status, usage, cost and reply; the hold is left alone."""
-    holding(store, 70)
-    usage = TokenUsage(input_tokens=20, output_tokens=30, steps=1)
-
-    updated = store.update_ledger(
-        "req-1",
-        {
-            "status": LedgerStatus.SETTLED,
-            "model": "claude-haiku-4-5",
-            "usage": usage,
-            "cost_micro_usd": 510,
-            "price_version": "2026-11-01",
-            "reply": "done",
-            "updated_at": NOW + timedelta(seconds=3),
-        },
-    )
-
-    assert updated.status is LedgerStatus.SETTLED
-    assert (updated.model, updated.usage, updated.reply) == ("claude-haiku-4-5", usage, "done")
-    assert (updated.cost_micro_usd, updated.price_version) == (510, "2026-11-01")
-    assert updated.updated_at == NOW + timedelta(seconds=3)
-    assert (updated.created_at, updated.reserved_tokens) == (NOW, 70)
-    assert store.get_ledger("req-1") == updated
-
-
-def test_update_ledger_of_an_unknown_request_raises_not_found(store: UsageStore) -> None:
-    """Patching a missing entry is an error and creates nothing."""
-    with pytest.raises(NotFound):
-        store.update_ledger("req-unknown", {"status": LedgerStatus.SETTLED})
-    assert store.get_ledger("req-unknown") is None
-
-
-def test_discard_ledger_removes_the_entry_and_tolerates_absence(store: UsageStore) -> None:
-    """A discarded entry is gone and its id can be used again; discarding twice is harmless."""
-    store.create_ledger(ledger_entry("user-1", "req-1"))
-
-    store.discard_ledger("req-1")
-    store.discard_ledger("req-1")
-
-    assert store.get_ledger("req-1") is None
-    store.create_ledger(ledger_entry("user-1", "req-1"))
-    assert store.get_ledger("req-1") is not None
-
-
 def test_list_stale_reservations_pages_through_exactly_the_stale_ones(store: UsageStore) -> None:
     """Old ``reserved`` entries are listed once each across pages; fresh or finished ones never."""
+    make_account(store, "user-1")
+    make_account(store, "user-2")
     old = NOW - timedelta(hours=1)
     stale = {f"req-stale-{i}" for i in range(7)}
     for request_id in sorted(stale):
-        store.create_ledger(ledger_entry("user-1", request_id, updated_at=old))
-    store.create_ledger(ledger_entry("user-1", "req-fresh", updated_at=NOW))
-    store.create_ledger(ledger_entry("user-1", "req-settled", status=LedgerStatus.SETTLED))
-    store.update_ledger("req-settled", {"updated_at": old})
-    store.create_ledger(ledger_entry("user-2", "req-reclaimed", updated_at=old))
-    store.update_ledger("req-reclaimed", {"status": LedgerStatus.RECLAIMED})
+        store.open_request(ledger_entry("user-1", request_id, updated_at=old), UNLIMITED)
+    store.open_request(ledger_entry("user-1", "req-fresh", updated_at=NOW), UNLIMITED)
+    store.open_request(ledger_entry("user-1", "req-settled"), UNLIMITED)
+    store.settle(
+        "user-1", "req-settled", 0, step(TokenUsage(), status=LedgerStatus.SETTLED, updated_at=old)
+    )
+    store.open_request(ledger_entry("user-2", "req-reclaimed", updated_at=old), UNLIMITED)
+    reclaim(store, "req-reclaimed", "user-2")
 
     seen: list[str] = []
     cursor: str | None = None
@@ -465,28 +741,64 @@ def test_ledger_total_sums_charged_and_held_tokens_of_one_period(store: UsageSto
     """The total counts settled usage plus live holds, of this user and period only."""
     make_account(store, "user-1")
     make_account(store, "user-2")
-    store.create_ledger(
-        ledger_entry(
-            "user-1",
-            "req-settled",
-            status=LedgerStatus.SETTLED,
-            usage=TokenUsage(input_tokens=100, cache_read_input_tokens=20, output_tokens=30),
-        )
-    )
-    charge(store, "user-1", "req-held", 45)
+    charge(store, "user-1", "req-settled", 150)
+    store.open_request(ledger_entry("user-1", "req-held", held_tokens=45), UNLIMITED)
     charge(store, "user-2", "req-other-user", 1_000)
-    store.create_ledger(
-        ledger_entry(
-            "user-1",
-            "req-last-period",
-            period_start=datetime(2026, 2, 1, tzinfo=UTC),
-            status=LedgerStatus.SETTLED,
-            usage=TokenUsage(input_tokens=999),
-        )
+    store.open_request(
+        ledger_entry("user-1", "req-last-period", period_start=datetime(2026, 2, 1, tzinfo=UTC)),
+        UNLIMITED,
+    )
+    store.settle(
+        "user-1",
+        "req-last-period",
+        0,
+        step(TokenUsage(input_tokens=999), status=LedgerStatus.SETTLED),
     )
 
     assert store.ledger_total("user-1", MARCH) == 150 + 45
     assert store.ledger_total("user-1", APRIL) == 0
+
+
+# -- turns and their Stop ----------------------------------------------------------------------
+
+
+def test_a_turn_round_trips_and_takes_its_progress(store: UsageStore) -> None:
+    """An opened turn reads back as written; progress sets the patched fields only."""
+    make_account(store, "user-1")
+    turn = new_turn("req-1")
+    store.open_request(ledger_entry("user-1", "req-1"), UNLIMITED, turn)
+    later = NOW + timedelta(seconds=2)
+    progress: TurnPatch = {
+        "status": TurnStatus.STREAMING,
+        "content": "Hello, wor",
+        "updated_at": later,
+    }
+
+    store.update_turn("req-1", progress)
+
+    assert store.get_turn("req-1") == replace(
+        turn, status=TurnStatus.STREAMING, content="Hello, wor", updated_at=later
+    )
+    assert store.get_turn("req-unknown") is None
+
+
+def test_update_turn_of_an_unknown_turn_raises_not_found(store: UsageStore) -> None:
+    """Progress of a turn nobody opened is an error and creates nothing."""
+    with pytest.raises(NotFound):
+        store.update_turn("req-unknown", {"content": "x"})
+
+    assert store.get_turn("req-unknown") is None
+
+
+def test_request_stop_is_recorded_once_and_per_turn(store: UsageStore) -> None:
+    """A Stop is seen by its turn only; a second Stop changes nothing and is no error."""
+    assert store.stop_requested("req-1") is False
+
+    store.request_stop("req-1", "user-1", NOW)
+    store.request_stop("req-1", "user-1", NOW + timedelta(seconds=1))
+
+    assert store.stop_requested("req-1") is True
+    assert store.stop_requested("req-2") is False
 
 
 # -- resets ------------------------------------------------------------------------------------
@@ -988,29 +1300,34 @@ def test_a_pending_raise_round_trips_and_clears(store: UsageStore) -> None:
 CONCURRENT_LIMIT = 3_000
 
 
-def _reserve_and_settle(
+def _hold_and_settle(
     store: UsageStore, user_id: str, request_id: str, rounds: int, seed: int
 ) -> int:
-    """Reserve random amounts and settle each to part of it; the total charged."""
+    """Open one request, then hold random amounts and settle each to part of it, as a chat's
+    steps do; the total charged."""
     rng = random.Random(seed)
-    store.create_ledger(ledger_entry(user_id, request_id))
-    charged = 0
+    opened = False
+    usage = TokenUsage()
     for _ in range(rounds):
         amount = rng.randint(1, 200)
         try:
-            store.reserve(user_id, request_id, amount, CONCURRENT_LIMIT)
+            if opened:
+                store.hold(user_id, request_id, amount, CONCURRENT_LIMIT)
+            else:
+                entry = ledger_entry(user_id, request_id, held_tokens=amount)
+                store.open_request(entry, CONCURRENT_LIMIT)
+                opened = True
         except LimitReached:
             continue
-        release = rng.randint(0, amount)
-        store.release(user_id, request_id, release)
-        charged += amount - release
-    return charged
+        charged = rng.randint(0, amount)
+        usage += TokenUsage(input_tokens=charged, steps=1)
+        store.settle(user_id, request_id, amount - charged, step(usage))
+    return usage.total_tokens
 
 
-def test_concurrent_reservations_never_pass_the_limit_nor_lose_updates(
-    store: UsageStore,
-) -> None:
-    """32 threads reserving against one user end with used <= limit and used == sum charged."""
+def test_concurrent_requests_never_pass_the_limit_nor_lose_updates(store: UsageStore) -> None:
+    """32 threads holding and settling against one user end with used <= limit and
+    used == sum charged == the ledger's total."""
     make_account(store, "user-1", tokens_per_month=CONCURRENT_LIMIT)
     barrier = threading.Barrier(32)
     charged: list[int] = []
@@ -1019,7 +1336,7 @@ def test_concurrent_reservations_never_pass_the_limit_nor_lose_updates(
     def worker(index: int) -> None:
         barrier.wait()
         try:
-            charged.append(_reserve_and_settle(store, "user-1", f"req-{index}", 6, index))
+            charged.append(_hold_and_settle(store, "user-1", f"req-{index}", 6, index))
         except BaseException as exc:  # surfaced below: a thread cannot fail the test itself
             errors.append(exc)
 
@@ -1033,11 +1350,11 @@ def test_concurrent_reservations_never_pass_the_limit_nor_lose_updates(
 
 
 def _process_worker(path: str, index: int) -> int:
-    return _reserve_and_settle(SQLiteStore(path), "user-1", f"req-{index}", 25, index)
+    return _hold_and_settle(SQLiteStore(path), "user-1", f"req-{index}", 25, index)
 
 
 @pytest.mark.slow
-def test_sqlite_reservations_from_several_processes_never_pass_the_limit(tmp_path: Path) -> None:
+def test_sqlite_requests_from_several_processes_never_pass_the_limit(tmp_path: Path) -> None:
     """Four processes sharing one SQLite file end with used <= limit and used == sum charged."""
     path = str(tmp_path / "metering.sqlite3")
     store = SQLiteStore(path)
@@ -1050,3 +1367,31 @@ def test_sqlite_reservations_from_several_processes_never_pass_the_limit(tmp_pat
     assert final <= CONCURRENT_LIMIT
     assert final == sum(charged)
     assert store.ledger_total("user-1", MARCH) == final
+
+
+def test_list_ledger_pages_through_exactly_the_entries_created_in_a_month(
+    store: UsageStore,
+) -> None:
+    """A month's ledger: entries created from its first instant, up to (not including) April."""
+    make_account(store, "user-1", tokens_per_month=UNLIMITED)
+    created = {
+        "before": MARCH - timedelta(milliseconds=1),
+        "first": MARCH,
+        "mid": NOW,
+        "last": APRIL - timedelta(milliseconds=1),
+        "after": APRIL,
+    }
+    for index, (name, when) in enumerate(created.items()):
+        entry = ledger_entry("user-1", f"req-{index}-{name}", created_at=when, updated_at=when)
+        store.open_request(entry, UNLIMITED)
+
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_ledger(MARCH, APRIL, 2, cursor)
+        seen += [entry.request_id for entry in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == ["req-1-first", "req-2-mid", "req-3-last"]

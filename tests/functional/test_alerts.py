@@ -20,8 +20,15 @@ from metering.alert_service import AlertState
 from metering.alerts import Email, Notice
 from metering.chat import ChatRequest, ChatService, ChatSettings
 from metering.errors import StoreError, UpstreamUnavailable
-from metering.ledger import LedgerEntry, LedgerStatus
-from metering.model import Message, ModelReply, ModelRequest, TextBlock, request_input_bound
+from metering.model import (
+    Message,
+    ModelReply,
+    ModelRequest,
+    StreamedCall,
+    StreamSink,
+    TextBlock,
+    request_input_bound,
+)
 from metering.plans import load_default_plans
 from metering.pricing import load_default_prices
 from metering.tokens import TokenUsage
@@ -29,6 +36,7 @@ from metering.tokens import TokenUsage
 from localruntime.loader import bootstrap_of
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.anthropic_fake import text_reply
+from tests.support.builders import charge
 from tests.support.function_harness import NOW, Harness, base_environment, running
 from tests.support.recording import Recording
 from tests.support.threads import run_together
@@ -80,13 +88,17 @@ class Model:
     together: threading.Barrier | None = None
     fill: bool = False
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def stream(
+        self, request: ModelRequest, sink: StreamSink, deadline_seconds: float
+    ) -> StreamedCall:
         if self.together is not None:
             self.together.wait(timeout=60)
         usage = TokenUsage(input_tokens=50, output_tokens=10, steps=1)
         if self.fill:
             usage = TokenUsage(request_input_bound(request), 0, 0, request.max_tokens, steps=1)
-        return ModelReply((TextBlock("Fine."),), "end_turn", usage, request.model)
+        sink.text("Fine.")
+        reply = ModelReply((TextBlock("Fine."),), "end_turn", usage, request.model)
+        return StreamedCall(reply, cut=False, output_reported=True)
 
     def count_tokens(self, request: ModelRequest) -> int:
         return 50
@@ -116,6 +128,7 @@ def service(store: Any, mailbox: Mailbox | None, model: Model | None = None) -> 
         prices=load_default_prices(),
         settings=SETTINGS,
         new_request_id=lambda: f"req-{next(_ids)}",
+        monotonic=time.monotonic,
         notifier=mailbox,
     )
 
@@ -140,9 +153,10 @@ def notices(store: SQLiteStore, period: datetime = NOVEMBER) -> list[tuple[int, 
 def test_32_requests_crossing_90_at_once_send_one_email_and_one_notice(
     store: SQLiteStore,
 ) -> None:
-    """All 32 are in flight before any settles, and each settles above 90 %: each asks (or,
-    settling after the winner marked the account, need not), and one claim wins."""
-    seed(store, 899_000, limit=1_000_000, sent=75)
+    """All 32 are in flight before any settles, and each one's own charge takes it past 90 %:
+    each asks (or, settling after the winner marked the account, need not), and one claim
+    wins."""
+    seed(store, 899_950, limit=1_000_000, sent=75)
     # A slow send keeps the winner from marking the account before the others have asked.
     mailbox = Mailbox(seconds=0.5)
     chat = service(store, mailbox, Model(together=threading.Barrier(32)))
@@ -155,7 +169,7 @@ def test_32_requests_crossing_90_at_once_send_one_email_and_one_notice(
 
     run_together([one] * 32)
 
-    assert account_of(store).current_tokens_used == 899_000 + 32 * CHARGE
+    assert account_of(store).current_tokens_used == 899_950 + 32 * CHARGE
     assert len(outcomes) == 32
     assert outcomes.count(AlertState.SENT) == 1
     assert set(outcomes) <= {AlertState.SENT, AlertState.DONE, AlertState.IN_PROGRESS, None}
@@ -175,7 +189,7 @@ def test_crossing_thresholds_one_by_one_sends_each_once(store: SQLiteStore) -> N
     states = []
     # Usage before each request; the last one uses all that is left.
     for used, fill in ((7_450, False), (8_950, False), (9_800, True)):
-        charge(store, used - account_of(store).current_tokens_used)
+        charge_alice(store, used - account_of(store).current_tokens_used)
         chat = service(store, mailbox, Model(fill=fill))
         result = chat.handle("alice", ask(), NOW)
         assert result.alert is not None
@@ -191,23 +205,10 @@ def test_crossing_thresholds_one_by_one_sends_each_once(store: SQLiteStore) -> N
     assert notices(store) == [(100, Level.EXCEEDED), (90, Level.CRITICAL), (75, Level.WARNING)]
 
 
-def charge(store: SQLiteStore, tokens: int) -> None:
+def charge_alice(store: SQLiteStore, tokens: int) -> None:
     """Put ``tokens`` on alice's counter through a settled request of its own."""
-    if tokens <= 0:
-        return
-    request_id = f"charge-{next(_ids)}"
-    account = account_of(store)
-    entry = LedgerEntry(
-        request_id=request_id,
-        user_id="alice",
-        status=LedgerStatus.RESERVED,
-        model=SETTINGS.model,
-        period_start=account.period_start,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-    store.create_ledger(entry)
-    store.reserve("alice", request_id, tokens, 10**12)
+    if tokens > 0:
+        charge(store, "alice", f"charge-{next(_ids)}", tokens, NOW)
 
 
 # -- what it costs -----------------------------------------------------------------------------
@@ -225,7 +226,8 @@ def charge(store: SQLiteStore, tokens: int) -> None:
 def test_a_request_with_no_alert_due_makes_the_same_store_calls_as_without_alerts(
     tmp_path: Path, used: int, sent: int
 ) -> None:
-    """The check reads the account the settle already read: no store call is added."""
+    """The check starts from the account the request read, plus its charge: no store call is
+    added."""
     calls = []
     for mailbox in (None, Mailbox()):
         store = SQLiteStore(str(tmp_path / f"{mailbox is not None}.sqlite3"))
@@ -239,15 +241,24 @@ def test_a_request_with_no_alert_due_makes_the_same_store_calls_as_without_alert
     assert "claim_event" not in calls[1]
 
 
-def test_an_alert_costs_a_claim_a_notice_a_mark_and_a_completion(store: SQLiteStore) -> None:
-    """What the one request that crosses a threshold adds to its store calls."""
+def test_an_alert_costs_a_read_a_claim_a_notice_a_mark_and_a_completion(
+    store: SQLiteStore,
+) -> None:
+    """What the one request that crosses a threshold adds to its store calls: the account as
+    stored once it settled, then the alert's own calls."""
     seed(store, 7_480)
     recording = Recording(store)
 
     service(recording, Mailbox()).handle("alice", ask(), NOW)
 
-    alert_calls = recording.calls[recording.calls.index("get_account", 1) + 1 :]
-    assert alert_calls == ["claim_event", "create_notice", "mark_alert_sent", "complete_event"]
+    alert_calls = recording.calls[recording.calls.index("settle") + 1 :]
+    assert alert_calls == [
+        "get_account",
+        "claim_event",
+        "create_notice",
+        "mark_alert_sent",
+        "complete_event",
+    ]
 
 
 # -- a reset re-arms ---------------------------------------------------------------------------
@@ -267,7 +278,7 @@ def test_after_a_reset_the_same_threshold_is_sent_again_for_the_new_period(
     assert store.apply_reset(reset, november.period_start) is not None
     assert account_of(store).alert_threshold_sent == 0
 
-    charge(store, 8_980)
+    charge_alice(store, 8_980)
     result = chat.handle("alice", ask(), IN_DECEMBER)
 
     assert result.alert is not None

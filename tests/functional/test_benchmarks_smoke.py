@@ -4,40 +4,116 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import cold_start, concurrency, cron_cost, store_calls
+from benchmarks import (
+    cold_start,
+    concurrency,
+    cron_cost,
+    first_token,
+    progress_writes,
+    stop_latency,
+    store_calls,
+)
 from benchmarks.common import Table, ratio
 
 
-def test_store_calls_count_one_reservation_and_settlement_per_model_call() -> None:
-    """Ours reserves once per model call and releases at most once per call; a refused request
-    and a retry only read, and a retry calls no model; the seed rewrites the counter once per
-    call and runs a retry again; HTTP is counted on Appwrite only."""
-    rows = {(row.scenario, row.backend): row for row in store_calls.measure(requests=1)}
+def test_store_calls_single_step_is_seven_http_requests_with_atomic_open_and_settle() -> None:
+    """A single step opens the request and settles it, each one transaction of 3 HTTP requests,
+    in at most 7 HTTP requests with or without a turn row; a tool loop holds once per later
+    step; a refused request and a retry write nothing and a retry calls no model; progress calls
+    are counted apart; the seed rewrites the counter once per call and runs a retry again."""
+    measured = store_calls.measure(requests=1)
+    assert "| single step " in store_calls.render(measured)
+    rows = {(row.scenario, row.backend): row for row in measured}
     assert len(rows) == 8
     for backend in ("SQLite", "Appwrite emulator"):
         single = rows[("single step", backend)]
         loop = rows[("3-step tool loop", backend)]
         refused = rows[("refused at the limit (429)", backend)]
         retry = rows[("retry of a completed request", backend)]
-        assert single.ours.by_method["reserve"] == 1
-        assert single.ours.by_method["create_ledger"] == 1
-        assert single.ours.by_method["update_ledger"] == 1
-        assert loop.ours.by_method["reserve"] == 3
-        assert loop.ours.by_method["release"] <= 3
+        assert single.ours_plain is not None
+        for counts in (single.ours_turn, single.ours_plain):
+            assert counts.by_method == {"get_account": 1, "open_request": 1, "settle": 1}
+        atomic = ("open_request", "hold", "settle")
+        in_loop = {name: loop.ours_turn.by_method[name] for name in atomic}
+        assert in_loop == {"open_request": 1, "hold": 2, "settle": 3}
+        assert loop.ours_turn.progress_calls == loop.ours_turn.by_method["stop_requested"]
         assert single.seed.by_method == {"read_usage": 1, "read_used": 1, "write_used": 1}
         assert loop.seed.by_method["write_used"] == 3
-        for reads_only in (refused, retry):
-            assert all(name.startswith(("get_", "find_")) for name in reads_only.ours.by_method)
-        assert (single.ours.model_calls, loop.ours.model_calls, retry.ours.model_calls) == (1, 3, 0)
+        for reads_only in (refused.ours_turn, refused.ours_plain):
+            assert reads_only is not None
+            assert all(name.startswith("get_") for name in reads_only.by_method)
+        # A retry's claim is refused (the entry exists): nothing held, settled or discarded.
+        assert not {"hold", "settle", "discard_request"} & set(retry.ours_turn.by_method)
+        assert retry.ours_plain is None
+        assert (single.ours_turn.model_calls, loop.ours_turn.model_calls) == (1, 3)
+        assert retry.ours_turn.model_calls == 0
         assert retry.seed.model_calls == 1
-        assert retry.seed.by_method["write_used"] == 1
         assert refused.seed.by_method == {"read_usage": 1}
-        http = [row.ours.http_requests for row in (single, loop, refused, retry)]
         if backend == "SQLite":
-            assert http == [None, None, None, None]
-        else:
-            assert all(count is not None and count >= 1 for count in http)
-            assert single.seed.http_requests == 3
+            assert single.ours_turn.http_requests is None
+            continue
+        for counts in (single.ours_turn, single.ours_plain):
+            assert counts.http_requests is not None
+            assert counts.http_requests <= 7
+            assert counts.transactions == {"open_request": True, "settle": True}
+        assert loop.ours_turn.transactions == {"open_request": True, "hold": True, "settle": True}
+        assert single.seed.http_requests == 3
+
+
+def test_first_token_waits_for_one_read_and_one_transaction() -> None:
+    """Before its model call a turn reads the account and opens the request in one transaction
+    (4 HTTP requests on Appwrite); the seed only reads."""
+    measured = first_token.measure(requests=1)
+    assert "| before (published counts) " in first_token.render(measured)
+    results = {(r.backend, r.flow): r for r in measured}
+    for backend in ("SQLite", "Appwrite emulator"):
+        assert results[(backend, "ours, turn")].store_calls == 2
+        assert results[(backend, "ours, no turn")].store_calls == 2
+        assert results[(backend, "seed")].store_calls == 1
+    assert results[("Appwrite emulator", "ours, turn")].http_requests == 4
+    assert results[("Appwrite emulator", "seed")].http_requests == 1
+    assert results[("SQLite", "seed")].http_requests is None
+
+
+def test_progress_writes_pair_a_text_write_with_a_stop_check_per_interval() -> None:
+    """Ours writes the turn's text only where it looks for a Stop; the naive baseline writes at
+    every delta; on Appwrite each progress call is one HTTP request."""
+    results = progress_writes.measure(seconds=0.4)
+    assert "| naive: every delta " in progress_writes.render(results)
+    assert [(r.backend, r.flow) for r in results] == [
+        ("SQLite", "ours"),
+        ("SQLite", "naive: every delta"),
+        ("Appwrite emulator", "ours"),
+        ("Appwrite emulator", "naive: every delta"),
+    ]
+    for ours, naive in zip(results[::2], results[1::2], strict=True):
+        assert naive.text_writes == naive.tokens == ours.tokens
+        assert ours.text_writes <= ours.stop_checks
+        assert ours.text_writes <= naive.text_writes
+        for result in (ours, naive):
+            if result.http_requests is not None:
+                assert result.http_requests == result.text_writes + result.stop_checks
+
+
+def test_stop_cuts_the_stream_and_charges_what_ran() -> None:
+    """A Stop in the store closes the model stream before the reply ends and charges at least
+    the text delivered before it and no more than the stream sent; a Stop only in the browser
+    charges the whole reply."""
+    runs = stop_latency.measure(reply_tokens=60, stops=1)
+    assert f"| {stop_latency.BROWSER} " in stop_latency.render(runs)
+    assert [(r.backend, r.flow) for r in runs] == [
+        ("SQLite", stop_latency.OURS),
+        ("SQLite", stop_latency.BROWSER),
+        ("Appwrite emulator", stop_latency.OURS),
+        ("Appwrite emulator", stop_latency.BROWSER),
+    ]
+    for ours, browser in zip(runs[::2], runs[1::2], strict=True):
+        assert ours.status == "stopped"
+        assert ours.estimated
+        assert ours.delivered <= ours.charged_output <= ours.sent < ours.reply_tokens
+        assert ours.charged_output <= ours.reservation
+        assert browser.status == "completed"
+        assert browser.charged_output == browser.sent == browser.reply_tokens
 
 
 def test_concurrency_ours_never_overshoots_nor_loses_an_update() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from metering.chat import recorded_reply
-from metering.ledger import LedgerEntry, LedgerStatus
+from metering.ledger import LedgerStatus
 from metering.wire import chat_message
 
 from tests.strategies import json_values
@@ -26,6 +26,7 @@ from tests.support.anthropic_fake import (
     timeout,
     tool_use_reply,
 )
+from tests.support.builders import charge
 from tests.support.function_harness import NOW, Harness, running
 
 STARTER = 50_000
@@ -48,7 +49,8 @@ def near_the_limit(chat: Harness, left: int, counted: int) -> None:
 
 
 def test_a_reply_is_charged_and_answered_in_the_contract_shape(chat: Harness) -> None:
-    """200 with the message, its usage and cost, and UsageStats that already include it."""
+    """200 with the message, its usage and cost, and UsageStats that already include it; the
+    turn row holds the text."""
     chat.seed("alice")
     chat.model.then(text_reply("Hi! How can I help?", input_tokens=420, output_tokens=12))
 
@@ -74,6 +76,7 @@ def test_a_reply_is_charged_and_answered_in_the_contract_shape(chat: Harness) ->
             # $3 / MTok input, $15 / MTok output
             "costUsd": (420 * 3 + 12 * 15) / 1e6,
         },
+        "estimated": False,
     }
     stats = body["usage"]
     assert stats["userId"] == "alice"
@@ -85,17 +88,16 @@ def test_a_reply_is_charged_and_answered_in_the_contract_shape(chat: Harness) ->
     assert entry.status is LedgerStatus.SETTLED
     assert (entry.usage.total_tokens, entry.usage.steps, entry.cost_micro_usd) == (432, 1, 1440)
     assert entry.price_version == "2026-11-01"
-    # The entry keeps the reply in domain form, which rebuilds exactly the message answered.
-    assert json.loads(entry.reply) == {
-        "content": "Hi! How can I help?",
-        "stop_reason": "end_turn",
-        "truncated": False,
-    }
-    assert chat_message(recorded_reply(entry)) == message
+    # The entry keeps how the reply ended, its turn the text: together they rebuild the message.
+    assert json.loads(entry.reply) == {"stop_reason": "end_turn", "truncated": False}
+    turn = chat.store().get_turn("req-happy-1")
+    assert turn is not None
+    assert (turn.status.value, turn.content) == ("completed", "Hi! How can I help?")
+    assert chat_message(recorded_reply(entry, turn)) == message
 
 
 def test_the_request_sent_to_the_model_carries_the_configuration(chat: Harness) -> None:
-    """Model, system prompt, the usage tool and the conversation reach the provider."""
+    """Model, system prompt, the usage tool and the conversation reach the provider, streamed."""
     chat.seed("alice")
     chat.model.then(text_reply("Sure."))
     conversation = {
@@ -109,6 +111,7 @@ def test_the_request_sent_to_the_model_carries_the_configuration(chat: Harness) 
     assert chat.call(conversation, user="alice").status_code == 200
 
     [sent] = chat.model.requests
+    assert sent["stream"] is True
     assert sent["model"] == MODEL
     assert sent["max_tokens"] == 1024
     assert "get_my_usage" in sent["system"]
@@ -317,12 +320,13 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("failure", "status"), FAILURES)
-def test_a_failing_first_call_releases_the_reservation_and_leaves_no_trace(
+def test_a_failing_first_call_releases_the_hold_and_leaves_only_its_failed_turn(
     chat: Harness, failure: Failure | Raise, status: int
 ) -> None:
-    """502/503 with a JSON error; the counter and the ledger are exactly as before."""
+    """502/503 with a JSON error; counter and ledger as before, the turn says failed, and the
+    request id is free for a retry."""
     chat.seed("alice", used=123)
-    chat.model.then(failure)
+    chat.model.then(failure, text_reply("Second try.", input_tokens=50, output_tokens=5))
     before = chat.snapshot()
 
     result = chat.call(ask(requestId="req-fails"), user="alice")
@@ -331,15 +335,25 @@ def test_a_failing_first_call_releases_the_reservation_and_leaves_no_trace(
     error = result.json()["error"]
     assert error["code"] == ("upstream_unavailable" if status == 503 else "upstream_error")
     assert "fake" not in error["message"]
-    assert chat.snapshot() == before
+    after = chat.snapshot()
+    assert {t: rows for t, rows in after.items() if t != "turns"} == {
+        t: rows for t, rows in before.items() if t != "turns"
+    }
     assert chat.used("alice") == 123
+    turn = chat.store().get_turn("req-fails")
+    assert turn is not None
+    assert (turn.status.value, turn.usage.total_tokens) == ("failed", 0)
+    retried = chat.call(ask(requestId="req-fails"), user="alice")
+    assert retried.status_code == 200, retried.body
+    assert chat.used("alice") == 123 + 55
 
 
 @pytest.mark.parametrize(("failure", "status"), FAILURES)
 def test_a_failure_after_a_completed_step_charges_that_step_only(
     chat: Harness, failure: Failure | Raise, status: int
 ) -> None:
-    """The finished tool step stays charged, the failed call's hold is released, ledger FAILED."""
+    """The finished tool step stays charged, the failed call's hold is released; ledger entry
+    and turn say failed."""
     chat.seed("alice")
     chat.model.then(tool_use_reply("get_my_usage", input_tokens=400, output_tokens=40), failure)
 
@@ -350,7 +364,10 @@ def test_a_failure_after_a_completed_step_charges_that_step_only(
     entry = chat.store().get_ledger("req-half")
     assert entry is not None
     assert entry.status is LedgerStatus.FAILED
-    assert (entry.usage.total_tokens, entry.usage.steps) == (440, 1)
+    assert (entry.usage.total_tokens, entry.usage.steps, entry.held_tokens) == (440, 1, 0)
+    turn = chat.store().get_turn("req-half")
+    assert turn is not None
+    assert (turn.status.value, turn.usage.total_tokens) == ("failed", 440)
 
 
 def test_a_retry_with_the_same_request_id_is_charged_once_and_answers_the_same(
@@ -398,9 +415,7 @@ def test_a_replayed_tool_loop_cut_by_the_cap_answers_the_same_body(chat: Harness
 def test_a_request_id_still_running_is_answered_409(chat: Harness) -> None:
     """A retry while the original is in flight does not run a second time."""
     chat.seed("alice")
-    chat.store().create_ledger(
-        LedgerEntry("req-busy", "alice", LedgerStatus.RESERVED, MODEL, NOW, NOW, NOW)
-    )
+    charge(chat.store(), "alice", "req-busy", 100, NOW, settled=False)
     before = chat.snapshot()
 
     result = chat.call(ask(requestId="req-busy"), user="alice")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +32,8 @@ from metering.model import (
     Message,
     ModelReply,
     ModelRequest,
+    StreamedCall,
+    StreamSink,
     TextBlock,
     ToolUseBlock,
     request_input_bound,
@@ -37,8 +41,10 @@ from metering.model import (
 from metering.plans import load_default_plans
 from metering.pricing import load_default_prices
 from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnStatus
 
 from localruntime.sqlite_store import SQLiteStore
+from tests.support.builders import charge
 from tests.support.function_harness import NOW
 
 MODEL = "claude-sonnet-5-5"
@@ -66,7 +72,16 @@ class ScriptedModel:
     requests: list[ModelRequest] = field(default_factory=list)
     counts: int = 0
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def stream(
+        self, request: ModelRequest, sink: StreamSink, deadline_seconds: float
+    ) -> StreamedCall:
+        reply = self._reply(request)
+        for block in reply.blocks:
+            if isinstance(block, TextBlock):
+                sink.text(block.text)
+        return StreamedCall(reply, cut=False, output_reported=True)
+
+    def _reply(self, request: ModelRequest) -> ModelReply:
         self.requests.append(request)
         step = self.steps.pop(0)
         if step.fail:
@@ -101,6 +116,7 @@ def service(store: SQLiteStore, model: ScriptedModel, **overrides: int) -> ChatS
         prices=load_default_prices(),
         settings=replace(SETTINGS, **overrides),
         new_request_id=lambda: f"generated-{next(_ids)}",
+        monotonic=time.monotonic,
     )
 
 
@@ -125,20 +141,45 @@ def store(tmp_path: Path) -> SQLiteStore:
     return SQLiteStore(str(tmp_path / "unit.sqlite3"))
 
 
-def test_the_first_call_reserves_input_bound_plus_max_tokens_then_settles(
+@dataclass
+class Holds:
+    """The embedded store, remembering every hold it was asked for (a call's reservation)."""
+
+    inner: SQLiteStore
+    holds: list[int] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+        self.inner.open_request(entry, limit, turn)
+        self.holds.append(entry.held_tokens)
+
+    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
+        self.inner.hold(user_id, request_id, tokens, limit)
+        self.holds.append(tokens)
+
+
+def test_the_first_call_holds_input_bound_plus_max_tokens_then_settles_to_its_usage(
     store: SQLiteStore,
 ) -> None:
-    """After the call only the actual usage stays on the counter."""
+    """The hold is the local input bound plus max_tokens; after the call only the usage stays."""
     seed(store, "u", 100_000)
     model = ScriptedModel([Step(input_tokens=70, output_tokens=30)])
+    holds = Holds(store)
 
-    result = service(store, model).handle("u", ask("r1"), NOW)
+    result = service(holds, model).handle("u", ask("r1"), NOW)  # type: ignore[arg-type]
 
+    assert holds.holds == [request_input_bound(model.requests[0]) + SETTINGS.max_tokens]
     assert used(store, "u") == 100
     assert result.usage.total_tokens == 100
     entry = store.get_ledger("r1")
     assert entry is not None
-    assert (entry.status, entry.reserved_tokens) == (LedgerStatus.SETTLED, 100)
+    assert (entry.status, entry.held_tokens, entry.usage.total_tokens) == (
+        LedgerStatus.SETTLED,
+        0,
+        100,
+    )
 
 
 def test_the_last_allowed_step_switches_tools_off(store: SQLiteStore) -> None:
@@ -162,21 +203,24 @@ def test_a_single_step_chat_offers_no_tools(store: SQLiteStore) -> None:
     assert model.requests[0].tools == ()
 
 
-def test_usage_reported_beyond_the_reservation_is_charged_but_never_past_the_limit(
+def test_usage_reported_beyond_the_reservation_is_cut_down_to_it_output_first(
     store: SQLiteStore,
 ) -> None:
-    """A provider that reports more than was reserved is charged up to the limit, no further."""
+    """A provider that reports more than was held is charged the hold, output cut first."""
     seed(store, "u", 2_000, used=0)
     model = ScriptedModel([Step(input_tokens=5_000, output_tokens=10)], counted=40)
+    holds = Holds(store)
 
-    result = service(store, model).handle("u", ask("r-over"), NOW)
+    result = service(holds, model).handle("u", ask("r-over"), NOW)  # type: ignore[arg-type]
 
-    assert used(store, "u") == 2_000
-    assert result.usage.total_tokens == 5_010
+    [held] = holds.holds
+    assert held <= 2_000
+    assert result.usage == TokenUsage(input_tokens=held, output_tokens=0, steps=1)
+    assert used(store, "u") == held
     entry = store.get_ledger("r-over")
     assert entry is not None
-    # The ledger keeps what the provider billed; reconciliation shows the unbilled overrun.
-    assert entry.usage.total_tokens == 5_010
+    assert (entry.usage, entry.held_tokens) == (result.usage, 0)
+    assert store.ledger_total("u", entry.period_start) == used(store, "u")
 
 
 def test_a_failed_request_id_cannot_be_replayed(store: SQLiteStore) -> None:
@@ -208,7 +252,7 @@ def test_a_request_id_whose_first_call_failed_can_be_retried(store: SQLiteStore)
 def test_an_in_flight_request_id_is_409(store: SQLiteStore) -> None:
     """The same id while the first is running is RequestInProgress."""
     seed(store, "u", 100_000)
-    store.create_ledger(LedgerEntry("r-busy", "u", LedgerStatus.RESERVED, MODEL, NOW, NOW, NOW))
+    charge(store, "u", "r-busy", 100, NOW, settled=False)
 
     with pytest.raises(RequestInProgress):
         service(store, ScriptedModel([])).handle("u", ask("r-busy"), NOW)
@@ -230,6 +274,60 @@ def test_a_retry_replays_the_recorded_reply_and_reads_the_account_afresh(
     assert again.reply == first.reply
     assert again.account == first.account
     assert retry_model.requests == []
+
+
+@dataclass
+class ConcurrentCharge:
+    """The embedded store, with another request of the same user charging ``tokens`` while
+    this one settles."""
+
+    inner: SQLiteStore
+    tokens: int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def settle(self, user_id: str, *args: Any, **kwargs: Any) -> None:
+        if self.tokens:
+            tokens, self.tokens = self.tokens, 0
+            charge(self.inner, user_id, "concurrent", tokens, NOW)
+        self.inner.settle(user_id, *args, **kwargs)
+
+
+def test_the_answers_account_is_the_one_read_at_the_start_plus_this_requests_charge(
+    store: SQLiteStore,
+) -> None:
+    """No read after settling: a concurrent request's charge is not in this answer's figures."""
+    seed(store, "u", 100_000, used=1_000)
+    model = ScriptedModel([Step(input_tokens=70, output_tokens=30)])
+
+    concurrent = ConcurrentCharge(store, 500)
+
+    result = service(concurrent, model).handle("u", ask("r1"), NOW)  # type: ignore[arg-type]
+
+    assert result.account.current_tokens_used == 1_000 + 100
+    assert used(store, "u") == 1_000 + 100 + 500
+
+
+def test_a_request_with_a_request_id_leaves_its_turn_final_with_the_whole_text(
+    store: SQLiteStore,
+) -> None:
+    """The turn holds every step's text and the charge; a request without an id has no turn."""
+    seed(store, "u", 100_000)
+    model = ScriptedModel([Step(tool="get_my_usage", input_tokens=400), Step()] * 2)
+
+    with_id = service(store, model).handle("u", ask("r-turn"), NOW)
+    without = service(store, model).handle("u", ask(), NOW)
+
+    turn = store.get_turn("r-turn")
+    assert turn is not None
+    assert (turn.status, turn.content, turn.usage) == (
+        TurnStatus.COMPLETED,
+        "Checking.\n\nAnswer.",
+        with_id.usage,
+    )
+    assert turn.content == with_id.reply.content
+    assert store.get_turn(without.request_id) is None
 
 
 def test_a_refusal_carries_the_account_it_was_decided_on(store: SQLiteStore) -> None:
@@ -300,30 +398,44 @@ def settled(reply_text: str) -> LedgerEntry:
     )
 
 
-def test_the_ledger_record_is_snake_case_and_rebuilds_the_reply() -> None:
-    """Model, usage and cost live in the entry's columns; the record holds the rest."""
+def turn_of(content: str) -> Turn:
+    return Turn("r-done", "u", TurnStatus.COMPLETED, NOW, NOW, content=content)
+
+
+def test_the_ledger_record_says_how_the_reply_ended_and_the_turn_holds_its_text() -> None:
+    """Model, usage and cost live in the entry's columns, the text in the turn; the record
+    holds the rest, never the text."""
     record = reply_record(REPLY)
 
-    assert json.loads(record) == {
-        "content": "Part one.\n\nPart two.",
-        "stop_reason": "max_tokens",
-        "truncated": True,
-    }
-    assert recorded_reply(settled(record)) == REPLY
+    assert json.loads(record) == {"stop_reason": "max_tokens", "truncated": True}
+    assert recorded_reply(settled(record), turn_of(REPLY.content)) == REPLY
 
 
-def test_an_entry_settled_with_the_response_message_still_replays() -> None:
-    """Entries written before the record existed hold the camelCase message; same reply."""
-    message = {
-        "role": "assistant",
-        "content": REPLY.content,
-        "model": MODEL,
-        "stopReason": "max_tokens",
-        "truncated": True,
-        "usage": {"totalTokens": 610, "steps": 2, "costUsd": 0.002562},
-    }
-
-    assert recorded_reply(settled(json.dumps(message))) == REPLY
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(
+            {"content": REPLY.content, "stop_reason": "max_tokens", "truncated": True},
+            id="record-with-its-text",
+        ),
+        pytest.param(
+            {
+                "role": "assistant",
+                "content": REPLY.content,
+                "model": MODEL,
+                "stopReason": "max_tokens",
+                "truncated": True,
+                "usage": {"totalTokens": 610, "steps": 2, "costUsd": 0.002562},
+            },
+            id="camel-case-message",
+        ),
+    ],
+)
+def test_an_entry_settled_before_turns_existed_replays_from_its_own_record(
+    record: dict[str, Any],
+) -> None:
+    """Entries written before turns hold the text themselves (some as the camelCase message)."""
+    assert recorded_reply(settled(json.dumps(record)), None) == REPLY
 
 
 def test_the_local_bound_covers_every_text_and_grows_with_tools() -> None:
@@ -344,6 +456,7 @@ def service_tools_request(request: ModelRequest) -> ModelRequest:
         prices=load_default_prices(),
         settings=SETTINGS,
         new_request_id=str,
+        monotonic=time.monotonic,
     ).tools
     return replace(request, tools=tuple(tool.spec for tool in tools.values()))
 
@@ -376,7 +489,8 @@ def test_whatever_the_model_does_the_counter_stays_within_the_limit_and_reconcil
     counted: int,
     fail_at: int | None,
 ) -> None:
-    """used <= limit always; a refusal changes nothing; ledger total equals the counter."""
+    """used <= limit always; a refusal changes nothing; ledger total equals the counter and
+    nothing stays held."""
     store = shared_store(tmp_path_factory)
     user = f"user-{next(_ids)}"
     start = min(already, limit)
@@ -395,6 +509,8 @@ def test_whatever_the_model_does_the_counter_stays_within_the_limit_and_reconcil
     assert account is not None
     assert account.current_tokens_used <= max(limit, start)
     assert store.ledger_total(user, account.period_start) == account.current_tokens_used - start
+    entry = store.get_ledger(f"req-{user}")
+    assert entry is None or entry.held_tokens == 0
     if isinstance(outcome, TokenLimitExceeded):
         assert account.current_tokens_used == start
         assert model.requests == []
@@ -421,11 +537,11 @@ class RacingStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def create_ledger(self, entry: LedgerEntry) -> None:
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
         if self.rival is not None:
             rival, self.rival = self.rival, None
             rival.handle(entry.user_id, ask(entry.request_id), NOW)
-        self.inner.create_ledger(entry)
+        self.inner.open_request(entry, limit, turn)
 
 
 def test_losing_the_race_for_a_request_id_answers_the_winners_reply(store: SQLiteStore) -> None:
@@ -445,8 +561,8 @@ def test_losing_the_race_for_a_request_id_answers_the_winners_reply(store: SQLit
 
 @dataclass
 class RoomTakingStore:
-    """A store where a concurrent request takes ``taken`` tokens just before the first
-    reservation, so the room the call was planned from is gone when it reserves."""
+    """A store where a concurrent request holds ``taken`` tokens just before the request opens,
+    so the room the first call was planned from is gone when it is held."""
 
     inner: SQLiteStore
     taken: int
@@ -454,13 +570,11 @@ class RoomTakingStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
         if self.taken:
             taken, self.taken = self.taken, 0
-            other = LedgerEntry("other", user_id, LedgerStatus.RESERVED, MODEL, NOW, NOW, NOW)
-            self.inner.create_ledger(other)
-            self.inner.reserve(user_id, "other", taken, limit)
-        return self.inner.reserve(user_id, request_id, tokens, limit)
+            charge(self.inner, entry.user_id, "other", taken, NOW, settled=False)
+        self.inner.open_request(entry, limit, turn)
 
 
 def test_a_reservation_that_loses_a_race_is_replanned_smaller_instead_of_refused(

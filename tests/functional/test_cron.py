@@ -16,9 +16,11 @@ from metering.account import Account, new_account
 from metering.ledger import LedgerStatus
 from metering.plans import load_default_plans
 from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnStatus
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from localruntime.sqlite_store import SQLiteStore
+from tests.support.builders import charge, ledger_entry
 from tests.support.stripe_events import (
     SECRET,
     FakeClock,
@@ -75,19 +77,10 @@ def cron(tmp_path: Path) -> Cron:
     return Cron(db_path, SQLiteStore(db_path), FakeClock(at(2025, 2, 1, 1)))
 
 
-def spend(store: SQLiteStore, user_id: str, request_id: str, tokens: int, when: datetime) -> None:
-    """A finished chat request: its hold settled to the same usage."""
-    hold(store, user_id, request_id, tokens, when)
-    usage = TokenUsage(input_tokens=tokens, steps=1)
-    store.update_ledger(
-        request_id, {"status": LedgerStatus.SETTLED, "usage": usage, "updated_at": when}
-    )
-
-
 def demo(cron: Cron, user_id: str, created: datetime, used: int = 0) -> Account:
     cron.store.create_account(new_account(user_id, PLANS.default, created))
     if used:
-        spend(cron.store, user_id, f"{user_id}-req", used, created)
+        charge(cron.store, user_id, f"{user_id}-req", used, created)
     return cron.account(user_id)
 
 
@@ -111,7 +104,7 @@ def subscribed(
         },
     )
     if used:
-        spend(cron.store, user_id, f"{user_id}-req", used, period[0])
+        charge(cron.store, user_id, f"{user_id}-req", used, period[0])
     return cron.account(user_id)
 
 
@@ -174,7 +167,7 @@ def test_demo_accounts_reset_when_their_calendar_month_ended(cron: Cron) -> None
 def test_demo_reset_spends_topup_used_beyond_the_allowance(cron: Cron) -> None:
     demo(cron, "u1", at(2025, 1, 5))
     cron.store.add_topup("u1", 100)
-    spend(cron.store, "u1", "r1", 90, at(2025, 1, 6))  # 30 from the plan, 60 from the top-up
+    charge(cron.store, "u1", "r1", 90, at(2025, 1, 6))  # 30 from the plan, 60 from the top-up
 
     cron.run()
 
@@ -385,7 +378,7 @@ def test_cron_after_the_renewal_webhook_does_nothing(
     subscribed(cron, "u1", used=300)
     api = mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
     assert webhook(renewal_event("u1")).status_code == 200
-    spend(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
+    charge(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
     cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
 
     summary = cron.run(**STRIPE).json()
@@ -403,7 +396,7 @@ def test_renewal_webhook_after_the_cron_recovered_the_period_does_nothing(
     mock_subscription("u1", stripe_subscription("u1", NEXT_PERIOD))
     cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
     cron.run(**STRIPE)
-    spend(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
+    charge(cron.store, "u1", "after", 20, NEXT_PERIOD[0])
 
     result = webhook(renewal_event("u1"))
 
@@ -480,7 +473,7 @@ def test_cancelled_paid_period_keeps_the_topup_through_the_next_demo_rollover(cr
     mock_subscription("u1", ended_subscription("u1"))
     cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
     cron.run(**STRIPE)
-    spend(cron.store, "u1", "demo-req", 10, cron.clock.now)
+    charge(cron.store, "u1", "demo-req", 10, cron.clock.now)
 
     cron.clock.now = at(2025, 3, 1, 1)
     summary = cron.run(**STRIPE).json()
@@ -557,7 +550,7 @@ def test_deletion_webhook_after_the_cron_cancelled_changes_nothing(
     mock_subscription("u1", ended_subscription("u1"))
     cron.clock.now = SUB_PERIOD[1] + timedelta(hours=7)
     cron.run(**STRIPE)
-    spend(cron.store, "u1", "demo-req", 20, cron.clock.now)  # a second reset would take it off
+    charge(cron.store, "u1", "demo-req", 20, cron.clock.now)  # a second reset would take it off
     repaired = cron.account("u1")
 
     result = webhook(deletion_event("u1"))
@@ -581,7 +574,7 @@ def test_deletion_webhook_during_the_crons_lookup_closes_the_period_once(
     def deleted_during_the_lookup(request: Any) -> tuple[int, dict[str, str], str]:
         # The webhook cancels after the cron listed the row, before it decides.
         assert webhook(deletion_event("u1")).status_code == 200
-        spend(cron.store, "u1", "demo-req", 20, ENDED_AT)
+        charge(cron.store, "u1", "demo-req", 20, ENDED_AT)
         return 200, {}, json.dumps(ended_subscription("u1"))
 
     responses.add_callback(
@@ -616,6 +609,52 @@ def test_reservations_of_crashed_chats_are_given_back(cron: Cron) -> None:
     running = cron.store.get_ledger("running")
     assert running is not None
     assert running.status == LedgerStatus.RESERVED
+
+
+def test_a_crashed_turn_keeps_its_settled_steps_and_gives_back_only_its_live_hold(
+    cron: Cron,
+) -> None:
+    """A turn that died in its second step: the first stays charged, the hold goes back, the
+    turn ends failed with the text it had."""
+    now = cron.clock.now
+    account = demo(cron, "u1", at(2025, 2, 1))
+    cron.store.add_topup("u1", 1_000)
+    started = now - timedelta(minutes=20)
+    entry = ledger_entry(
+        "u1",
+        "crashed",
+        period_start=account.period_start,
+        created_at=started,
+        updated_at=started,
+        held_tokens=300,
+    )
+    turn = Turn("crashed", "u1", TurnStatus.PENDING, started, started)
+    cron.store.open_request(entry, 1_030, turn)
+    first_step = TokenUsage(input_tokens=100, output_tokens=20, steps=1)
+    cron.store.settle(
+        "u1",
+        "crashed",
+        300 - first_step.total_tokens,
+        {"held_tokens": 0, "usage": first_step, "updated_at": started},
+        {"status": TurnStatus.STREAMING, "content": "Let me look.", "updated_at": started},
+    )
+    cron.store.hold("u1", "crashed", 250, 1_030)
+
+    summary = cron.run().json()
+
+    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 250}
+    assert summary["reconciliation"]["drifted"] == 0
+    assert cron.account("u1").current_tokens_used == 120
+    crashed = cron.store.get_ledger("crashed")
+    assert crashed is not None
+    assert (crashed.status, crashed.usage, crashed.held_tokens) == (
+        LedgerStatus.RECLAIMED,
+        first_step,
+        0,
+    )
+    ended = cron.store.get_turn("crashed")
+    assert ended is not None
+    assert (ended.status, ended.content) == (TurnStatus.FAILED, "Let me look.")
 
 
 def test_a_hold_from_a_period_already_reset_is_marked_but_not_released_twice(cron: Cron) -> None:

@@ -129,11 +129,11 @@ def as_executed(sent: dict[str, str]) -> dict[str, str]:
 
 
 def fuzz_harness(
-    functions: Functions, harness: Harness, allowed: str
+    functions: Functions, harness: Harness, allowed: str, path: str = "/"
 ) -> Callable[[str, dict[str, str], bytes], None]:
     def check(method: str, sent: dict[str, str], raw: bytes) -> None:
         before = functions.snapshot()
-        result = harness.call(raw, method=method, headers=sent)
+        result = harness.call(raw, method=method, headers=sent, path=path)
         if method.upper() != allowed:
             assert_json_error(result, 400, "invalid_request")
         else:
@@ -156,6 +156,29 @@ def test_chat_refuses_every_unauthenticated_request_with_a_json_4xx(functions: F
 
     fuzz()
     assert functions.chat.model.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        pytest.param("/turns/req-held", "GET", id="read-a-turn"),
+        pytest.param("/turns/req-held/stop", "POST", id="stop-a-turn"),
+    ],
+)
+def test_reading_or_stopping_a_turn_refuses_every_unauthenticated_request(
+    functions: Functions, path: str, allowed: str
+) -> None:
+    """A turn's routes without a JWT Appwrite accepts: 401 (400 for a wrong method), no Stop
+    recorded, nothing stored."""
+    check = fuzz_harness(functions, functions.chat, allowed, path)
+
+    @FUZZ
+    @given(method=methods, sent=headers, raw=bodies)
+    def fuzz(method: str, sent: dict[str, str], raw: bytes) -> None:
+        check(method, sent, raw)
+
+    fuzz()
+    assert not functions.chat.store().stop_requested("req-held")
 
 
 def test_usage_refuses_every_unauthenticated_request_with_a_json_4xx(

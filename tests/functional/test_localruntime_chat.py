@@ -21,6 +21,7 @@ from metering.service import get_or_create_account
 
 from localruntime.server import Runtime
 from localruntime.sqlite_store import SQLiteStore
+from tests.support.anthropic_fake import stream_events
 from tests.support.runtime import AppwriteHttp, project_functions, running
 
 # Anthropic's error envelopes, by HTTP status.
@@ -33,7 +34,8 @@ ERRORS = {
 
 
 class Upstream(BaseHTTPRequestHandler):
-    """A Messages API whose behaviour the test sets: answer, fail with a status, hang, or drop."""
+    """A Messages API whose behaviour the test sets: answer (streamed when asked), fail with a
+    status, hang, or drop."""
 
     mode: ClassVar[str | int] = "ok"
     wanted_output: ClassVar[int] = 40
@@ -59,24 +61,35 @@ class Upstream(BaseHTTPRequestHandler):
             return
         output = min(Upstream.wanted_output, int(request["max_tokens"]))
         stop = "max_tokens" if output < Upstream.wanted_output else "end_turn"
-        self._send(
-            200,
-            {
-                "id": "msg_" + uuid.uuid4().hex[:24],
-                "type": "message",
-                "role": "assistant",
-                "model": request["model"],
-                "content": [{"type": "text", "text": "A reply from upstream."}],
-                "stop_reason": stop,
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": 30,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                    "output_tokens": output,
-                },
+        message = {
+            "id": "msg_" + uuid.uuid4().hex[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": request["model"],
+            "content": [{"type": "text", "text": "A reply from upstream."}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 30,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": output,
             },
-        )
+        }
+        if request.get("stream"):
+            self._stream(message)
+        else:
+            self._send(200, message)
+
+    def _stream(self, message: dict[str, Any]) -> None:
+        """The message as the API's server-sent events; the body ends with the connection."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for name, data in stream_events(message):
+            self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

@@ -1,5 +1,5 @@
-"""Realtime over loopback, as the Web SDK's client speaks it: a row change reaches the
-subscribers who may read the row, and only them."""
+"""Realtime over loopback, as the Web SDK's client speaks it: a row change (an account's, a
+turn's) reaches the subscribers who may read the row, and only them."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from metering import codec
+from metering.ledger import LedgerStatus
 from metering.plans import load_default_plans
 from metering.service import get_or_create_account
+from metering.tokens import TokenUsage
+from metering.turns import Turn, TurnStatus
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from localruntime.server import Runtime
+from tests.support.builders import ledger_entry
 from tests.support.runtime import AppwriteHttp, running
 
 TIMEOUT = 10
@@ -117,6 +122,68 @@ def test_owner_receives_row_change_others_do_not(runtime: Runtime) -> None:
     finally:
         for client in (owner, other, guest):
             client.close()
+
+
+def test_owner_receives_a_turns_create_and_updates_others_do_not(runtime: Runtime) -> None:
+    """Opening a turn publishes its row's create; its progress and its settling, updates with
+    the stored row; a user subscribed to the same row receives none of them."""
+    owner_id, owner_cookie = _user(runtime)
+    _, other_cookie = _user(runtime)
+    owner = Client(runtime, owner_cookie)
+    other = Client(runtime, other_cookie)
+    try:
+        owner.receive(), other.receive()  # connected
+        request_id = f"turn-{uuid.uuid4().hex[:8]}"
+        row_id = codec.row_key(request_id)
+        channel = f"databases.koffers_db.tables.turns.rows.{row_id}"
+        assert owner.subscribe("sub-turn", channel)["data"]["success"] is True
+        assert other.subscribe("sub-spy", channel)["data"]["success"] is True
+        account = runtime.store.get_account(owner_id)
+        now = datetime.now(UTC)
+        entry = ledger_entry(
+            owner_id, request_id, held_tokens=20, period_start=account.period_start,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        turn = Turn(request_id, owner_id, TurnStatus.PENDING, now, now, model=entry.model)
+        usage = TokenUsage(input_tokens=15, output_tokens=3, steps=1)
+
+        runtime.store.open_request(entry, account.limit, turn)
+        runtime.store.update_turn(request_id, {"status": TurnStatus.STREAMING, "content": "Hel"})
+        runtime.store.update_turn(request_id, {"content": "Hello, wor"})
+        runtime.store.settle(
+            owner_id,
+            request_id,
+            20 - usage.total_tokens,
+            {"status": LedgerStatus.SETTLED, "usage": usage, "held_tokens": 0},
+            {"status": TurnStatus.COMPLETED, "content": "Hello, world.", "usage": usage},
+        )
+
+        events = [owner.receive()["data"] for _ in range(4)]
+        actions = [event["events"][0].rsplit(".", 1)[1] for event in events]
+        assert actions == ["create", "update", "update", "update"]
+        assert all(event["subscriptions"] == ["sub-turn"] for event in events)
+        assert all(channel in event["channels"] for event in events)
+        assert f"tablesdb.koffers_db.tables.turns.rows.{row_id}.create" in events[0]["events"]
+        payloads = [event["payload"] for event in events]
+        assert [(p["status"], p["content"]) for p in payloads] == [
+            ("pending", None),  # the codec stores no text as null, as on Appwrite
+            ("streaming", "Hel"),
+            ("streaming", "Hello, wor"),
+            ("completed", "Hello, world."),
+        ]
+        final = payloads[-1]
+        assert (final["$id"], final["$tableId"], final["requestId"]) == (
+            row_id,
+            "turns",
+            request_id,
+        )
+        assert final["$permissions"] == [f'read("user:{owner_id}")']
+        assert final["totalTokens"] == usage.total_tokens
+        # Events are pushed before the writes return: the next answer shows nothing came first.
+        assert other.ping() == {"type": "pong"}
+    finally:
+        owner.close()
+        other.close()
 
 
 def test_authentication_message_names_the_user(runtime: Runtime) -> None:

@@ -350,9 +350,10 @@ def test_upgrade_spend_and_downgrade_before_paying_gains_nothing(webhook: Webhoo
     upgraded = webhook.account()
     # Spending what Business would allow: the cap is still Starter's.
     hold(webhook.store, USER, "req-1", upgraded.limit, upgraded_at)
-    webhook.store.create_ledger(ledger_entry(USER, "req-2", period_start=JAN))
     with pytest.raises(LimitReached):
-        webhook.store.reserve(USER, "req-2", 1, webhook.account().limit)
+        webhook.store.open_request(
+            ledger_entry(USER, "req-2", period_start=JAN, held_tokens=1), webhook.account().limit
+        )
     downgraded_at = upgraded_at + timedelta(hours=1)
     webhook.deliver(subscription_event("updated", "", downgraded_at, [("starter", 1)]))
     # Had the prorations been charged after all, they would grant what is no longer asked for.

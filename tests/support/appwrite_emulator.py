@@ -16,6 +16,7 @@ from functools import cmp_to_key
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import requests
 import responses
 from metering.adapters.appwrite_store import AppwriteStore
 from metering.codec import CLAIMS, LEDGER, SUBSCRIPTIONS
@@ -29,7 +30,7 @@ from tools.schema import ColumnSpec, Schema, TableSpec, load_schema
 ENDPOINT = "http://appwrite.emulator.test/v1"
 PROJECT_ID = "emulated-project"
 API_KEY = "emulated-api-key"
-SERVER_VERSION = "1.8.0"
+SERVER_VERSION = "1.9.5"
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 5000
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
@@ -175,6 +176,9 @@ class Transaction:
         default_factory=list
     )
     touched: set[tuple[str, str, str]] = field(default_factory=set)
+    # Whether each row it stages a create, upsert or delete of exists once those apply, so that
+    # a batch may work on a row it creates (the server's transaction-aware read).
+    staged_rows: dict[tuple[str, str, str], bool] = field(default_factory=dict)
     status: str = "pending"
 
     def document(self) -> dict[str, Any]:
@@ -205,7 +209,8 @@ class AppwriteEmulator:
     It keeps the server semantics the metering relies on: paths, JSON queries, row and error
     documents, bounded atomic increments with an inclusive max, 404/409 error types, column
     defaults, unique indexes, columns that are ``processing`` before ``available``, transactions
-    that commit all or nothing and report failures with the commit's own error types."""
+    (staged call by call or in one batch) that commit all or nothing and report failures with
+    the commit's own error types, and row permissions."""
 
     def __init__(
         self,
@@ -227,6 +232,7 @@ class AppwriteEmulator:
         self.users_by_jwt: dict[str, dict[str, Any]] = {}
         self.calls: list[Call] = []
         self._failures: list[tuple[str, re.Pattern[str], int, str, int]] = []
+        self._disconnects: list[tuple[str, re.Pattern[str], bool]] = []
         self._meta_lock = threading.RLock()
         self._row_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._base_path = urlsplit(self.endpoint).path
@@ -294,6 +300,11 @@ class AppwriteEmulator:
         """Answer the next matching request with an error instead of handling it."""
         self._failures.append((method.upper(), re.compile(path_pattern), status, error_type, 1))
 
+    def disconnect_next(self, method: str, path_pattern: str, *, handled: bool = False) -> None:
+        """Cut the connection of the next matching request: before the server sees it, or, when
+        ``handled``, after the server applied it (the client never gets the answer)."""
+        self._disconnects.append((method.upper(), re.compile(path_pattern), handled))
+
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
             appwrite_endpoint=self.endpoint,
@@ -323,11 +334,29 @@ class AppwriteEmulator:
         url = urlsplit(request.url or "")
         path = unquote(url.path)[len(self._base_path) :]
         self.calls.append(Call(method, path))
+        handled = self._disconnect(method, path)
+        if handled is False:
+            raise requests.ConnectionError(f"connection lost before {method} {path}")
+        answer = self._answer(request, method, url.query, path)
+        if handled:
+            raise requests.ConnectionError(f"connection lost after {method} {path}")
+        return answer
+
+    def _disconnect(self, method: str, path: str) -> bool | None:
+        """None when the request goes through, else whether it is cut after being handled."""
+        with self._meta_lock:
+            for position, (want_method, pattern, handled) in enumerate(self._disconnects):
+                if want_method == method and pattern.search(path):
+                    del self._disconnects[position]
+                    return handled
+        return None
+
+    def _answer(self, request: PreparedRequest, method: str, query: str, path: str) -> Response:
         try:
             self._inject_failure(method, path)
             headers = {key.lower(): str(value) for key, value in request.headers.items()}
             body = request.body if isinstance(request.body, str | bytes) else None
-            params = self._params(method, url.query, body)
+            params = self._params(method, query, body)
             if path == "/account" and method == "GET":
                 return self._json(200, self._account(headers))
             self._authorize(headers)
@@ -679,7 +708,7 @@ class AppwriteEmulator:
         document["$sequence"] = str(row["$sequence"])
         document["$tableId"] = table.id
         document["$databaseId"] = table.database_id
-        document["$permissions"] = []
+        document["$permissions"] = list(row.get("$permissions") or [])
         return document
 
     def _get_row(self, table: Table, row_id: str) -> Row:
@@ -741,13 +770,15 @@ class AppwriteEmulator:
         data = params.get("data")
         if not isinstance(data, dict):
             raise ApiError(400, "row_missing_data", "The row data is missing.")
-        clean = self._validate(table, data, creating=True)
+        columns, permissions = _split_permissions(data, params.get("permissions"))
+        clean = self._validate(table, columns, creating=True)
         if row_id in table.rows:
             raise ApiError(409, "row_already_exists", "Row with the requested ID already exists.")
         row = self._new_row(table, row_id)
         for column in table.columns.values():
             row[column.spec.key] = column.spec.default
         row.update(clean)
+        row["$permissions"] = permissions
         self._check_unique(table, row)
         return row
 
@@ -931,6 +962,12 @@ class AppwriteEmulator:
             with self._meta_lock:
                 self.transactions[created.id] = created
             return 201, created.document()
+        if len(tail) == 2 and tail[1] == "operations" and method == "POST":
+            transaction = self.transactions.get(tail[0])
+            if transaction is None:
+                raise ApiError(404, "transaction_not_found", "Transaction not found")
+            self._stage_operations(transaction, params.get("operations"))
+            return 201, transaction.document()
         if len(tail) == 1:
             transaction = self.transactions.get(tail[0])
             if transaction is None:
@@ -954,6 +991,40 @@ class AppwriteEmulator:
                 return 204, None
         raise ApiError(404, "general_route_not_found", "The requested route was not found.")
 
+    def _stage_operations(self, transaction: Transaction, operations: Any) -> None:
+        """Stage a batch: every operation is checked first, so that a refused batch stages
+        nothing; then each is staged as its single call would be."""
+        if not isinstance(operations, list) or not operations:
+            raise ApiError(400, "general_bad_request", "Operations array cannot be empty")
+        if transaction.status != "pending":
+            raise ApiError(400, "general_bad_request", "Invalid or non-pending transaction")
+        presence = dict(transaction.staged_rows)
+        staged: list[tuple[Table, str, dict[str, Any], str, str]] = []
+        for operation in operations:
+            if not isinstance(operation, dict):
+                raise ApiError(400, "general_argument_invalid", "Invalid `operations` param")
+            action = operation.get("action")
+            if action not in BATCH_ACTIONS:
+                raise ApiError(400, "general_bad_request", f"Invalid action: {action}")
+            table = self._table(
+                self._database(str(operation.get("databaseId"))), str(operation.get("tableId"))
+            )
+            row_id = str(operation.get("rowId") or "")
+            data = operation.get("data") or {}
+            if not isinstance(data, dict):
+                raise ApiError(400, "general_argument_invalid", "Invalid `data` param")
+            key = (table.database_id, table.id, row_id)
+            exists = presence.get(key, row_id in table.rows)
+            if action not in ("create", "upsert") and not exists:
+                raise ApiError(404, "document_not_found", "Document not found.")
+            # Within one batch only its creates count (the server reads the rows as the
+            # transaction's earlier requests left them): a delete shows at the commit.
+            if action in ("create", "upsert"):
+                presence[key] = True
+            staged.append((table, *_single_call(action, row_id, data)))
+        for table, single, params, row_id, column in staged:
+            self._stage(transaction.id, table, single, params, row_id=row_id, column=column)
+
     def _stage(
         self,
         transaction_id: str,
@@ -967,8 +1038,13 @@ class AppwriteEmulator:
         transaction = self.transactions.get(transaction_id)
         if transaction is None or transaction.status != "pending":
             raise ApiError(400, "general_bad_request", "Invalid or non-pending transaction")
-        if action == "create":
+        if action in ("create", "upsert"):
             row_id = str(params.get("rowId"))
+        key = (table.database_id, table.id, row_id)
+        if action in ("create", "upsert"):
+            transaction.staged_rows[key] = True
+        elif action == "DELETE":
+            transaction.staged_rows[key] = False
         # Kept at the server's millisecond precision.
         staged_at = parse_timestamp(self._now())
 
@@ -976,7 +1052,7 @@ class AppwriteEmulator:
             # Failures are reported with the commit's own types, not the row API's.
             key = (table.database_id, table.id, row_id)
             row = rows.get(key)
-            if action == "create":
+            if action == "create" or (action == "upsert" and row is None):
                 if row is not None:
                     raise ApiError(409, "transaction_conflict", "Transaction conflict.")
                 rows[key] = self._prepare_create(table, params)
@@ -984,11 +1060,20 @@ class AppwriteEmulator:
                 return
             if row is None:
                 raise ApiError(404, "document_not_found", "Document not found.")
-            # Updates and deletes of a row this commit has not written yet must find it
-            # unchanged since they were staged; increments are not checked.
+            # Updates, upserts and deletes of a row this commit has not written yet must find
+            # it unchanged since they were staged; increments are not checked.
             changed = parse_timestamp(row["$updatedAt"]) > staged_at
-            if action in ("DELETE", "PATCH") and key not in written and changed:
+            if action in ("DELETE", "PATCH", "upsert") and key not in written and changed:
                 raise ApiError(409, "transaction_conflict", "Transaction conflict.")
+            if action == "upsert":
+                columns, permissions = _split_permissions(
+                    params.get("data") or {}, params.get("permissions")
+                )
+                row.update(self._validate(table, columns, creating=False))
+                row["$permissions"] = permissions
+                row["$updatedAt"] = self._now()
+                written.add(key)
+                return
             if action == "DELETE":
                 rows[key] = None
                 written.discard(key)
@@ -1043,6 +1128,37 @@ class AppwriteEmulator:
         finally:
             for lock in reversed(locks):
                 lock.release()
+
+
+# The actions a batch of operations may stage.
+BATCH_ACTIONS = frozenset({"create", "update", "upsert", "delete", "increment", "decrement"})
+
+
+def _single_call(
+    action: str, row_id: str, data: dict[str, Any]
+) -> tuple[str, dict[str, Any], str, str]:
+    """A batch operation as the single staged call it stands for: (its action as ``_stage``
+    names it, the call's parameters, the row id, the column of an increment or decrement)."""
+    if action in ("create", "upsert"):
+        return action, {"rowId": row_id, "data": data}, row_id, ""
+    if action == "update":
+        return "PATCH", {"data": data}, row_id, ""
+    if action == "delete":
+        return "DELETE", {}, row_id, ""
+    change = {name: value for name, value in data.items() if name in ("value", "max", "min")}
+    return action, change, row_id, str(data.get("column") or data.get("attribute") or "")
+
+
+def _split_permissions(data: Mapping[str, Any], given: Any) -> tuple[dict[str, Any], list[str]]:
+    """A row's columns, and its permissions: the call's ``permissions``, or ``$permissions`` in
+    the data of a staged operation."""
+    columns = {name: value for name, value in data.items() if name != "$permissions"}
+    permissions = given if given is not None else data.get("$permissions")
+    if permissions is None:
+        return columns, []
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise ApiError(400, "general_argument_invalid", "Invalid `permissions` param")
+    return columns, list(permissions)
 
 
 # How a commit reports what the row API would have answered with its own types.

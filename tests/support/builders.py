@@ -1,4 +1,5 @@
-"""Domain values with the tests' defaults: token usages, ledger entries and accounts."""
+"""Domain values with the tests' defaults: token usages, ledger entries, accounts, and usage put
+on a counter the way a chat request puts it there."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from metering.account import Account
-from metering.ledger import LedgerEntry, LedgerStatus
+from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
+from metering.ports import UsageStore
 from metering.tokens import TokenUsage
 
 # The store tests' clock, and the period it falls in.
@@ -55,3 +57,40 @@ def subscription(max_tokens_per_month: int, **fields: object) -> Account:
         stripe_subscription_id="sub_1",
     )
     return replace(account, **fields)  # type: ignore[arg-type]
+
+
+def charge(
+    store: UsageStore,
+    user_id: str,
+    request_id: str,
+    tokens: int,
+    now: datetime,
+    *,
+    settled: bool = True,
+    limit: int | None = None,
+) -> None:
+    """Put ``tokens`` on the user's counter through a request of its own, as the chat does: its
+    hold opened (``settled=False`` leaves it there, a request still in flight), then settled
+    to the same usage. ``limit`` is the cap the hold must fit; by default none applies (usage
+    that already happened)."""
+    account = store.get_account(user_id)
+    assert account is not None
+    entry = ledger_entry(
+        user_id,
+        request_id,
+        period_start=account.period_start,
+        created_at=now,
+        updated_at=now,
+        held_tokens=tokens,
+    )
+    cap = account.current_tokens_used + tokens if limit is None else limit
+    store.open_request(entry, cap)
+    if settled:
+        usage = TokenUsage(input_tokens=tokens, steps=1)
+        patch: LedgerPatch = {
+            "status": LedgerStatus.SETTLED,
+            "held_tokens": 0,
+            "usage": usage,
+            "updated_at": now,
+        }
+        store.settle(user_id, request_id, 0, patch)

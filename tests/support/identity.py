@@ -15,7 +15,7 @@ from requests import PreparedRequest
 
 ENDPOINT = "http://appwrite.identity.test/v1"
 PROJECT_ID = "identity-test"
-SERVER_VERSION = "1.8.0"
+SERVER_VERSION = "1.9.5"
 
 
 def user_document(

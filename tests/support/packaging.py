@@ -21,26 +21,41 @@ def function_config(function_id: str) -> dict[str, Any]:
     raise KeyError(function_id)
 
 
-def ignore_spec(folder: Path, ignore: list[str]) -> pathspec.GitIgnoreSpec:
-    """The CLI skips what the function's ``ignore`` lists plus its folder's own .gitignore."""
-    lines = list(ignore)
+def ignore_spec(folder: Path, ignore: list[str] | None) -> pathspec.GitIgnoreSpec:
+    """What the CLI leaves out of a function's archive: ``.appwrite``, then the function's
+    ``ignore`` list when it has one, else its folder's own .gitignore; never both, and never the
+    repository's .gitignore (appwrite-cli 12.0.1, lib/commands/functions.js,
+    ``functionsCreateDeployment``: ``if (resourceConfig.ignore) ignorer.add(...) else if
+    (fs.existsSync(path.join(code, '.gitignore'))) ignorer.add(...)``)."""
+    lines = [".appwrite"]
     gitignore = folder / ".gitignore"
-    if gitignore.is_file():
+    # JavaScript's truthiness: an empty list still replaces the .gitignore.
+    if ignore is not None:
+        lines += ignore
+    elif gitignore.is_file():
         lines += gitignore.read_text(encoding="utf-8").splitlines()
     return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def packed_names(folder: Path, ignore: list[str] | None) -> list[str]:
+    """The files of ``folder`` the CLI packs, relative to it."""
+    spec = ignore_spec(folder, ignore)
+    return [
+        path.relative_to(folder).as_posix()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not spec.match_file(path.relative_to(folder).as_posix())
+    ]
 
 
 def pack(function_id: str) -> bytes:
     """A gzipped tarball of the function folder, as uploaded by ``appwrite push functions``."""
     config = function_config(function_id)
     folder = ROOT / config["path"]
-    spec = ignore_spec(folder, config.get("ignore", []))
+    names = packed_names(folder, config.get("ignore"))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder).as_posix()
-            if path.is_file() and not spec.match_file(relative):
-                archive.add(path, arcname=relative)
+        for name in names:
+            archive.add(folder / name, arcname=name)
     return buffer.getvalue()
 
 

@@ -10,11 +10,11 @@ from types import ModuleType
 from typing import Any
 
 import stripe
-from metering.ledger import LedgerEntry, LedgerStatus
 from metering.ports import UsageStore
 
 from localruntime.context import RuntimeContext, RuntimeRequest
 from localruntime.loader import bootstrap_of, load_function, package_name
+from tests.support.builders import charge
 from tools.stripe_events import FIXTURES_DIR, Event, encode, invoice_id_for, load_event, retarget
 
 __all__ = [
@@ -93,22 +93,9 @@ class FakeClock:
 
 
 def hold(store: UsageStore, user_id: str, request_id: str, tokens: int, now: datetime) -> None:
-    """Reserve ``tokens`` on the user's counter for an in-flight chat request."""
-    account = store.get_account(user_id)
-    assert account is not None
-    store.create_ledger(
-        LedgerEntry(
-            request_id=request_id,
-            user_id=user_id,
-            status=LedgerStatus.RESERVED,
-            model="claude-sonnet-5-5",
-            period_start=account.period_start,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    # Usage that already happened: the cap is the chat's concern, not these tests'.
-    store.reserve(user_id, request_id, tokens, account.current_tokens_used + tokens)
+    """``tokens`` held on the user's counter by a chat request still in flight (no cap: the
+    cap is the chat's concern, not these tests')."""
+    charge(store, user_id, request_id, tokens, now, settled=False)
 
 
 def load_app(function_id: str, environ: dict[str, str], **overrides: Any) -> Callable[..., Any]:

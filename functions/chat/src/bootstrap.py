@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class ChatConfig:
     limits: BodyLimits
     timeout_seconds: float
     max_retries: int
+    stop_wait_seconds: float
 
     @classmethod
     def read(cls, environ: Mapping[str, str]) -> ChatConfig:
@@ -49,13 +51,16 @@ class ChatConfig:
             min_output_tokens=env.read(declared.CHAT_MIN_OUTPUT_TOKENS),
             system_prompt=env.read(declared.CHAT_SYSTEM_PROMPT),
             max_steps=env.read(declared.CHAT_MAX_STEPS),
+            call_deadline_seconds=env.read(declared.CHAT_TIMEOUT_SECONDS),
+            progress_interval_seconds=env.read(declared.CHAT_PROGRESS_INTERVAL_SECONDS),
         )
         limits = BodyLimits(
             max_body_bytes=env.read(declared.CHAT_MAX_BODY_BYTES),
             max_messages=env.read(declared.CHAT_MAX_MESSAGES),
             max_message_chars=env.read(declared.CHAT_MAX_MESSAGE_CHARS),
         )
-        timeout = env.read(declared.CHAT_TIMEOUT_SECONDS)
+        timeout = chat.call_deadline_seconds
+        stop_wait = env.read(declared.CHAT_STOP_WAIT_SECONDS)
         retries = env.read(declared.CHAT_MAX_RETRIES)
         if chat.min_output_tokens > chat.max_tokens:
             env.problems.append("CHAT_MIN_OUTPUT_TOKENS must not exceed CHAT_MAX_TOKENS")
@@ -72,6 +77,7 @@ class ChatConfig:
             limits=limits,
             timeout_seconds=timeout,
             max_retries=retries,
+            stop_wait_seconds=stop_wait,
         )
 
 
@@ -87,6 +93,9 @@ class ChatApp:
     prices: PriceTable
     clock: Callable[[], datetime]
     new_request_id: Callable[[], str]
+    # The stream's progress interval and the Stop's wait run on these.
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
 
 def new_request_id() -> str:

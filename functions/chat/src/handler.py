@@ -1,15 +1,55 @@
-"""One chat execution: identify the caller, validate the body, run the metered chat."""
+"""One chat execution: identify the caller, then run the metered chat or read or stop a turn."""
 
 from __future__ import annotations
+
+import re
 
 from metering.alert_service import AlertOutcome
 from metering.chat import ChatService
 from metering.edge import Answer, LogLine, Request
+from metering.errors import InvalidRequest, PathNotFound
 from metering.identity import caller_id
-from metering.wire import chat_response
+from metering.turn_service import TurnService
+from metering.wire import chat_response, turn_response
 
 from .bootstrap import ChatApp
-from .schema import parse_chat_body
+from .schema import REQUEST_ID_PATTERN, parse_chat_body
+
+TURN_PATH = re.compile(r"^/turns/(?P<id>[^/]+)(?P<stop>/stop)?/?$")
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def handle(request: Request, log: LogLine, app: ChatApp) -> Answer:
+    """``POST /`` chats (a turn when the body has a requestId); ``GET /turns/{id}`` reads a
+    turn and ``POST /turns/{id}/stop`` stops it."""
+    path = request.path or "/"
+    if path in ("/", ""):
+        if request.method != "POST":
+            raise InvalidRequest("chat accepts POST requests only")
+        return handle_chat(request, log, app)
+    route = TURN_PATH.match(path)
+    if route is None:
+        raise PathNotFound(f"no route {path}")
+    expected = "POST" if route["stop"] else "GET"
+    if request.method != expected:
+        raise InvalidRequest(f"{path} accepts {expected} requests only")
+    request_id = route["id"]
+    if not REQUEST_ID.match(request_id):
+        raise InvalidRequest("the requestId in the path is not valid")
+    user_id = caller_id(request.headers, app.verifier)
+    log.add(userId=user_id, requestId=request_id)
+    turns = TurnService(
+        app.stores(request.headers.get("x-appwrite-key")),
+        monotonic=app.monotonic,
+        sleep=app.sleep,
+        stop_wait_seconds=app.config.stop_wait_seconds,
+    )
+    if route["stop"]:
+        view = turns.stop(user_id, request_id, app.clock())
+        log.add(turnStatus=view.turn.status.value, stopping=view.stopping)
+        return Answer(dict(turn_response(view)), outcome="stop")
+    view = turns.read(user_id, request_id)
+    return Answer(dict(turn_response(view)), outcome="read")
 
 
 def handle_chat(request: Request, log: LogLine, app: ChatApp) -> Answer:
@@ -26,6 +66,7 @@ def handle_chat(request: Request, log: LogLine, app: ChatApp) -> Answer:
         prices=app.prices,
         settings=app.config.chat,
         new_request_id=app.new_request_id,
+        monotonic=app.monotonic,
     )
     result = service.handle(user_id, chat_request, app.clock())
     usage = result.usage
@@ -38,6 +79,8 @@ def handle_chat(request: Request, log: LogLine, app: ChatApp) -> Answer:
         outputTokens=usage.output_tokens,
         totalTokens=usage.total_tokens,
         truncated=result.truncated,
+        estimated=result.reply.estimated,
+        turnStatus=result.reply.status.value,
     )
     if result.alert is not None:
         _log_alert(log, user_id, result.alert)

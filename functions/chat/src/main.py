@@ -1,4 +1,5 @@
-"""Appwrite entrypoint of ``chat``: POST a conversation, get Claude's reply and the usage."""
+"""Appwrite entrypoint of ``chat``: POST a conversation (a turn, with a requestId), read or stop
+a turn at ``/turns/{requestId}``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any
 from metering.edge import Context, serve
 
 from . import bootstrap
-from .handler import handle_chat
+from .handler import handle
 
 
 def main(context: Context) -> Any:
     return serve(
-        context, "chat", ("POST",), lambda r, log: handle_chat(r, log, bootstrap.current())
+        context, "chat", ("GET", "POST"), lambda r, log: handle(r, log, bootstrap.current())
     )

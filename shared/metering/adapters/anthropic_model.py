@@ -7,6 +7,7 @@ refused the request) or ``UpstreamUnavailable`` (worth retrying later).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -41,6 +42,9 @@ _RETRY_LATER_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_lim
 # What reading a started stream can raise: the SDK's errors (an ``error`` event), the transport's
 # (a lost connection, a read timeout) and a malformed event (the SDK's partial-JSON parser).
 _STREAM_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
+# How long the stream may stay silent (a model thinking, pings far apart) before the sink is
+# asked between events whether to cut: a Stop must not wait for the next token.
+SILENCE_POLL_SECONDS = 0.05
 
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -124,8 +128,53 @@ class AnthropicModel:
         return tokens
 
 
+class _Watchdog:
+    """Asks the sink during a silence of the stream and closes the response on a cut or at the
+    deadline, so that a blocked read ends at once; the reader asks after every event. One lock
+    keeps the sink asked by one thread at a time."""
+
+    def __init__(self, events: Any, sink: StreamSink, deadline_at: float) -> None:
+        self.events = events
+        self.sink = sink
+        self.deadline_at = deadline_at
+        self.lock = threading.Lock()
+        self.started = False
+        self.last_event = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="stream-watchdog", daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def should_cut(self) -> bool:
+        self.last_event = time.monotonic()
+        with self.lock:
+            return self.sink.should_stop() or time.monotonic() >= self.deadline_at
+
+    def _watch(self) -> None:
+        while not self.done.wait(SILENCE_POLL_SECONDS):
+            silent = time.monotonic() - self.last_event >= SILENCE_POLL_SECONDS
+            if not (self.started and silent):
+                continue
+            with self.lock:
+                cut = self.sink.should_stop() or time.monotonic() >= self.deadline_at
+            if cut:
+                self.events.close()
+                return
+
+
 def _read_stream(events: Any, sink: StreamSink, deadline_at: float) -> StreamedCall:
     """Feed ``sink`` until ``message_stop`` or a cut; before ``message_start``, failures raise."""
+    with _Watchdog(events, sink, deadline_at) as watchdog:
+        return _read_events(events, sink, watchdog)
+
+
+def _read_events(events: Any, sink: StreamSink, watchdog: _Watchdog) -> StreamedCall:
     iterator = iter(events)
     start_usage: Any = None
     output_tokens: int | None = None
@@ -142,6 +191,7 @@ def _read_stream(events: Any, sink: StreamSink, deadline_at: float) -> StreamedC
         kind = getattr(event, "type", None)
         if kind == "message_start":
             start_usage = event.message.usage
+            watchdog.started = True
         elif kind == "content_block_delta":
             delta = event.delta
             if delta.type == "text_delta":
@@ -154,7 +204,7 @@ def _read_stream(events: Any, sink: StreamSink, deadline_at: float) -> StreamedC
         elif kind == "message_stop":
             finished = True
             break
-        if start_usage is not None and (sink.should_stop() or time.monotonic() >= deadline_at):
+        if start_usage is not None and watchdog.should_cut():
             break
     if start_usage is None:
         raise UpstreamUnavailable("the model provider ended the stream before starting a message")

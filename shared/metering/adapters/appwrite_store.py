@@ -8,6 +8,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from ..claims import reset_applies, reset_once
 from ..config import StoreSettings
 from ..errors import (
     AlreadyExists,
+    Conflict,
     InvalidRequest,
     LimitReached,
     MeteringError,
@@ -34,6 +36,7 @@ from ..errors import (
 from ..ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
 from ..ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
+from ..turns import Turn, TurnPatch
 
 T = TypeVar("T")
 
@@ -41,10 +44,17 @@ PAGE_SIZE = 100
 MAX_PAGE = 1000
 # Attempts at a change that concurrent changes of the same counter keep refusing.
 ATTEMPTS = 5
+# The counters the hard cap moves: the user's, and the entry's hold of its call in flight.
+USED = "currentTokensUsed"
+HELD = "heldTokens"
+
+# One staged change of a transaction, in the wire format of ``create_operations``.
+Operation = dict[str, Any]
 
 
-class Conflict(StoreError):
-    """A commit found a row changed since one of its operations was staged."""
+class TransactionConflict(StoreError):
+    """A commit found a row changed since one of its operations was staged (or a row it
+    creates already there)."""
 
 
 class ColumnMissing(StoreError):
@@ -63,7 +73,7 @@ SIGNALS: Mapping[str, type[MeteringError]] = {
     # a commit reports the same refusal under the older `attribute_limit_exceeded`.
     "column_limit_exceeded": LimitReached,
     "attribute_limit_exceeded": LimitReached,
-    "transaction_conflict": Conflict,
+    "transaction_conflict": TransactionConflict,
     # An increment of a missing row fails inside the database layer as "not found", which the
     # server reports as a missing column.
     "column_not_found": ColumnMissing,
@@ -101,10 +111,21 @@ def document(row: Any) -> dict[str, Any]:
     return data
 
 
-def _charged(row: Mapping[str, Any]) -> int:
-    """What a ledger row counts: its hold while reserved, then its usage (the hold equals it)."""
-    held = row.get("status") == LedgerStatus.RESERVED.value
-    return codec.INT.decode(row.get("reservedTokens" if held else "totalTokens")) or 0
+@dataclass
+class _Settlement:
+    """The change that settles or discards an entry, adjusted as commits refuse it."""
+
+    ledger: dict[str, Any]  # the entry's columns to set
+    turn: dict[str, Any] | None  # the turn's columns to set
+    release: int  # what the request gives back
+    keeps_hold: bool  # the patch leaves the entry's hold as it is
+    account_row: str | None  # the counter's row; None when the user has none
+    give_back: int = field(init=False)  # what the counter gives back: never below zero
+    guarded: bool = field(init=False)  # whether ``_guard`` holds the entry, else ``_check``
+
+    def __post_init__(self) -> None:
+        self.give_back = self.release
+        self.guarded = self.release > 0
 
 
 @functools.cache
@@ -114,7 +135,7 @@ def _default_plans() -> PlanCatalog:
 
 
 class AppwriteStore:
-    """Subscriptions, the ledger and claims in three TablesDB tables."""
+    """Subscriptions, the ledger, turns, claims, payments and notices in TablesDB tables."""
 
     def __init__(
         self, tables: TablesDB, settings: StoreSettings, plans: PlanCatalog | None = None
@@ -126,6 +147,8 @@ class AppwriteStore:
         self._claims = settings.claims_table
         self._payments = settings.payments_table
         self._notices = settings.notices_table
+        self._turns = codec.TURNS
+        self._turn_stops = codec.TURN_STOPS
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
@@ -149,8 +172,16 @@ class AppwriteStore:
         if self._get(table, row_id) is None:
             raise NotFound(f"no row {row_id} in {table}")
 
-    def _create(self, table: str, row_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        create = functools.partial(self._db.create_row, self._database, table, row_id, dict(data))
+    def _create(
+        self,
+        table: str,
+        row_id: str,
+        data: Mapping[str, Any],
+        permissions: list[str] | None = None,
+    ) -> dict[str, Any]:
+        create = functools.partial(
+            self._db.create_row, self._database, table, row_id, dict(data), permissions
+        )
         return document(call(f"creating a row of {table}", create))
 
     def _update(self, table: str, row_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,7 +289,11 @@ class AppwriteStore:
     def create_account(self, account: Account) -> Account:
         row_id = codec.row_key(account.row_id or account.user_id)
         try:
-            row = self._create(self._subscriptions, row_id, codec.encode_account(account))
+            # Readable by its user alone (row security), so Realtime shows the page its meter.
+            permissions = [Permission.read(Role.user(account.user_id))]
+            row = self._create(
+                self._subscriptions, row_id, codec.encode_account(account), permissions
+            )
         except AlreadyExists as exc:
             # Lost a race (same row id, or the unique userId index): the winner's row counts.
             existing = self.get_account(account.user_id)
@@ -321,7 +356,7 @@ class AppwriteStore:
         rows, next_cursor = self._page(self._subscriptions, filters, limit, cursor)
         return Page(items=[self._account(row) for row in rows], next_cursor=next_cursor)
 
-    # -- the hard cap ----------------------------------------------------------------------------
+    # -- counters --------------------------------------------------------------------------------
 
     def _increment(
         self, table: str, row_id: str, column: str, tokens: int, limit: int | None = None
@@ -379,35 +414,265 @@ class AppwriteStore:
             return
         raise StoreError(f"{table}.{column} kept changing while being decremented")
 
-    def reserve(self, user_id: str, request_id: str, tokens: int, limit: int) -> int:
-        if tokens < 0:
-            raise InvalidRequest("cannot reserve a negative amount")
-        row_id = self._row_id(user_id)
-        if tokens == 0:
-            account = self._get(self._subscriptions, row_id)
-            used = (codec.INT.decode(account.get("currentTokensUsed")) or 0) if account else 0
-            if used > limit:
-                raise LimitReached("the limit is already passed")
-            return used
-        # The counter first: refusing is the common failure, and it changes nothing.
-        row = self._increment(self._subscriptions, row_id, "currentTokensUsed", tokens, limit)
-        try:
-            self._increment(self._ledger, codec.row_key(request_id), "reservedTokens", tokens)
-        except Exception:
-            # Without its ledger entry the hold could never be released: give it back now.
-            self._decrement_floored(self._subscriptions, row_id, "currentTokensUsed", tokens)
-            raise
-        return codec.INT.decode(row.get("currentTokensUsed")) or 0
+    # -- one transaction per change of the hard cap ----------------------------------------------
 
-    def release(self, user_id: str, request_id: str, tokens: int) -> None:
+    def _operation(
+        self, action: str, table: str, row_id: str, data: Mapping[str, Any] | None = None
+    ) -> Operation:
+        return {
+            "action": action,
+            "databaseId": self._database,
+            "tableId": table,
+            "rowId": row_id,
+            "data": dict(data or {}),
+        }
+
+    def _add(
+        self, table: str, row_id: str, column: str, tokens: int, limit: int | None = None
+    ) -> list[Operation]:
+        """Add ``tokens`` to the column; with a ``limit``, the commit is refused (LimitReached)
+        when the sum passes it."""
+        if tokens > 0:
+            data: dict[str, Any] = {"column": column, "value": tokens}
+            if limit is not None:
+                data["max"] = limit
+            return [self._operation("increment", table, row_id, data)]
+        if limit is None:
+            return []
+        # Adding nothing must still be refused past the limit, as the bounded add of SQLite is:
+        # one token up within limit + 1, and back down.
+        return [
+            self._operation(
+                "increment", table, row_id, {"column": column, "value": 1, "max": limit + 1}
+            ),
+            self._operation("decrement", table, row_id, {"column": column, "value": 1}),
+        ]
+
+    def _take(self, table: str, row_id: str, column: str, tokens: int) -> list[Operation]:
+        """Subtract ``tokens`` from the column; the commit is refused (LimitReached) rather than
+        take it below zero."""
         if tokens <= 0:
+            return []
+        data = {"column": column, "value": tokens, "min": 0}
+        return [self._operation("decrement", table, row_id, data)]
+
+    def _commit(
+        self,
+        what: str,
+        operations: Sequence[Operation],
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Stage ``operations`` in one request and commit them together: three requests, and
+        all of them apply or none. ``still_wanted``, asked once they are staged, may abandon
+        them (then False): a change committed after the staging fails the commit, so what it
+        reads holds until the commit."""
+        transaction = call("starting a transaction", self._db.create_transaction).id
+        try:
+            stage = functools.partial(self._db.create_operations, transaction, list(operations))
+            call(what, stage)
+            if still_wanted is not None and not still_wanted():
+                self._rollback(transaction)
+                return False
+        except MeteringError:
+            # A refused batch stages nothing, yet the transaction stays open until it expires.
+            self._rollback(transaction)
+            raise
+        # A refused commit fails the transaction itself: there is nothing to roll back.
+        call(what, functools.partial(self._db.update_transaction, transaction, commit=True))
+        return True
+
+    def _account_row_id(self, user_id: str) -> str | None:
+        try:
+            return self._row_id(user_id)
+        except NotFound:
+            return None
+
+    def _counter(self, account_row: str) -> int:
+        row = self._get(self._subscriptions, account_row)
+        if row is None:
+            raise NotFound(f"no row {account_row} in {self._subscriptions}")
+        return codec.INT.decode(row.get(USED)) or 0
+
+    def _in_flight(self, ledger_row: str) -> dict[str, Any] | None:
+        """The entry's row while it is ``reserved``, else None."""
+        row = self._get(self._ledger, ledger_row)
+        return row if row is not None and row.get("status") == LedgerStatus.RESERVED.value else None
+
+    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+        if entry.held_tokens < 0:
+            raise InvalidRequest("cannot hold a negative amount")
+        account_row = self._row_id(entry.user_id)
+        ledger_row = codec.row_key(entry.request_id)
+        # Creating the entry is the claim: when it exists the commit fails and nothing applies.
+        operations = [
+            self._operation("create", self._ledger, ledger_row, codec.encode_ledger(entry))
+        ]
+        if turn is not None:
+            # An upsert replaces the turn a discarded attempt with this id left behind.
+            data = {
+                **codec.encode_turn(turn),
+                "$permissions": codec.turn_permissions(turn.user_id),
+            }
+            operations.append(
+                self._operation("upsert", self._turns, codec.row_key(turn.request_id), data)
+            )
+        operations += self._add(self._subscriptions, account_row, USED, entry.held_tokens, limit)
+        for _ in range(ATTEMPTS):
+            try:
+                self._commit("opening a request", operations)
+            except TransactionConflict as exc:
+                # The commit reports an existing row and a row changed since staging alike.
+                if self._get(self._ledger, ledger_row) is not None:
+                    raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+                continue  # the old turn changed since staging: stage again
             return
-        # The counter first: a crash in between leaves a hold that the cron gives back again,
-        # which errs in the user's favour rather than charging tokens that were never used.
-        self._decrement_floored(
-            self._subscriptions, self._row_id(user_id), "currentTokensUsed", tokens
+        raise StoreError(f"the turn of {entry.request_id!r} kept changing while it was opened")
+
+    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
+        if tokens < 0:
+            raise InvalidRequest("cannot hold a negative amount")
+        account_row = self._row_id(user_id)
+        ledger_row = codec.row_key(request_id)
+        operations = self._add(self._subscriptions, account_row, USED, tokens, limit)
+        # The entry's status is not checked: only its own request holds, between its own
+        # settles, and the cron reclaims an entry only long after that request's timeout.
+        # Staging any change of a missing entry is refused (NotFound): with nothing to add,
+        # one token up and back down still asks for it.
+        if tokens > 0:
+            operations += self._add(self._ledger, ledger_row, HELD, tokens)
+        else:
+            operations += [
+                *self._add(self._ledger, ledger_row, HELD, 1),
+                self._operation(
+                    "decrement", self._ledger, ledger_row, {"column": HELD, "value": 1}
+                ),
+            ]
+        self._commit("holding tokens", operations)
+
+    def settle(
+        self,
+        user_id: str,
+        request_id: str,
+        release: int,
+        patch: LedgerPatch,
+        turn: TurnPatch | None = None,
+    ) -> None:
+        if release < 0:
+            raise InvalidRequest("cannot release a negative amount")
+        change = _Settlement(
+            ledger=codec.encode_ledger_patch(patch),
+            turn=codec.encode_turn_patch(turn) if turn is not None else None,
+            release=release,
+            keeps_hold="held_tokens" not in patch,
+            account_row=self._account_row_id(user_id) if release else None,
         )
-        self._decrement_floored(self._ledger, codec.row_key(request_id), "reservedTokens", tokens)
+        ledger_row = codec.row_key(request_id)
+        for _ in range(ATTEMPTS):
+            operations = self._guard(ledger_row, change)
+            operations.append(self._operation("update", self._ledger, ledger_row, change.ledger))
+            operations += self._give_back(change)
+            operations += self._turn_update(request_id, change)
+            try:
+                if self._commit("settling a request", operations, self._check(ledger_row, change)):
+                    return
+            except (LimitReached, NotFound, TransactionConflict) as exc:
+                row = self._in_flight(ledger_row)
+                if row is not None and self._refused(change, exc, row):
+                    continue
+                raise Conflict(f"ledger entry {request_id!r} is not in flight") from exc
+            raise Conflict(f"ledger entry {request_id!r} is not in flight")
+        raise StoreError(f"ledger entry {request_id!r} kept changing while it was settled")
+
+    def discard_request(
+        self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None
+    ) -> None:
+        if release < 0:
+            raise InvalidRequest("cannot release a negative amount")
+        change = _Settlement(
+            ledger={},
+            turn=codec.encode_turn_patch(turn) if turn is not None else None,
+            release=release,
+            keeps_hold=False,
+            account_row=self._account_row_id(user_id) if release else None,
+        )
+        ledger_row = codec.row_key(request_id)
+        for _ in range(ATTEMPTS):
+            operations = self._guard(ledger_row, change)
+            operations.append(self._operation("delete", self._ledger, ledger_row))
+            operations += self._give_back(change)
+            operations += self._turn_update(request_id, change)
+            try:
+                if self._commit(
+                    "discarding a request", operations, self._check(ledger_row, change)
+                ):
+                    return
+            except (LimitReached, NotFound, TransactionConflict) as exc:
+                row = self._in_flight(ledger_row)
+                if row is not None and self._refused(change, exc, row):
+                    continue
+            break
+        else:
+            raise StoreError(f"ledger entry {request_id!r} kept changing while it was discarded")
+        # The entry is gone or settled, and stays as it is; its turn still ends as told.
+        if change.turn is not None:
+            with contextlib.suppress(NotFound):
+                self._update(self._turns, codec.row_key(request_id), change.turn)
+
+    def _guard(self, ledger_row: str, change: _Settlement) -> list[Operation]:
+        """What makes the commit apply only while the entry is in flight, at no request more.
+
+        Every way out of ``reserved`` (settled, failed, reclaimed, discarded) zeroes the entry's
+        hold, and a request in flight holds at least what it gives back. So taking ``release``
+        from the hold (never below zero) fails the commit once the entry left flight, however
+        long ago: a late settle after the cron's reclaim, or a second reclaim. The commit then
+        sets the hold the patch says, or puts back what the guard took.
+
+        Without tokens to give back, or for a row written before ``heldTokens`` (its hold is
+        in ``reservedTokens``), the guard is ``_check``: a read of the status once the change
+        is staged, one request more."""
+        if not change.guarded:
+            return []
+        operations = self._take(self._ledger, ledger_row, HELD, change.release)
+        if change.keeps_hold:
+            operations += self._add(self._ledger, ledger_row, HELD, change.release)
+        return operations
+
+    def _check(self, ledger_row: str, change: _Settlement) -> Callable[[], bool] | None:
+        if change.guarded:
+            return None
+        return lambda: self._in_flight(ledger_row) is not None
+
+    def _give_back(self, change: _Settlement) -> list[Operation]:
+        if change.account_row is None:
+            return []  # nobody's counter holds anything to give back
+        return self._take(self._subscriptions, change.account_row, USED, change.give_back)
+
+    def _turn_update(self, request_id: str, change: _Settlement) -> list[Operation]:
+        if change.turn is None:
+            return []
+        return [self._operation("update", self._turns, codec.row_key(request_id), change.turn)]
+
+    def _refused(self, change: _Settlement, refusal: MeteringError, row: Mapping[str, Any]) -> bool:
+        """Adjust ``change`` to a commit's refusal while the entry (``row``) is still in flight;
+        False when the entry cannot take it at all."""
+        if isinstance(refusal, NotFound):
+            if change.turn is None:
+                raise refusal  # the account's row is gone
+            change.turn = None  # the turn's row is gone: the accounting still settles
+        elif isinstance(refusal, LimitReached):
+            if change.guarded and (codec.INT.decode(row.get(HELD)) or 0) < change.release:
+                if codec.decode_ledger(row).held_tokens < change.release:
+                    # Its hold was given back already: a settle applied once whose answer was
+                    # lost. Giving it back again would take the counter below the ledger.
+                    return False
+                # A row written before heldTokens keeps its hold in reservedTokens.
+                change.guarded = False
+            # Or the counter is below what is given back (a reset lowered it): give back what
+            # is left, never going below zero.
+            if change.account_row is not None:
+                change.give_back = min(change.give_back, self._counter(change.account_row))
+        # A conflict: a row changed since staging; staged again, it is read afresh.
+        return True
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         return reset_once(self, reset, lambda: self._reset_counters(reset, previous_period_start))
@@ -419,7 +684,7 @@ class AppwriteStore:
                 return None
             try:
                 self._transaction("committing a reset", self._reset_steps(reset, account))
-            except (LimitReached, Conflict):
+            except (LimitReached, TransactionConflict):
                 continue  # the counter moved under the snapshot: read it again
             return self.get_account(reset.user_id)
         raise StoreError("the counter kept changing during a reset")
@@ -460,21 +725,9 @@ class AppwriteStore:
 
     # -- the ledger ------------------------------------------------------------------------------
 
-    def create_ledger(self, entry: LedgerEntry) -> None:
-        self._create(self._ledger, codec.row_key(entry.request_id), codec.encode_ledger(entry))
-
     def get_ledger(self, request_id: str) -> LedgerEntry | None:
         row = self._get(self._ledger, codec.row_key(request_id))
         return codec.decode_ledger(row, request_id) if row is not None else None
-
-    def discard_ledger(self, request_id: str) -> None:
-        self._delete(self._ledger, codec.row_key(request_id))
-
-    def update_ledger(self, request_id: str, patch: LedgerPatch) -> LedgerEntry:
-        data = codec.encode_ledger_patch(patch)
-        return codec.decode_ledger(
-            self._update(self._ledger, codec.row_key(request_id), data), request_id
-        )
 
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
@@ -486,12 +739,41 @@ class AppwriteStore:
         rows, next_cursor = self._page(self._ledger, filters, limit, cursor)
         return Page(items=[codec.decode_ledger(row) for row in rows], next_cursor=next_cursor)
 
+    def list_ledger(
+        self, created_from: datetime, created_before: datetime, limit: int, cursor: str | None
+    ) -> Page[LedgerEntry]:
+        filters = [
+            Query.greater_than_equal("startedAt", codec.encode_time(created_from)),
+            Query.less_than("startedAt", codec.encode_time(created_before)),
+        ]
+        rows, next_cursor = self._page(self._ledger, filters, limit, cursor)
+        return Page(items=[codec.decode_ledger(row) for row in rows], next_cursor=next_cursor)
+
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
         filters = [
             Query.equal("userId", user_id),
             Query.equal("periodStart", codec.encode_time(period_start)),
         ]
-        return sum(_charged(row) for row in self._all(self._ledger, filters))
+        rows = self._all(self._ledger, filters)
+        return sum(codec.ledger_counted(codec.decode_ledger(row)) for row in rows)
+
+    # -- turns -----------------------------------------------------------------------------------
+
+    def get_turn(self, request_id: str) -> Turn | None:
+        row = self._get(self._turns, codec.row_key(request_id))
+        return codec.decode_turn(row) if row is not None else None
+
+    def update_turn(self, request_id: str, patch: TurnPatch) -> None:
+        self._update(self._turns, codec.row_key(request_id), codec.encode_turn_patch(patch))
+
+    def request_stop(self, request_id: str, user_id: str, now: datetime) -> None:
+        stop = codec.encode_stop(request_id, user_id, now)
+        # A second Stop finds the row there: nothing to change.
+        with contextlib.suppress(AlreadyExists):
+            self._create(self._turn_stops, codec.row_key(request_id), stop)
+
+    def stop_requested(self, request_id: str) -> bool:
+        return self._get(self._turn_stops, codec.row_key(request_id)) is not None
 
     # -- claims ----------------------------------------------------------------------------------
 
@@ -537,7 +819,7 @@ class AppwriteStore:
         ]
         try:
             self._transaction("taking over a claim", steps)
-        except (LimitReached, NotFound, Conflict):
+        except (LimitReached, NotFound, TransactionConflict):
             # Another worker took over (or released) first: its claim stands.
             return ClaimOutcome.IN_PROGRESS
         return ClaimOutcome.CLAIMED
@@ -560,7 +842,7 @@ class AppwriteStore:
         delete = functools.partial(self._db.delete_row, self._database, self._claims, row_id)
         # Read once the delete is staged: a completion or a takeover after the read makes the
         # commit conflict, so a completed claim is never dropped.
-        with contextlib.suppress(NotFound, Conflict):
+        with contextlib.suppress(NotFound, TransactionConflict):
             self._transaction("releasing a claim", [delete], abandon=settled)
 
     # -- payments --------------------------------------------------------------------------------
@@ -650,7 +932,7 @@ class AppwriteStore:
         for _ in range(ATTEMPTS):
             try:
                 self._transaction("marking an alert sent", [update], abandon=needless)
-            except Conflict:
+            except TransactionConflict:
                 continue  # a request in flight changed the row: read it again
             return
         raise StoreError("the account kept changing while an alert was marked sent")

@@ -1,0 +1,1 @@
+"""The commands of ``python -m tools.admin``: one module each, named in ``tools.admin.COMMANDS``."""
