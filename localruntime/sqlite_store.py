@@ -216,13 +216,16 @@ class SQLiteStore:
         """One write transaction, holding the database's write lock from its first statement."""
         with self._errors():
             connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
             try:
+                connection.execute("BEGIN IMMEDIATE")
                 yield connection
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                # A failed COMMIT (busy, I/O) leaves the transaction open on this thread's
+                # connection, and some errors end it themselves: roll back what is still open.
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            connection.execute("COMMIT")
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Document]:
         with self._errors():

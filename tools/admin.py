@@ -35,6 +35,10 @@ COMMANDS: dict[str, str] = {
     "backfill": "tools.admin_commands.backfill",
     "doctor": "tools.admin_commands.doctor",
     "report": "tools.admin_commands.report",
+    "grant": "tools.admin_commands.grant",
+    "set-plan": "tools.admin_commands.set_plan",
+    "reset": "tools.admin_commands.reset",
+    "reconcile": "tools.admin_commands.reconcile",
 }
 
 

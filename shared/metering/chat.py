@@ -283,13 +283,13 @@ class ChatService:
         if budget is None:
             # A retry of a request that used the last of the allowance still gets its answer.
             if request.request_id is not None and self.store.get_ledger(run.request_id):
-                return self._replay(user_id, run.request_id)
+                return self._replay(run, run.request_id)
             raise TokenLimitExceeded(account=account, reason=self._refusal(first, run.remaining))
         try:
             budget = self._open(run, first, budget, now)
         except AlreadyExists:
             # The id has an entry: a retry (or a concurrent twin) answers as the first did.
-            return self._replay(user_id, run.request_id)
+            return self._replay(run, run.request_id)
         try:
             self._loop(run, first, budget, now)
         except BaseException:
@@ -310,7 +310,9 @@ class ChatService:
 
     # -- idempotency ---------------------------------------------------------------------------
 
-    def _replay(self, user_id: str, request_id: str) -> ChatResult:
+    def _replay(self, run: _Run, request_id: str) -> ChatResult:
+        """The first answer again; the account as read for this request, moments ago."""
+        user_id = run.user_id
         entry = self.store.get_ledger(request_id)
         if entry is None or entry.user_id != user_id:
             raise InvalidRequest("requestId is already in use; send a new one")
@@ -319,7 +321,7 @@ class ChatService:
         if entry.status is not LedgerStatus.SETTLED:
             raise InvalidRequest("the request with this requestId did not complete; send a new one")
         reply = recorded_reply(entry, self.store.get_turn(request_id))
-        return ChatResult(request_id, reply, self._account(user_id), replayed=True)
+        return ChatResult(request_id, reply, run.account, replayed=True)
 
     def _open(
         self, run: _Run, request: ModelRequest, budget: CallBudget, now: datetime

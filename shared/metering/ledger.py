@@ -15,6 +15,9 @@ class LedgerStatus(StrEnum):
     SETTLED = "settled"  # done: `usage` is charged, nothing held
     FAILED = "failed"  # the model failed: completed steps charged, the rest released
     RECLAIMED = "reclaimed"  # the request died mid-flight; the cron gave its hold back
+    # An operator's manual change (grant, plan, reset, reconcile fix): zero usage, its reason and
+    # effect as JSON in `reply`, so that every manual change is in the ledger without counting.
+    ADJUSTMENT = "adjustment"
 
 
 @dataclass(frozen=True, slots=True)

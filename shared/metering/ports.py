@@ -83,7 +83,7 @@ class UsageStore(Protocol):
     """Subscriptions, the usage ledger and event claims.
 
     Counters (``current_tokens_used``, ``lifetime_tokens_used``, ``topup_tokens`` and a ledger
-    entry's ``reserved_tokens``) change only through the atomic operations below, never through a
+    entry's ``held_tokens``) change only through the atomic operations below, never through a
     read-modify-write by the caller.
     """
 

@@ -1,16 +1,20 @@
 """What the shared store contract cannot see of the SQLite store: its tables are the ones of
-``appwrite.json``, and it writes the very rows the Appwrite store writes."""
+``appwrite.json``, it writes the very rows the Appwrite store writes, and a change failing at
+any statement is all or nothing."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from metering.account import Level, new_account, plan_reset
 from metering.adapters.appwrite_store import AppwriteStore
 from metering.alerts import Notice
+from metering.errors import StoreError
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import Payment, PaymentKind, UsageStore
@@ -19,6 +23,7 @@ from metering.turns import Turn, TurnStatus
 
 from localruntime.sqlite_store import SYSTEM_COLUMNS, SQLiteStore
 from tests.support.appwrite_emulator import emulated_appwrite
+from tests.support.builders import ledger_entry
 from tools.schema import load_schema
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
@@ -174,3 +179,98 @@ def test_both_stores_write_the_same_rows(tmp_path: Path) -> None:
             ]
             assert on_sqlite == on_appwrite, table.id
             assert on_sqlite, table.id
+
+
+# -- each change of the hard cap is all or nothing ---------------------------------------------
+
+
+class FailingConnection:
+    """The store's connection, with statement ``at`` failing as a full disk or a busy file
+    fails it: before it runs, or, ``after`` it, with its change made but its answer lost."""
+
+    def __init__(self, connection: sqlite3.Connection, at: int, *, after: bool) -> None:
+        self._connection = connection
+        self._at = at
+        self._after = after
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        failing = len(self.statements) == self._at
+        self.statements.append(sql.split(maxsplit=1)[0])
+        if failing and not self._after:
+            raise sqlite3.OperationalError("disk I/O error")
+        cursor = self._connection.execute(sql, params)
+        if failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def _in_flight(path: Path) -> SQLiteStore:
+    """user-1 on Starter with req-1 in flight, holding 500 with its turn."""
+    store = SQLiteStore(str(path))
+    store.create_account(new_account("user-1", load_default_plans().get("starter"), NOW))
+    turn = Turn("req-1", "user-1", TurnStatus.PENDING, NOW, NOW)
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=500), 50_000, turn)
+    return store
+
+
+def _state(store: SQLiteStore) -> tuple[object, ...]:
+    account = store.get_account("user-1")
+    assert account is not None
+    counter = account.current_tokens_used
+    assert store.ledger_total("user-1", MARCH) == counter
+    requests = ("req-1", "req-2")
+    return (counter, *map(store.get_ledger, requests), *map(store.get_turn, requests))
+
+
+def _failing(
+    monkeypatch: pytest.MonkeyPatch, store: SQLiteStore, at: int, *, after: bool
+) -> FailingConnection:
+    """Make the store's writes and reads on this thread go through a failing connection."""
+    connection = FailingConnection(store._connection(), at, after=after)
+    monkeypatch.setattr(store, "_connection", lambda: connection)
+    return connection
+
+
+STEP = TokenUsage(input_tokens=300, steps=1)
+CHANGES: dict[str, Callable[[SQLiteStore], object]] = {
+    "open_request": lambda store: store.open_request(
+        ledger_entry("user-1", "req-2", held_tokens=400),
+        50_000,
+        Turn("req-2", "user-1", TurnStatus.PENDING, NOW, NOW),
+    ),
+    "settle": lambda store: store.settle(
+        "user-1", "req-1", 200, {"held_tokens": 0, "usage": STEP}, {"usage": STEP}
+    ),
+}
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["fails", "answer-lost"])
+@pytest.mark.parametrize("name", CHANGES)
+def test_a_change_failing_at_any_statement_is_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *, after: bool
+) -> None:
+    """Whichever statement of the change fails: a StoreError, the change made whole (only once
+    its COMMIT ran) or not at all, counter == ledger total, and the store works on."""
+    change = CHANGES[name]
+    clean = _in_flight(tmp_path / "clean.sqlite3")
+    before = _state(clean)
+    statements = _failing(monkeypatch, clean, -1, after=False).statements
+    change(clean)
+    monkeypatch.undo()
+    applied = _state(clean)
+    assert statements[-1] == "COMMIT"
+    # BEGIN either opens the transaction or fails: it cannot run and then lose its answer.
+    for at in range(1 if after else 0, len(statements)):
+        store = _in_flight(tmp_path / f"{at}.sqlite3")
+        _failing(monkeypatch, store, at, after=after)
+        with pytest.raises(StoreError):
+            change(store)
+        monkeypatch.undo()
+        committed = after and at == len(statements) - 1
+        assert _state(store) == (applied if committed else before), statements[at]
+        store.request_stop("req-1", "user-1", NOW)
+        assert store.stop_requested("req-1")

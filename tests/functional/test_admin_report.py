@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from metering.account import new_account
@@ -192,8 +193,8 @@ def test_the_html_file_is_self_contained_with_its_charts(
     """The HTML inlines Chart.js (no remote script) and charts every day of the month."""
     from tools.admin_commands.report import CHART_JS_FILE
 
-    if not CHART_JS_FILE.exists():
-        pytest.skip("Chart.js not installed (npm ci --prefix tools/report)")
+    # `make test` installs it (`make report-deps`): its absence is a failure, never a skip.
+    assert CHART_JS_FILE.exists(), "run `make report-deps`"
     seed(store)
     target = tmp_path / "march.html"
     code, _, err = report(
@@ -207,3 +208,29 @@ def test_the_html_file_is_self_contained_with_its_charts(
     assert '"2026-03-01"' in page
     assert '"2026-03-31"' in page
     assert "31.57" in page
+
+
+def test_manual_records_are_not_counted_as_requests(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's grant in the month adds no request, token or cost to the report."""
+    seed(store)
+    _, before, _ = report(store, monkeypatch, "--month", "2026-03", "--format", "csv")
+    original = Context.__init__
+
+    def in_march(self: Context, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.clock = lambda: MID
+
+    monkeypatch.setattr(Context, "__init__", in_march)
+    out, err_stream = io.StringIO(), io.StringIO()
+    granted = admin.main(
+        ["grant", "--user", "user-a", "--tokens", "5", "--reason", "r"],
+        environ={"DATA_DIR": "unused"},
+        out=out,
+        err=err_stream,
+    )
+    _, after, _ = report(store, monkeypatch, "--month", "2026-03", "--format", "csv")
+
+    assert granted == 0, err_stream.getvalue()
+    assert rows(after) == rows(before)

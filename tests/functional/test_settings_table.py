@@ -50,7 +50,7 @@ def test_a_row_gives_the_meaning_then_the_default_and_bounds_in_brackets() -> No
 
 def test_the_readers_read_as_all_functions_when_every_function_reads_it() -> None:
     assert used_by(declared.APPWRITE_DATABASE_ID) == "all functions"
-    assert used_by(declared.APPWRITE_API_KEY) == "all functions, `tools.migrate`"
+    assert used_by(declared.APPWRITE_API_KEY) == "all functions, `tools.admin`"
     assert used_by(declared.STRIPE_API_BASE) == "stripe-webhook, monthly-reset-cron, billing"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from metering.errors import InvalidRequest
-from metering.ledger import LedgerEntry
+from metering.ledger import LedgerEntry, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import Page, Payment, UsageStore
 
@@ -124,6 +124,8 @@ def build(store: UsageStore, start: datetime, end: datetime, catalog: PlanCatalo
     days: dict[str, Line] = defaultdict(Line)
     total = Line()
     for entry in pages(lambda cursor: store.list_ledger(start, end, PAGE, cursor)):
+        if entry.status == LedgerStatus.ADJUSTMENT:
+            continue  # an operator's record: no usage, no cost, not a request
         users[entry.user_id].add_entry(entry)
         days[entry.created_at.astimezone(UTC).strftime("%Y-%m-%d")].add_entry(entry)
         total.add_entry(entry)
