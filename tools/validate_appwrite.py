@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# One list of the column and index types the schema knows, shared with its parser.
+from tools.schema import COLUMN_TYPES, INDEX_TYPES
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -91,23 +94,8 @@ COLUMN_KEYS = frozenset(
 )
 INDEX_KEYS = frozenset({"key", "type", "status", "columns", "orders", "lengths"})
 
-COLUMN_TYPES = frozenset(
-    {
-        "string",
-        "varchar",
-        "text",
-        "mediumtext",
-        "longtext",
-        "integer",
-        "bigint",
-        "double",
-        "boolean",
-        "datetime",
-    }
-)
 SIZED = frozenset({"string", "varchar"})
 NUMERIC = frozenset({"integer", "bigint", "double"})
-INDEX_TYPES = frozenset({"key", "unique", "fulltext"})
 # The server's spelling; the CLI compares orders case-sensitively against what the server keeps.
 ORDERS = frozenset({"ASC", "DESC"})
 # Appwrite's custom ids: up to 36 characters, letters, digits, `.`, `-`, `_`, not starting with
