@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from metering.errors import ConfigurationError
 from metering.plans import load_default_plans
+from metering.ports import UsageStore
 
 from localruntime.sqlite_store import SQLiteStore
 
@@ -69,6 +70,8 @@ class Runtime:
         functions: Mapping[str, FunctionSpec] | None = None,
         web_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        store: UsageStore | None = None,
+        model: OfflineModel | None = None,
     ) -> None:
         self.settings = settings
         # What the functions read their own settings from (CHAT_MODEL, ...), as when deployed.
@@ -79,7 +82,11 @@ class Runtime:
         )
         self.web_dir = (web_dir or root / "web").resolve()
         self.data_dir = settings.data_dir.resolve()
-        self.model = OfflineModel(settings.offline_model_tokens_per_second)
+        # Benchmarks and the soak put another store (the TablesDB emulation) or a model with
+        # injected faults behind the same surface; by default the embedded SQLite file and the
+        # offline model.
+        self.model = model or OfflineModel(settings.offline_model_tokens_per_second)
+        self._given_store = store
         self.executions = ExecutionLog()
         self.demo_accounts: list[DemoAccount] = []
         self.port = settings.port
@@ -125,7 +132,7 @@ class Runtime:
             )
             self.realtime = Hub(PROJECT_ID, self._realtime_user, self._realtime_session)
             self.store = PublishingStore(
-                SQLiteStore(str(self.metering_path)),
+                self._given_store or SQLiteStore(str(self.metering_path)),
                 self.realtime,
                 self.environ.get("APPWRITE_DATABASE_ID", "koffers_db"),
             )
