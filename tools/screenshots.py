@@ -12,11 +12,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from metering.account import new_account
+from metering.ledger import LedgerEntry, LedgerStatus
+from metering.plans import load_default_plans
+from metering.ports import Payment, PaymentKind, UsageStore
+from metering.pricing import load_default_prices
+from metering.tokens import TokenUsage
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 
 from localruntime.server import Runtime
+from localruntime.sqlite_store import SQLiteStore
 from tests.browser.chat_page import Backend, User, log_in, send, sign_up_in_page
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP
 from tests.browser.page_support import (
@@ -28,12 +36,16 @@ from tests.browser.page_support import (
     writing,
 )
 from tests.support.runtime import running
-from tools import build_web
+from tools import admin, build_web
 
 ROOT = Path(__file__).resolve().parent.parent
+REPORT_SHOT = "report"
+# Chart.js animates its first draw for 1 s by default; the image is taken after it.
+REPORT_DRAW_MS = 1500
 OUT = ROOT / "docs" / "screenshots"
 PHONE: ViewportSize = {"width": 375, "height": 740}
 TALL: ViewportSize = {"width": 1100, "height": 1000}
+WIDE: ViewportSize = {"width": 1280, "height": 900}
 POEM = "Write me a short poem about autumn leaves falling on a quiet river at dusk"
 # A reply as Claude writes them: prose, a code block, a table, a list and a link.
 MARKDOWN_REPLY = """To count the words of a file in **Python**, read it and split on whitespace:
@@ -213,6 +225,100 @@ SHOTS: dict[str, Callable[[Page, Stage], None]] = {
 }
 
 
+# The operator's report of one month: plan users chatting every day and paying their invoices,
+# recorded through the store's own request and payment paths, priced by the project's table.
+REPORT_MONTH = datetime(2026, 11, 1, tzinfo=UTC)
+REPORT_USERS = (
+    ("ana", "starter", 900, 1_400),
+    ("ben", "starter", 900, 900),
+    ("chloe", "pro", 2_900, 5_200),
+    ("dev", "pro", 2_900, 2_600),
+    ("emre", "business", 9_900, 21_000),
+)
+
+
+def seed_report_month(store: UsageStore) -> None:
+    plans = load_default_plans()
+    prices = load_default_prices()
+    model = "claude-sonnet-5-5"
+    for index, (user_id, plan, amount, daily) in enumerate(REPORT_USERS):
+        store.create_account(new_account(user_id, plans.default, REPORT_MONTH))
+        store.update_account(user_id, {"plan": plan, "max_tokens_per_month": 10**9})
+        for day in range(30):
+            at = REPORT_MONTH + timedelta(days=day, hours=9 + index)
+            # Weekdays busier than weekends; conversations grow, so cache reads grow with them.
+            scale = (1.0 if at.weekday() < 5 else 0.4) * (0.8 + 0.4 * ((day * 7 + index) % 5) / 4)
+            tokens = int(daily * scale)
+            usage = TokenUsage(
+                input_tokens=tokens * 20 // 100,
+                cache_creation_input_tokens=tokens * 10 // 100,
+                cache_read_input_tokens=tokens * 40 // 100,
+                output_tokens=tokens * 30 // 100,
+            )
+            request_id = f"{user_id}-{day:02d}"
+            store.open_request(
+                LedgerEntry(
+                    request_id=request_id,
+                    user_id=user_id,
+                    status=LedgerStatus.RESERVED,
+                    model=model,
+                    period_start=REPORT_MONTH,
+                    created_at=at,
+                    updated_at=at,
+                    held_tokens=usage.total_tokens,
+                ),
+                10**12,
+            )
+            store.settle(
+                user_id,
+                request_id,
+                0,
+                {
+                    "status": LedgerStatus.SETTLED,
+                    "usage": usage,
+                    "cost_micro_usd": prices.cost(model, usage, at).micro_usd,
+                    "held_tokens": 0,
+                },
+            )
+        store.record_payment(
+            Payment(
+                f"in_{user_id}",
+                PaymentKind.INVOICE,
+                user_id,
+                amount,
+                "usd",
+                paid_at=REPORT_MONTH + timedelta(hours=index),
+            )
+        )
+
+
+def shoot_report(browser: Browser, out: Path, data: Path) -> None:
+    """The HTML report of the seeded month, written by `python -m tools.admin report`."""
+    # The command's own local target: the SQLite store in DATA_DIR, as after `make dev`.
+    month_dir = data / "report"
+    month_dir.mkdir()
+    seed_report_month(SQLiteStore(str(month_dir / "metering.sqlite3")))
+    target = month_dir / "report.html"
+    month = REPORT_MONTH.strftime("%Y-%m")
+    code = admin.main(
+        ["report", "--month", month, "--format", "html", "--out", str(target)],
+        environ={"DATA_DIR": str(month_dir)},
+    )
+    if code != 0:
+        raise RuntimeError(f"report exited {code}")
+    context = browser.new_context(viewport=WIDE, locale="en-US", timezone_id="UTC")
+    try:
+        page = context.new_page()
+        page.goto(target.as_uri())
+        # Chart.js draws on load; its canvases have their size once it has run.
+        page.wait_for_function("document.querySelectorAll('canvas').length >= 2")
+        page.wait_for_timeout(REPORT_DRAW_MS)
+        page.screenshot(path=out / "report.png", full_page=True, animations="disabled")
+    finally:
+        context.close()
+    print("screenshots: report")
+
+
 def run(browser: Browser, stage: Stage, names: list[str]) -> None:
     for name in names:
         context = browser.new_context(viewport=DESKTOP, locale="en-US", timezone_id="UTC")
@@ -229,7 +335,9 @@ def run(browser: Browser, stage: Stage, names: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="where the PNG files go")
-    parser.add_argument("--only", nargs="*", choices=sorted(SHOTS), help="just these states")
+    parser.add_argument(
+        "--only", nargs="*", choices=sorted([*SHOTS, REPORT_SHOT]), help="just these states"
+    )
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).is_file():
         print(f"screenshots: {CHROMIUM} is missing: run `make chromium`", file=sys.stderr)
@@ -248,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             stage = Stage(runtime, Backend(runtime.base_url, runtime.store), out)
-            run(browser, stage, args.only or list(SHOTS))
+            names = args.only if args.only is not None else [*SHOTS, REPORT_SHOT]
+            run(browser, stage, [name for name in names if name in SHOTS])
+            if REPORT_SHOT in names:
+                shoot_report(browser, out, Path(data))
         finally:
             browser.close()
     print(f"screenshots: written to {out}")

@@ -306,6 +306,7 @@ def render_html(report: Report) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #1f2937; }}
 table {{ border-collapse: collapse; margin-bottom: 2rem; font-size: 0.9rem; }}
 th, td {{ border: 1px solid #d1d5db; padding: 0.3rem 0.6rem; text-align: right; }}
+td {{ font-variant-numeric: tabular-nums; white-space: nowrap; }}
 th {{ background: #f3f4f6; }}
 .charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 2rem; }}
 </style></head><body>
