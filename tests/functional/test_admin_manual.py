@@ -201,3 +201,30 @@ def test_bad_input_fails_in_one_line(
     assert message in result[2]
     assert result[2].count("\n") == 1
     assert store.get_account(user) == before
+
+
+def test_a_run_that_died_between_record_and_change_is_not_applied_blindly(
+    store: UsageStore, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after writing the record: a rerun neither reports "already applied" nor
+    grants a second time; it says what to check, and exits non-zero."""
+    grant = ("grant", "--user", user, "--tokens", "500", "--reason", "x")
+
+    def dies(*args: object) -> None:
+        raise KeyboardInterrupt  # the operator's Ctrl-C, or the process killed
+
+    with monkeypatch.context() as dying:
+        dying.setattr(type(store), "add_topup", dies)
+        # A killed process runs no clean-up: the record stays.
+        dying.setattr(type(store), "discard_request", lambda *args: None)
+        interrupted = admin_run(store, monkeypatch, *grant)
+    code, out, err = admin_run(store, monkeypatch, *grant)
+
+    account = store.get_account(user)
+    assert account is not None
+    assert interrupted[0] != 0
+    assert code != 0
+    assert "did not finish" in err
+    assert "already applied" not in out
+    assert account.topup_tokens == 0
+    assert records(store, user) == []

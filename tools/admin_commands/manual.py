@@ -4,7 +4,8 @@ derived from the change, so that running the same command again changes nothing.
 
 The record is written first and is the change's claim (creating a ledger row is one, as for a
 chat request): a second run finds it and stops. When the change itself then fails, the record is
-deleted again so that a retry can run.
+deleted again so that a retry can run; when the process dies between the two, the record stays
+unfinished and a rerun refuses rather than risk applying the change twice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from metering.account import Account
-from metering.errors import InvalidRequest, NotFound
+from metering.errors import Conflict, InvalidRequest, NotFound
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.ports import UsageStore
 
@@ -24,6 +25,10 @@ from tools.admin_commands.context import Context
 
 # The record holds nothing, so any cap lets it in.
 NO_CAP = 2**62
+
+
+class Unfinished(Conflict):
+    """The change's record exists but was never completed."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +78,18 @@ def apply_once(
     account = account_of(store, args.user)
     key = args.key if args.key is not None else default_key(context, details)
     request_id = record_id(kind, args.user, key)
-    if store.get_ledger(request_id) is not None:
+    recorded = store.get_ledger(request_id)
+    if recorded is not None and recorded.status is LedgerStatus.ADJUSTMENT:
         context.say(f"{kind} {args.user}: already applied ({request_id}), nothing changed")
         return 0
+    if recorded is not None:
+        # A run stopped between its record and its change: whether the change happened is not
+        # known here, and applying it again could apply it twice.
+        raise Unfinished(
+            f"{kind} {args.user}: an earlier run did not finish (record {request_id} is "
+            f"{recorded.status.value}); check the account, then rerun with a new --key if the "
+            "change is still wanted"
+        )
     if args.dry_run:
         context.say(f"{kind} {args.user}: would {describe} (dry run, nothing changed)")
         return 0
