@@ -15,20 +15,29 @@ from benchmarks import (
     concurrency,
     cron_cost,
     first_token,
+    identity_cache,
     progress_writes,
+    prompt_caching,
     stop_latency,
     store_calls,
+    webhooks,
 )
 from tools import vendor
 
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], str]]] = {
     "store_calls": ("Store calls and HTTP requests per chat request", store_calls.run),
-    "first_token": ("Metering before the first model byte", first_token.run),
+    "first_token": ("Metering before the first streamed token", first_token.run),
     "progress_writes": ("Progress writes per second of streaming", progress_writes.run),
     "stop_latency": ("Stop latency and overcharge", stop_latency.run),
-    "concurrency": ("Overshoot and lost updates under concurrent requests", concurrency.run),
+    "concurrency": (
+        "Overshoot and lost updates with 8, 32 and 128 requests in flight, over HTTP",
+        concurrency.run,
+    ),
+    "webhooks": ("Webhook events per second", webhooks.run),
     "cold_start": ("Cold start: import time of each function", cold_start.run),
-    "cron_cost": ("Cron cost at scale", cron_cost.run),
+    "cron_cost": ("Cron cost at 1 %, 10 % and 100 % due", cron_cost.run),
+    "identity_cache": ("Identity verification cache", identity_cache.run),
+    "prompt_caching": ("Prompt caching", prompt_caching.run),
 }
 
 

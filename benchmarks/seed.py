@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from appwrite.client import Client
 from appwrite.query import Query
 from appwrite.services.tables_db import TablesDB
+from metering.adapters.anthropic_model import AnthropicModel
 from metering.chat import ChatRequest, ChatSettings
-from metering.config import StoreSettings
+from metering.config import Secret, StoreSettings
 from metering.model import (
     STOP_TOOL_USE,
     Block,
@@ -29,6 +32,12 @@ from metering.model import (
     ToolSpec,
 )
 from metering.ports import ModelClient
+from metering.settings import (
+    CHAT_MAX_TOKENS,
+    CHAT_MIN_OUTPUT_TOKENS,
+    CHAT_MODEL,
+    CHAT_SYSTEM_PROMPT,
+)
 
 
 class SeedModel(Protocol):
@@ -211,3 +220,93 @@ def seed_chat(
             results.append(ToolResultBlock(call.id, content))
         conversation.append(Message(role="user", blocks=tuple(results)))
     return SeedResult(status=200, charged=charged, steps=settings.max_steps)
+
+
+# -- the seed's flow as a function the local runtime serves ---------------------------------------
+
+_BOOTSTRAP = """
+ENVIRON = {}
+
+
+def configure(environ=None, **overrides):
+    ENVIRON.clear()
+    ENVIRON.update(environ or {})
+"""
+
+_MAIN = """
+from benchmarks.seed import serve_seed
+
+from .bootstrap import ENVIRON
+
+TARGET = {target!r}
+
+
+def main(context):
+    return serve_seed(context, ENVIRON, TARGET)
+"""
+
+
+def write_seed_function(folder: Path, function_id: str, target: Mapping[str, str]) -> Path:
+    """A function folder whose ``main`` runs ``seed_chat`` for the caller, on the store ``target``
+    names (``{"sqlite": path}`` or the emulator's ``endpoint``, ``project`` and ``key``), with the
+    model the runtime gives the chat (its ``ANTHROPIC_*`` variables)."""
+    source = folder / function_id / "src"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "bootstrap.py").write_text(_BOOTSTRAP, encoding="utf-8")
+    (source / "main.py").write_text(_MAIN.format(target=dict(target)), encoding="utf-8")
+    return folder / function_id
+
+
+_wired: dict[tuple[str, ...], tuple[SeedStore, SeedModel, ChatSettings]] = {}
+_wiring = threading.Lock()
+
+
+def serve_seed(context: Any, environ: Mapping[str, str], target: Mapping[str, str]) -> Any:
+    """One execution of the seed's chat: the caller from Appwrite's header, the body's messages,
+    the answer as the seed gave it (200 with the tokens it added, or 429)."""
+    store, model, settings = _wire(environ, target)
+    user_id = context.req.headers.get("x-appwrite-user-id", "")
+    body = json.loads(context.req.body_text or "{}")
+    messages = tuple(Message.text(m["role"], m["content"]) for m in body.get("messages", []))
+    result = seed_chat(store, model, settings, user_id, ChatRequest(messages=messages))
+    if result.status == 429:
+        return context.res.json({"error": {"code": "token_limit_exceeded"}}, 429)
+    return context.res.json({"message": {"usage": {"totalTokens": result.charged}}}, 200)
+
+
+def _wire(
+    environ: Mapping[str, str], target: Mapping[str, str]
+) -> tuple[SeedStore, SeedModel, ChatSettings]:
+    """Once per cold start, as the seed's module-level clients were."""
+    key = (environ.get("ANTHROPIC_BASE_URL", ""), *sorted(target.values()))
+    with _wiring:
+        wired = _wired.get(key)
+        if wired is None:
+            store: SeedStore
+            if "sqlite" in target:
+                store = SeedSQLite(target["sqlite"])
+            else:
+                settings = StoreSettings(
+                    appwrite_endpoint=target["endpoint"],
+                    appwrite_project_id=target["project"],
+                    appwrite_api_key=Secret(target["key"]),
+                    database_id=target["database"],
+                    subscriptions_table=target["table"],
+                    usage_events_table="",
+                    claims_table="",
+                )
+                store = SeedAppwrite(settings, target["key"])
+            model = AnthropicModel.connect(
+                environ["ANTHROPIC_API_KEY"],
+                base_url=environ.get("ANTHROPIC_BASE_URL"),
+                max_retries=0,
+            )
+            chat = ChatSettings(
+                model=environ.get("CHAT_MODEL", CHAT_MODEL.default),
+                max_tokens=int(environ.get("CHAT_MAX_TOKENS", CHAT_MAX_TOKENS.default)),
+                min_output_tokens=CHAT_MIN_OUTPUT_TOKENS.default,
+                system_prompt=environ.get("CHAT_SYSTEM_PROMPT", CHAT_SYSTEM_PROMPT.default),
+                max_steps=1,
+            )
+            wired = _wired[key] = (store, Unstreamed(model), chat)
+        return wired

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from .auth import JWT_DEFAULT_SECONDS, JWT_MAX_SECONDS, AuthStore, Session, User, unique_id
 from .functions import (
@@ -183,10 +184,9 @@ class AppwriteSurface:
             f"{SESSION_COOKIE}={secret}; Expires={format_datetime(session.expires_at, usegmt=True)}"
             "; Path=/; HttpOnly; SameSite=Lax"
         )
-        headers = [
-            ("Set-Cookie", cookie),
-            ("X-Fallback-Cookies", json.dumps({SESSION_COOKIE: secret})),
-        ]
+        headers: Headers = [("Set-Cookie", cookie)]
+        if not same_site(request):
+            headers.append(("X-Fallback-Cookies", json.dumps({SESSION_COOKIE: secret})))
         return json_reply(201, self._session_document(session, current=True), headers)
 
     def get_session(self, request: Request, session_id: str) -> Reply:
@@ -198,12 +198,12 @@ class AppwriteSurface:
         current, _ = self._user_session(request)
         session = self._own_session(current, session_id)
         self.auth.delete_session(session.id)
-        return self._logged_out(clear_cookie=session.id == current.id)
+        return self._logged_out(request, clear_cookie=session.id == current.id)
 
     def delete_sessions(self, request: Request) -> Reply:
         current, _ = self._user_session(request)
         self.auth.delete_sessions(current.user_id)
-        return self._logged_out(clear_cookie=True)
+        return self._logged_out(request, clear_cookie=True)
 
     def create_jwt(self, request: Request) -> Reply:
         session, _ = self._user_session(request)
@@ -228,8 +228,8 @@ class AppwriteSurface:
             )
         return session
 
-    def _logged_out(self, *, clear_cookie: bool) -> Reply:
-        headers: Headers = [("X-Fallback-Cookies", "[]")]
+    def _logged_out(self, request: Request, *, clear_cookie: bool) -> Reply:
+        headers: Headers = [] if same_site(request) else [("X-Fallback-Cookies", "[]")]
         if clear_cookie:
             expired = "Thu, 01 Jan 1970 00:00:00 GMT"
             headers.append(
@@ -308,8 +308,8 @@ class AppwriteSurface:
         injected = self._injected_headers(
             function_id, execution_id, "http", request.client_ip, session
         )
-        # Client headers come first: of duplicate keys the runtime keeps the first, as Appwrite's
-        # does, so a mixed-case `X-Appwrite-User-Id` from a client does reach the function.
+        # The caller's headers hold nothing in the x-appwrite- space (_execution_params drops it
+        # in any spelling): each header the platform injects has the platform's value alone.
         invocation = Invocation(
             execution_id,
             function_id,
@@ -436,6 +436,19 @@ class AppwriteSurface:
         return outcome
 
 
+def same_site(request: Request) -> bool:
+    """Whether the page that sent ``request`` is on the API's own site, as Appwrite decides
+    whether to send X-Fallback-Cookies (its ``domainVerification``): the host of the Origin (or
+    the Referer) against the request's own host name. There the browser sends the HttpOnly
+    session cookie, so the secret is not handed to the page's JavaScript (the Web SDK keeps a
+    fallback in localStorage). Appwrite compares registrable domains; for the local runtime's
+    IP addresses and single-label names the host name is the whole site, as browsers see it."""
+    page = request.header("origin") or request.header("referer") or ""
+    page_host = urlsplit(page).hostname
+    own_host = urlsplit(f"//{request.header('host') or ''}").hostname
+    return bool(page_host) and page_host == own_host
+
+
 def _fallback_secret(request: Request) -> str | None:
     raw = request.header("x-fallback-cookies")
     if not raw:
@@ -481,8 +494,11 @@ def _execution_params(params: Mapping[str, Any]) -> tuple[str, bool, str, str, H
         raise invalid_param("headers", "Value must be a valid object")
     if not all(isinstance(v, str | int | float | bool) for v in headers.values()):
         raise invalid_param("headers", "Header values must be strings")
-    # Appwrite refuses lower-case `x-appwrite-` keys from callers; other spellings pass.
+    # The x-appwrite- space is the platform's: a caller's header there, in any spelling, would
+    # sit beside the injected one of the same name (Appwrite refuses only lower-case keys).
     client_headers = [
-        (key, str(value)) for key, value in headers.items() if not key.startswith("x-appwrite-")
+        (key, str(value))
+        for key, value in headers.items()
+        if not key.lower().startswith("x-appwrite-")
     ]
     return body, is_async, method, path, client_headers

@@ -1,7 +1,7 @@
 """A deterministic stand-in for Claude that speaks the Anthropic Messages API.
 
 Replies derive from the last user message; usage is estimated at four characters a token, with
-prompt caching reported as the API does (a write on first use of a cached prefix, reads after).
+prompt caching applied and reported by the API's rules (``prompt_cache``).
 A question about usage, tokens or quota is first answered with a call of the chat's usage tool,
 so that the tool loop runs locally too. With ``"stream": true`` the same reply comes as the API's
 server-sent events, a token per delta at a set pace, so that a Stop can be tried locally.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import threading
 import time
@@ -21,10 +20,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-CHARS_PER_TOKEN = 4
-MESSAGE_OVERHEAD_TOKENS = 3
-MIN_CACHEABLE_TOKENS = 1024
-CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
+from .prompt_cache import (
+    CHARS_PER_TOKEN,
+    TTL_SECONDS,
+    CacheRuleError,
+    PromptCache,
+    block_text,
+    blocks_of,
+    prompt_tokens,
+    tokens_of,
+)
+
 _USAGE_QUESTION = re.compile(
     r"\b(usage|tokens?|quota|limit|allowance|remaining|left|plan)\b", re.IGNORECASE
 )
@@ -53,10 +59,6 @@ def _invalid(message: str) -> ModelApiError:
     return ModelApiError(400, "invalid_request_error", message)
 
 
-def tokens_of(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
 class StreamState(StrEnum):
     STREAMING = "streaming"
     COMPLETED = "completed"  # message_stop was written
@@ -75,8 +77,9 @@ class StreamRecord:
 
 
 class OfflineModel:
-    """Thread-safe; remembers cached prompt prefixes for their time to live, and its last
-    streams (``stream_record``) so that a test can see where a closed stream stopped.
+    """Thread-safe; remembers cached prompt prefixes for their time to live (on ``clock``),
+    and its last streams (``stream_record``) so that a test can see where a closed stream
+    stopped.
 
     ``tokens_per_second`` paces streamed deltas (0: as fast as the connection takes them).
     """
@@ -93,25 +96,25 @@ class OfflineModel:
         self.tokens_per_second = tokens_per_second
         self._clock = clock
         self._sleep = sleep
-        self._cache: dict[str, float] = {}
+        self._cache = PromptCache(clock)
         self._lock = threading.Lock()
         self._counter = 0
         self._streams: deque[StreamRecord] = deque(maxlen=REMEMBERED_STREAMS)
 
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         _validate(request, need_max_tokens=False)
-        return {"input_tokens": _prompt(request)[0]}
+        try:
+            return {"input_tokens": prompt_tokens(request)}
+        except CacheRuleError as exc:
+            raise _invalid(str(exc)) from exc
 
     def create_message(self, request: dict[str, Any]) -> dict[str, Any]:
         """The reply as one Message document (whatever ``stream`` says: the server routes)."""
         _validate(request, need_max_tokens=True)
-        total, prefix_tokens, prefix_key, ttl = _prompt(request)
-        cache_write = cache_read = 0
-        if prefix_key is not None and prefix_tokens >= MIN_CACHEABLE_TOKENS:
-            if self._cached(prefix_key, ttl):
-                cache_read = prefix_tokens
-            else:
-                cache_write = prefix_tokens
+        try:
+            prompt = self._cache.apply(request)
+        except CacheRuleError as exc:
+            raise _invalid(str(exc)) from exc
         content, stop_reason, output_tokens = _answer(request)
         with self._lock:
             self._counter += 1
@@ -126,12 +129,12 @@ class OfflineModel:
             "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": total - cache_write - cache_read,
-                "cache_creation_input_tokens": cache_write,
-                "cache_read_input_tokens": cache_read,
+                "input_tokens": prompt.input_tokens,
+                "cache_creation_input_tokens": prompt.cache_creation,
+                "cache_read_input_tokens": prompt.cache_read,
                 "cache_creation": {
-                    "ephemeral_5m_input_tokens": cache_write if ttl == "5m" else 0,
-                    "ephemeral_1h_input_tokens": cache_write if ttl == "1h" else 0,
+                    "ephemeral_5m_input_tokens": prompt.cache_write_5m,
+                    "ephemeral_1h_input_tokens": prompt.cache_write_1h,
                 },
                 "output_tokens": output_tokens,
                 "service_tier": "standard",
@@ -181,14 +184,6 @@ class OfflineModel:
         finally:
             if record.state is StreamState.STREAMING:
                 record.state = StreamState.ABANDONED
-
-    def _cached(self, key: str, ttl: str) -> bool:
-        """Whether ``key`` is cached now; a hit refreshes its lifetime, a miss writes it."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key, 0.0) > now
-            self._cache[key] = now + CACHE_TTL_SECONDS[ttl]
-            return hit
 
 
 def _stream_events(document: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
@@ -324,66 +319,19 @@ def _check_cache_control(block: dict[str, Any], where: str) -> None:
     if (
         not isinstance(control, dict)
         or control.get("type") != "ephemeral"
-        or control.get("ttl", "5m") not in CACHE_TTL_SECONDS
+        or control.get("ttl", "5m") not in TTL_SECONDS
     ):
         raise _invalid(f"{where}.cache_control: must be ephemeral with a ttl of 5m or 1h")
-
-
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [block for block in content if isinstance(block, dict)]
-
-
-def _block_text(block: dict[str, Any]) -> str:
-    kind = block.get("type")
-    if kind == "text":
-        return str(block.get("text", ""))
-    if kind == "tool_use":
-        return str(block.get("name", "")) + json.dumps(block.get("input", {}))
-    if kind == "tool_result":
-        inner = block.get("content", "")
-        return inner if isinstance(inner, str) else "".join(_block_text(b) for b in _blocks(inner))
-    return json.dumps(block, sort_keys=True)
-
-
-def _prompt(request: dict[str, Any]) -> tuple[int, int, str | None, str]:
-    """Total input tokens, the tokens and key of the cached prefix (tools, system, messages up to
-    the last ``cache_control`` breakpoint), and that breakpoint's time to live."""
-    parts: list[tuple[str, dict[str, Any]]] = []
-    for tool in request.get("tools", []):
-        parts.append((json.dumps(tool, sort_keys=True), tool))
-    system = request.get("system")
-    if system:
-        parts.extend((_block_text(block), block) for block in _blocks(system))
-    overhead = 0
-    for message in request["messages"]:
-        overhead += MESSAGE_OVERHEAD_TOKENS
-        parts.extend((_block_text(block), block) for block in _blocks(message["content"]))
-    total = overhead + sum(tokens_of(text) for text, _ in parts)
-    breakpoint_at = max(
-        (i for i, (_, block) in enumerate(parts) if isinstance(block.get("cache_control"), dict)),
-        default=None,
-    )
-    if breakpoint_at is None:
-        return total, 0, None, "5m"
-    prefix = parts[: breakpoint_at + 1]
-    ttl = str(parts[breakpoint_at][1]["cache_control"].get("ttl", "5m"))
-    prefix_tokens = sum(tokens_of(text) for text, _ in prefix)
-    key = hashlib.sha256(
-        (request["model"] + "\x00" + "\x00".join(text for text, _ in prefix)).encode()
-    ).hexdigest()
-    return total, prefix_tokens, key, ttl
 
 
 def _answer(request: dict[str, Any]) -> tuple[list[dict[str, Any]], str, int]:
     """The reply's content blocks, its stop reason and its output tokens."""
     last = request["messages"][-1]
-    blocks = _blocks(last["content"])
+    blocks = blocks_of(last["content"])
     results = [b for b in blocks if b.get("type") == "tool_result"]
     if last["role"] == "user" and results:
         return _cut(_tool_answer(results), request["max_tokens"])
-    question = " ".join(_block_text(b) for b in blocks if b.get("type") == "text").strip()
+    question = " ".join(block_text(b) for b in blocks if b.get("type") == "text").strip()
     tool = _usage_tool(request)
     if last["role"] == "user" and tool is not None and _wants_tool(request, question):
         return _tool_call(tool, question, request["max_tokens"])
@@ -419,7 +367,7 @@ def _tool_call(tool: str, question: str, max_tokens: int) -> tuple[list[dict[str
 
 
 def _tool_answer(results: list[dict[str, Any]]) -> str:
-    raw = _block_text(results[-1])
+    raw = block_text(results[-1])
     try:
         data = json.loads(raw)
     except ValueError:

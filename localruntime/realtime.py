@@ -372,8 +372,15 @@ class PublishingStore:
         account: Account | None = self._store.apply_reset(reset, previous_period_start)
         return None if account is None else self._published(account, "update")
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
-        self._store.open_request(entry, limit, turn)
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self._store.open_request(entry, limit, turn, max_in_flight=max_in_flight)
         if turn is not None:
             self._published_turn(turn.request_id, "create")
 

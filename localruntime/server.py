@@ -57,6 +57,105 @@ PAGE_CSP = (
     "require-trusted-types-for 'script'; trusted-types dompurify"
 )
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 -- names of wildcard binds, not a bind
+# The names every local runtime answers to on its port, whatever it is bound to.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` headers and page origins the runtime serves: its own names on its port,
+    and what ALLOWED_HOSTS and CORS_ALLOWED_ORIGINS add.
+
+    A page on any other name that DNS points at 127.0.0.1 (DNS rebinding) reaches the socket but
+    sends its own name as ``Host``, so it is refused before any route runs.
+    """
+
+    port: int
+    # Served on ``port``, or named without a port (a browser never omits a port it uses).
+    names: frozenset[str]
+    # ``name:port`` entries of ALLOWED_HOSTS, served exactly.
+    exact: frozenset[str]
+    # ALLOWED_HOSTS names without a port: also their origins without one (a proxy in front).
+    configured_names: frozenset[str]
+    origins: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings, port: int) -> HostPolicy:
+        bound = settings.host.lower()
+        own = set(LOOPBACK_NAMES)
+        if bound not in _WILDCARD_HOSTS:
+            own.add(f"[{bound}]" if ":" in bound else bound)
+        exact = {entry for entry in settings.allowed_hosts if _split_host(entry)[1] is not None}
+        bare = {entry for entry in settings.allowed_hosts if entry not in exact}
+        return cls(
+            port=port,
+            names=frozenset(own | bare),
+            exact=frozenset(exact),
+            configured_names=frozenset(bare),
+            origins=frozenset(origin.lower() for origin in settings.cors_origins),
+        )
+
+    def allows_host(self, value: str) -> bool:
+        name, port = _split_host(value.strip().lower())
+        if port is not None and f"{name}:{port}" in self.exact:
+            return True
+        return name in self.names and port in (None, self.port)
+
+    def allows_origin(self, origin: str) -> bool:
+        """A page origin that may call the API with the user's session: one of the runtime's
+        own (on its port) or a configured one. Other loopback ports are other apps."""
+        origin = origin.strip().lower().rstrip("/")
+        if origin in self.origins:
+            return True
+        scheme, _, authority = origin.partition("://")
+        if scheme not in _DEFAULT_PORTS or not authority or "/" in authority:
+            return False
+        name, port = _split_host(authority)
+        if port is not None and f"{name}:{port}" in self.exact:
+            return True
+        if name in self.configured_names and port in (None, self.port):
+            return True
+        return name in self.names and (port or _DEFAULT_PORTS[scheme]) == self.port
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """``name`` and port of a ``Host`` value; an unparsable one yields a name nothing allows."""
+    if value.startswith("["):
+        end = value.find("]")
+        name, rest = value[: end + 1], value[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            return "", None
+        port = rest[1:] if rest else None
+    elif ":" in value:
+        name, _, port = value.rpartition(":")
+        if ":" in name:  # an IPv6 address without its brackets
+            return "", None
+    else:
+        name, port = value, None
+    if port is None:
+        return name, None
+    if not (port.isascii() and port.isdigit()):
+        return "", None
+    return name, int(port)
+
+
+def host_not_trusted() -> AppwriteError:
+    return AppwriteError(
+        404,
+        "router_host_not_found",
+        "Host is not trusted: the local runtime answers only to its own host names"
+        " (localhost, 127.0.0.1, [::1] and HOST on its port); add others with ALLOWED_HOSTS.",
+    )
+
+
+def unknown_origin(origin: str) -> AppwriteError:
+    return AppwriteError(
+        403,
+        "general_unknown_origin",
+        f"The request originated from an unknown origin ({origin[:100]}). Add it to"
+        " CORS_ALLOWED_ORIGINS to let a page there use the API.",
+    )
 
 
 class Runtime:
@@ -108,6 +207,18 @@ class Runtime:
         if host in _WILDCARD_HOSTS:
             return "127.0.0.1"
         return f"[{host}]" if ":" in host else host
+
+    @property
+    def hosts(self) -> HostPolicy:
+        """What this runtime answers to (its port is known once it is bound)."""
+        return HostPolicy.of(self.settings, self.port)
+
+    def admit(self, headers: list[tuple[str, str]]) -> None:
+        """Refuse a request whose ``Host`` is not one of this runtime's (exactly one, as HTTP/1.1
+        requires); before any route, the WebSocket upgrade included."""
+        hosts = [value for key, value in headers if key.lower() == "host"]
+        if len(hosts) != 1 or not self.hosts.allows_host(hosts[0]):
+            raise host_not_trusted()
 
     @property
     def stripe_base_url(self) -> str:
@@ -355,14 +466,19 @@ class Runtime:
     def _appwrite(self, request: Request) -> Reply:
         if request.method == "OPTIONS":
             return Reply(204)
+        origin = request.header("origin")
         try:
+            # As Appwrite refuses a client from an origin it has no platform for: a page
+            # elsewhere cannot even send a simple (unpreflighted) request, a login included.
+            if origin is not None and not self.hosts.allows_origin(origin):
+                raise unknown_origin(origin)
             return self.api.handle(request)
         except AppwriteError as error:
             return error.reply()
 
     def _with_cors(self, request: Request, reply: Reply) -> Reply:
         origin = request.header("origin")
-        if not origin or not self._origin_allowed(origin):
+        if not origin or not self.hosts.allows_origin(origin):
             return reply
         reply.headers += [
             ("Access-Control-Allow-Origin", origin),
@@ -378,13 +494,6 @@ class Runtime:
                 ("Access-Control-Max-Age", "86400"),
             ]
         return reply
-
-    def _origin_allowed(self, origin: str) -> bool:
-        parts = urlsplit(origin)
-        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        return (parts.scheme in ("http", "https") and loopback) or (
-            origin.rstrip("/") in self.settings.cors_origins
-        )
 
     def _offline(self, request: Request, path: str) -> Reply:
         headers = [("request-id", f"req_offline_{time.monotonic_ns()}")]
@@ -403,11 +512,11 @@ class Runtime:
             return json_reply(error.status, error.body, headers)
 
     def _config(self, request: Request) -> Reply:
-        host = request.header("host") or f"{self.public_host}:{self.port}"
+        # The runtime's own address, never the request's Host: a page is pointed only here.
         return json_reply(
             200,
             {
-                "endpoint": f"http://{host}/v1",
+                "endpoint": f"{self.base_url}/v1",
                 "projectId": PROJECT_ID,
                 "offlineModel": self.settings.offline_model,
                 "functions": {"chat": "chat", "usage": "usage"},
@@ -477,16 +586,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         started = time.monotonic()
         parts = urlsplit(self.path)
-        if (
-            self.command == "GET"
-            and parts.path == REALTIME_PATH
-            and "websocket" in self.headers.get("upgrade", "").lower()
-        ):
-            self._realtime()
-            return
         try:
+            self.server.runtime.admit(list(self.headers.items()))
+            if (
+                self.command == "GET"
+                and parts.path == REALTIME_PATH
+                and "websocket" in self.headers.get("upgrade", "").lower()
+            ):
+                self._realtime()
+                return
             reply = self._reply(parts.path, parts.query)
         except AppwriteError as error:
+            if error.type == "router_host_not_found":
+                # Refused before its body was read: the connection cannot carry another request.
+                self.close_connection = True
             reply = error.reply()
         except Exception:
             log.exception("request failed: %s %s", self.command, parts.path)
@@ -500,6 +613,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle  # noqa: N815
 
     def _realtime(self) -> None:
+        origin = self.headers.get("origin")
+        # Browsers send cookies with a WebSocket upgrade from any page and CORS does not apply:
+        # the origin is checked here, or another site could read the user's Realtime channels.
+        if origin is not None and not self.server.runtime.hosts.allows_origin(origin):
+            raise unknown_origin(origin)
         # The connection leaves HTTP for good: wsproto reads the upgrade request again as sent.
         self.close_connection = True
         lines = [self.requestline, *(f"{key}: {value}" for key, value in self.headers.items())]

@@ -6,6 +6,7 @@ Its own are declared here, with the type of ``metering.settings``, which declare
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ OFFLINE_MODEL_KEY = "offline-local-key"
 # What the functions are given as their Stripe key when they talk to the local Stripe.
 LOCAL_STRIPE_KEY = "sk_test_local"
 PROJECT_ID = "local"
+# An ALLOWED_HOSTS entry: a host name or address (IPv6 in brackets), with or without a port.
+_HOST_ENTRY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?")
 
 HOST = Setting.text(
     "HOST",
@@ -66,8 +69,16 @@ DEMO_PASSWORD = Setting.text(
 CORS_ALLOWED_ORIGINS = Setting.optional(
     "CORS_ALLOWED_ORIGINS",
     (LOCAL_RUNTIME,),
-    "comma-separated extra page origins allowed to call the API (loopback ones always are)",
-    shown_default="loopback only",
+    "comma-separated page origins (`https://app.example`) allowed to call the API with the"
+    " user's session; no other origin gets CORS, loopback ones included",
+    shown_default="only the runtime's own",
+)
+ALLOWED_HOSTS = Setting.optional(
+    "ALLOWED_HOSTS",
+    (LOCAL_RUNTIME,),
+    "comma-separated extra host names (`name` or `name:port`) the runtime answers to; any other"
+    " `Host` gets 404 (a defence against DNS rebinding)",
+    shown_default="`HOST`, `localhost`, `127.0.0.1` and `[::1]` on `PORT`",
 )
 OFFLINE_MODEL_TOKENS_PER_SECOND = Setting.number(
     "OFFLINE_MODEL_TOKENS_PER_SECOND",
@@ -94,6 +105,7 @@ class RuntimeSettings:
     sync_timeout_seconds: float
     demo_password: Secret
     cors_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
     run_cron: bool
     offline_model_tokens_per_second: float
 
@@ -117,6 +129,7 @@ class RuntimeSettings:
         # The functions require these deployed; locally their absence has a meaning.
         webhook_secret = env.read(functions.STRIPE_WEBHOOK_SECRET, required=False)
         origins = env.read(CORS_ALLOWED_ORIGINS) or ""
+        hosts = env.read(ALLOWED_HOSTS) or ""
         settings = cls(
             host=env.read(HOST),
             port=env.read(PORT),
@@ -129,6 +142,7 @@ class RuntimeSettings:
             sync_timeout_seconds=env.read(EXECUTION_TIMEOUT_SECONDS),
             demo_password=Secret(env.read(DEMO_PASSWORD)),
             cors_origins=tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip()),
+            allowed_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
             run_cron=env.read(RUN_CRON),
             offline_model_tokens_per_second=env.read(OFFLINE_MODEL_TOKENS_PER_SECOND),
         )
@@ -137,6 +151,11 @@ class RuntimeSettings:
                 CronExpression.parse(settings.cron_schedule)
             except ValueError as error:
                 env.problems.append(f"CRON_SCHEDULE is not a cron expression: {error}")
+        for entry in settings.allowed_hosts:
+            if not _HOST_ENTRY.fullmatch(entry):
+                env.problems.append(
+                    f"ALLOWED_HOSTS: {entry!r} is not a host name or host:port (no scheme, no path)"
+                )
         if len(settings.demo_password.value) < 8:
             env.problems.append("DEMO_PASSWORD must have at least 8 characters")
         env.finish()

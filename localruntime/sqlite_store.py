@@ -22,6 +22,7 @@ from metering.claims import reset_applies, reset_once
 from metering.errors import (
     AlreadyExists,
     Conflict,
+    InFlightLimitReached,
     InvalidRequest,
     LimitReached,
     NotFound,
@@ -30,11 +31,14 @@ from metering.errors import (
 from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from metering.plans import PlanCatalog, load_default_plans
 from metering.ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
+from metering.timeutil import parse_timestamp
 from metering.turns import Turn, TurnPatch
 
 from tools.schema import ColumnSpec, TableSpec, load_schema
 
 _BUSY_TIMEOUT_SECONDS = 30.0
+# The account's count of its requests in flight (``ports.UsageStore``'s second invariant).
+IN_FLIGHT = "requestsInFlight"
 
 T = TypeVar("T")
 Document = dict[str, Any]
@@ -117,9 +121,10 @@ def _check_limit(limit: int) -> None:
 
 def _page(rows: Sequence[Document], limit: int, convert: Callable[[Document], T]) -> Page[T]:
     """``limit`` items of ``rows`` (fetched with one extra row to learn whether more follow)."""
-    items = [convert(row) for row in rows[:limit]]
+    kept = rows[:limit]
     next_cursor = str(rows[limit - 1]["$sequence"]) if len(rows) > limit else None
-    return Page(items=items, next_cursor=next_cursor)
+    cursors = [str(row["$sequence"]) for row in kept]
+    return Page(items=[convert(row) for row in kept], next_cursor=next_cursor, item_cursors=cursors)
 
 
 def _cursor_seq(cursor: str | None) -> int:
@@ -318,6 +323,8 @@ class SQLiteStore:
         if query.period_end_before is not None:
             where.append("periodEnd < ?")
             params.append(codec.encode_time(query.period_end_before))
+        if query.with_usage:
+            where.append("currentTokensUsed > 0")
         rows = self._read(
             f"SELECT * FROM subscriptions WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             (*params, limit + 1),
@@ -326,7 +333,14 @@ class SQLiteStore:
 
     # -- the hard cap --------------------------------------------------------------------------
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
         tokens = entry.held_tokens
         if tokens < 0:
             raise InvalidRequest("cannot hold a negative amount")
@@ -340,6 +354,7 @@ class SQLiteStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+            self._count_in(connection, entry.user_id, max_in_flight)
             self._raise_counter(connection, entry.user_id, tokens, limit)
             if turn is not None:
                 # The claim is ours: a turn left by a discarded attempt with this id is replaced.
@@ -358,6 +373,29 @@ class SQLiteStore:
             )
             if held.rowcount == 0:
                 raise NotFound(f"no reserved ledger entry {request_id!r}")
+
+    def _count_in(
+        self, connection: sqlite3.Connection, user_id: str, max_in_flight: int | None
+    ) -> None:
+        # The bounded count of requests in flight, checked before the tokens: a user at the
+        # cap is told to wait, not that the holds of their running turns used the allowance.
+        counted = connection.execute(
+            f"UPDATE subscriptions SET {IN_FLIGHT} = {IN_FLIGHT} + 1"
+            f" WHERE userId = ? AND (? IS NULL OR {IN_FLIGHT} < ?)",
+            (user_id, max_in_flight, max_in_flight),
+        )
+        if counted.rowcount == 0:
+            if self._account_row(connection, user_id) is None:
+                raise NotFound(f"no account for user {user_id!r}")
+            raise InFlightLimitReached(f"{user_id!r} has {max_in_flight} requests in flight")
+
+    @staticmethod
+    def _count_out(connection: sqlite3.Connection, user_id: str) -> None:
+        # Never below zero: an entry opened before the count existed was never counted in.
+        connection.execute(
+            f"UPDATE subscriptions SET {IN_FLIGHT} = MAX(0, {IN_FLIGHT} - 1) WHERE userId = ?",
+            (user_id,),
+        )
 
     def _raise_counter(
         self, connection: sqlite3.Connection, user_id: str, tokens: int, limit: int
@@ -397,6 +435,8 @@ class SQLiteStore:
             if changed == 0:
                 raise Conflict(f"ledger entry {request_id!r} is not in flight")
             self._lower_counter(connection, user_id, release)
+            if patch.get("status", LedgerStatus.RESERVED) != LedgerStatus.RESERVED:
+                self._count_out(connection, user_id)
             if turn is not None:
                 _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
 
@@ -413,6 +453,7 @@ class SQLiteStore:
             )
             if deleted.rowcount:
                 self._lower_counter(connection, user_id, release)
+                self._count_out(connection, user_id)
             if turn is not None:
                 _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
 
@@ -456,6 +497,16 @@ class SQLiteStore:
         rows = self._read("SELECT * FROM usage_events WHERE id = ?", (codec.row_key(request_id),))
         return codec.decode_ledger(rows[0], request_id) if rows else None
 
+    def request_starts(self, user_id: str, after: datetime, limit: int) -> Sequence[datetime]:
+        _check_limit(limit)
+        # Timestamps share one fixed-width UTC format, so text order is time order.
+        rows = self._read(
+            "SELECT startedAt FROM usage_events WHERE userId = ? AND startedAt > ?"
+            " AND status != ? ORDER BY startedAt DESC LIMIT ?",
+            (user_id, codec.encode_time(after), LedgerStatus.ADJUSTMENT.value, limit),
+        )
+        return [parse_timestamp(row["startedAt"]) for row in rows]
+
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
     ) -> Page[LedgerEntry]:
@@ -494,6 +545,41 @@ class SQLiteStore:
             (user_id, codec.encode_time(period_start)),
         )
         return sum(codec.ledger_counted(codec.decode_ledger(row)) for row in rows)
+
+    def record_adjustment(self, entry: LedgerEntry, tokens: int) -> None:
+        with self._write() as connection:
+            try:
+                _insert(
+                    connection,
+                    codec.LEDGER,
+                    codec.row_key(entry.request_id),
+                    codec.encode_ledger(entry),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+            moved = connection.execute(
+                "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed + ?)"
+                " WHERE userId = ?",
+                (tokens, entry.user_id),
+            )
+            if moved.rowcount == 0:
+                raise NotFound(f"no account for user {entry.user_id!r}")
+
+    # -- resumable walks -----------------------------------------------------------------------
+
+    def get_cursor(self, name: str) -> str | None:
+        rows = self._read("SELECT * FROM cursors WHERE id = ?", (codec.row_key(name),))
+        return codec.decode_cursor(rows[0]) if rows else None
+
+    def save_cursor(self, name: str, cursor: str | None) -> None:
+        row_id = codec.row_key(name)
+        with self._write() as connection:
+            if cursor is None:
+                connection.execute("DELETE FROM cursors WHERE id = ?", (row_id,))
+            elif not _update(
+                connection, codec.CURSORS, codec.encode_cursor(name, cursor), "id = ?", (row_id,)
+            ):
+                _insert(connection, codec.CURSORS, row_id, codec.encode_cursor(name, cursor))
 
     # -- turns ---------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from appwrite.enums.tables_db_index_type import TablesDBIndexType
 from appwrite.query import Query
 from appwrite.services.tables_db import TablesDB
-from metering.adapters.appwrite_store import call, connect_tables, document
+from metering.adapters.appwrite_store import account_permissions, call, connect_tables, document
 from metering.codec import encode_time, plan_backfill
 from metering.errors import AlreadyExists, NotFound, StoreError
 from metering.plans import PlanCatalog
@@ -103,11 +103,19 @@ class SchemaAdmin(Protocol):
 
     def apply(self, step: Step) -> None: ...
 
-    def rows(self, database_id: str, table_id: str, limit: int, cursor: str | None) -> RowsPage: ...
+    def rows(self, database_id: str, table_id: str, limit: int, cursor: str | None) -> RowsPage:
+        """One page of raw rows: column values, ``$id``, and ``$permissions`` where the backend
+        keeps row permissions (Appwrite; the local store answers for its users itself)."""
 
     def update_row(
-        self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
-    ) -> None: ...
+        self,
+        database_id: str,
+        table_id: str,
+        row_id: str,
+        data: Mapping[str, Any],
+        permissions: Sequence[str] | None = None,
+    ) -> None:
+        """Set ``data``; given ``permissions`` replace the row's (where the backend keeps any)."""
 
     def create_row(
         self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
@@ -151,6 +159,19 @@ def backfill_defaults(
         if column.default is not None and row.get(column.key) is None
     }
     return {**patch, **plan_backfill(row, plans)}
+
+
+def missing_read_permission(row: Mapping[str, Any]) -> list[str] | None:
+    """The permissions a ``subscriptions`` row should have when it lacks its user's read, which
+    ``AppwriteStore.create_account`` gives every new row (the table has row security: without
+    it, Realtime never shows the user their meter); None when nothing is missing or the backend
+    keeps no permissions (no ``$permissions``)."""
+    current = row.get("$permissions")
+    user_id = row.get("userId")
+    if current is None or not user_id:
+        return None
+    missing = [grant for grant in account_permissions(str(user_id)) if grant not in current]
+    return [*current, *missing] if missing else None
 
 
 def legacy_claim(row: Mapping[str, Any], claims: TableSpec) -> dict[str, Any]:
@@ -302,7 +323,7 @@ class AppwriteSchemaAdmin:
         result = call(
             f"listing {table_id}", lambda: self._db.list_rows(database_id, table_id, queries)
         )
-        rows = [document(row) for row in result.rows]
+        rows = [{**document(row), "$permissions": list(row.permissions)} for row in result.rows]
         total = int(result.total)
         if len(rows) > limit:
             rows = rows[:limit]
@@ -310,11 +331,17 @@ class AppwriteSchemaAdmin:
         return RowsPage(items=rows, next_cursor=None, total=total)
 
     def update_row(
-        self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
+        self,
+        database_id: str,
+        table_id: str,
+        row_id: str,
+        data: Mapping[str, Any],
+        permissions: Sequence[str] | None = None,
     ) -> None:
+        granted = list(permissions) if permissions is not None else None
         call(
             f"updating {table_id}.{row_id}",
-            lambda: self._db.update_row(database_id, table_id, row_id, dict(data)),
+            lambda: self._db.update_row(database_id, table_id, row_id, dict(data), granted),
         )
 
     def create_row(
@@ -480,8 +507,14 @@ class SQLiteSchemaAdmin:
         return RowsPage(rows, next_cursor=None, total=total)
 
     def update_row(
-        self, database_id: str, table_id: str, row_id: str, data: Mapping[str, Any]
+        self,
+        database_id: str,
+        table_id: str,
+        row_id: str,
+        data: Mapping[str, Any],
+        permissions: Sequence[str] | None = None,
     ) -> None:
+        # The local store keeps no row permissions: the runtime reads rows for their user.
         values = {**data, "updatedAt": encode_time(datetime.now(UTC))}
         assignments = ", ".join(f'"{key}" = ?' for key in values)
         self._run(

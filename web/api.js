@@ -92,6 +92,15 @@ function transportError(error) {
   return new ApiError(ErrorKind.RETRYABLE, status ? SERVER_MESSAGE : NETWORK_MESSAGE, { status });
 }
 
+function rateLimitMessage(error) {
+  const seconds = Number.isInteger(error?.retryAfter) && error.retryAfter > 0 ? error.retryAfter : 2;
+  const wait = seconds === 1 ? "a second" : `${seconds} seconds`;
+  if (error?.details?.[0]?.reason === "requests_per_minute") {
+    return `You've sent many messages in the last minute. Wait ${wait} and send it again.`;
+  }
+  return `Your other messages are still being answered. Wait ${wait} and send this one again.`;
+}
+
 // The function's own answer, carried inside the execution object.
 function functionError(status, body) {
   const code = body?.error?.code ?? "";
@@ -101,6 +110,10 @@ function functionError(status, body) {
       status,
       code,
     });
+  }
+  if (status === 429 && code === "rate_limited") {
+    // The user's pace, not the allowance: the same message goes through after the wait.
+    return new ApiError(ErrorKind.RETRYABLE, rateLimitMessage(body.error), { status, code });
   }
   if (status === 429) {
     return new ApiError(ErrorKind.LIMIT, message || "Monthly token limit reached.", {

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .account import Account
 from .alert_service import AlertOutcome, Alerts
 from .alerts import due as alert_due
 from .errors import (
     AlreadyExists,
+    InFlightLimitReached,
     InvalidRequest,
     LimitReached,
     LimitReason,
     MeteringError,
+    RateLimited,
     RequestInProgress,
     TokenLimitExceeded,
     UpstreamError,
@@ -56,6 +59,13 @@ RESERVE_ATTEMPTS = 3
 # The shortest message a user could still send: what "a shorter message would fit" is tried with.
 MINIMAL_MESSAGE = "hi"
 
+# The cap on requests per minute counts the requests started in this sliding window.
+RATE_WINDOW = timedelta(minutes=1)
+# When a user at the cap of turns in flight may try again. A slot frees when one of their running
+# turns ends, which nobody can foresee; most replies end within seconds, and a client that waits
+# this long between tries costs the store one refused request per try.
+IN_FLIGHT_RETRY_SECONDS = 2
+
 # Why a reply ended early, where the provider's own stop reasons do not say it.
 STOPPED_BY_USER = "stopped"
 CUT_BY_DEADLINE = "deadline"
@@ -73,6 +83,11 @@ class ChatSettings:
     call_deadline_seconds: float = 60.0
     # How often a streaming turn writes its text and looks for a Stop.
     progress_interval_seconds: float = 0.25
+    # Per-user caps, 0 for none: the user's requests in flight at once (strict, counted by the
+    # store in the change that opens a request), and requests started per minute (counted just
+    # before: concurrent requests may pass it by at most the cap in flight).
+    max_turns_in_flight: int = 0
+    max_requests_per_minute: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +301,16 @@ class ChatService:
                 return self._replay(run, run.request_id)
             raise TokenLimitExceeded(account=account, reason=self._refusal(first, run.remaining))
         try:
+            self._check_pace(user_id, now)
             budget = self._open(run, first, budget, now)
         except AlreadyExists:
             # The id has an entry: a retry (or a concurrent twin) answers as the first did.
             return self._replay(run, run.request_id)
+        except RateLimited:
+            # A retry of a request that already ran is no new request: it gets its answer.
+            if request.request_id is not None and self.store.get_ledger(run.request_id):
+                return self._replay(run, run.request_id)
+            raise
         try:
             self._loop(run, first, budget, now)
         except BaseException:
@@ -323,12 +344,34 @@ class ChatService:
         reply = recorded_reply(entry, self.store.get_turn(request_id))
         return ChatResult(request_id, reply, run.account, replayed=True)
 
+    # -- the user's pace -----------------------------------------------------------------------
+
+    def _check_pace(self, user_id: str, now: datetime) -> None:
+        """``RateLimited`` when the user started the cap's worth of requests in the last minute
+        (one exactly a minute old has left it). One query, skipped without a cap. Requests
+        checked at the same moment all pass, so the cap in flight bounds how far they can
+        overshoot it."""
+        cap = self.settings.max_requests_per_minute
+        if cap == 0:
+            return
+        starts = self.store.request_starts(user_id, now - RATE_WINDOW, cap)
+        wait = pace_wait(starts, cap, now)
+        if wait is not None:
+            raise RateLimited(
+                f"At most {cap} messages a minute; try again in {wait} s",
+                retry_after=wait,
+                reason="requests_per_minute",
+                limit=cap,
+            )
+
     def _open(
         self, run: _Run, request: ModelRequest, budget: CallBudget, now: datetime
     ) -> CallBudget:
         """Claim the request id and hold the first call's budget: one atomic change that creates
         the ledger entry (and the turn) and raises the counter. Re-plans from the fresh balance
-        when concurrent requests took the room; ``AlreadyExists`` when the id is taken."""
+        when concurrent requests took the room; ``AlreadyExists`` when the id is taken,
+        ``RateLimited`` when the user has the cap's worth of requests in flight."""
+        cap = self.settings.max_turns_in_flight
         for _ in range(RESERVE_ATTEMPTS):
             entry = LedgerEntry(
                 request_id=run.request_id,
@@ -342,7 +385,16 @@ class ChatService:
             )
             turn = self._new_turn(run, now) if run.has_turn else None
             try:
-                self.store.open_request(entry, run.account.limit, turn)
+                self.store.open_request(
+                    entry, run.account.limit, turn, max_in_flight=cap if cap else None
+                )
+            except InFlightLimitReached:
+                raise RateLimited(
+                    f"{cap} messages are being answered already; send this one when one ends",
+                    retry_after=IN_FLIGHT_RETRY_SECONDS,
+                    reason="turns_in_flight",
+                    limit=cap,
+                ) from None
             except LimitReached:
                 fresh = self._account(run.user_id)
                 run.account, run.remaining = fresh, fresh.remaining
@@ -641,6 +693,19 @@ class ChatService:
         if account is None:
             raise MeteringError(f"account of {user_id} vanished")
         return account
+
+
+def pace_wait(starts: Sequence[datetime], cap: int, now: datetime) -> int | None:
+    """Whole seconds until a request may start under a cap of ``cap`` a minute, given the
+    starts of the user's newest requests (at most ``cap``, later than a minute ago); None when
+    one may start now. Once the oldest of the newest ``cap`` starts leaves the window, fewer than
+    ``cap`` remain in it."""
+    if cap == 0 or len(starts) < cap:
+        return None
+    oldest = sorted(starts, reverse=True)[cap - 1]
+    wait = (oldest + RATE_WINDOW - now).total_seconds()
+    # Another instance's clock may run ahead; never more than the window itself.
+    return max(1, min(math.ceil(wait), int(RATE_WINDOW.total_seconds())))
 
 
 def _within(usage: TokenUsage, reserved: int) -> TokenUsage:

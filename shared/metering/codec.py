@@ -28,6 +28,7 @@ NOTICES = "notices"
 PAYMENTS = "payments"
 TURNS = "turns"
 TURN_STOPS = "turn_stops"
+CURSORS = "cursors"
 
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -514,3 +515,16 @@ def decode_turn(row: Row) -> Turn:
 def encode_stop(request_id: str, user_id: str, now: datetime) -> dict[str, Any]:
     """The ``turn_stops`` row of a Stop (its row id is ``row_key(request_id)``)."""
     return {"requestId": request_id, "userId": user_id, "requestedAt": encode_time(now)}
+
+
+# -- where a resumable walk stopped ---------------------------------------------------------------
+
+
+def encode_cursor(name: str, cursor: str) -> dict[str, Any]:
+    """The ``cursors`` row of the walk ``name`` (its row id is ``row_key(name)``)."""
+    return {"name": name, "position": cursor}
+
+
+def decode_cursor(row: Row) -> str | None:
+    position = row.get("position")
+    return str(position) if position else None

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import InvalidRequest, MeteringError, TokenLimitExceeded
+from .errors import InvalidRequest, MeteringError, RateLimited, TokenLimitExceeded
 from .wire import Json, usage_stats
 
 GENERIC_SERVER_MESSAGE = "Something went wrong on our side. Please try again."
@@ -89,7 +89,17 @@ def error_body(error: MeteringError) -> tuple[int, Json]:
             body["error"]["details"] = [{"reason": error.reason, "remaining": remaining}]
         if error.account is not None:
             body["usage"] = usage_stats(error.account)
+    if isinstance(error, RateLimited):
+        body["error"]["retryAfter"] = error.retry_after
+        body["error"]["details"] = [{"reason": error.reason, "limit": error.limit}]
     return status, body
+
+
+def error_headers(error: MeteringError) -> dict[str, str]:
+    """Headers a refusal answers beside its body: when a rate-limited request may come again."""
+    if isinstance(error, RateLimited):
+        return {"retry-after": str(error.retry_after)}
+    return {}
 
 
 def serve(
@@ -100,14 +110,18 @@ def serve(
     bare 500.
     """
     line = LogLine()
+    headers: dict[str, str] = {}
     try:
         _check_method(function, context.req.method, methods)
         answer = handler(context.req, line)
         status, body, outcome = answer.status, answer.body, answer.outcome
     except MeteringError as error:
         status, body = error_body(error)
+        headers = error_headers(error)
         outcome = "failed" if status >= 500 else "rejected"
         line.add(code=error.code, status=status)
+        if isinstance(error, RateLimited):
+            line.add(reason=error.reason, retryAfter=error.retry_after)
         if status >= 500:
             context.error(f"{function} failed: {type(error).__name__}: {error.message}")
     except Exception as error:  # noqa: BLE001 -- the last line of defence: never an empty 500
@@ -119,7 +133,7 @@ def serve(
         context.log(_compact(note))
     context.log(_compact({"event": f"{function}.{outcome}", **line.fields}))
     # res.json mutates the headers it is given: a fresh dict every time.
-    return context.res.json(body, status, {"cache-control": "no-store"})
+    return context.res.json(body, status, {"cache-control": "no-store", **headers})
 
 
 def _check_method(function: str, method: str, methods: tuple[str, ...] | None) -> None:

@@ -88,6 +88,28 @@ class TokenLimitExceeded(MeteringError):
         self.reason = reason
 
 
+# Which per-user cap refused a chat request: too many of the user's turns running at once, or
+# too many requests started in the last minute.
+RateLimitReason = Literal["turns_in_flight", "requests_per_minute"]
+
+
+class RateLimited(MeteringError):
+    """The user's own pace is over a cap (turns in flight, requests per minute), not their
+    allowance: nothing was stored, and the same request may be sent again after ``retry_after``
+    seconds. The edge answers that as ``Retry-After`` and ``retryAfter``."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(
+        self, message: str = "", *, retry_after: int, reason: RateLimitReason, limit: int
+    ) -> None:
+        super().__init__(message or "Too many requests; try again shortly")
+        self.retry_after = max(1, retry_after)
+        self.reason = reason
+        self.limit = limit
+
+
 class UpstreamError(MeteringError):
     """The model provider (or another upstream) answered with an error."""
 
@@ -142,6 +164,10 @@ class StoreSignal(InternalError):
 
 class LimitReached(StoreSignal):
     """A bounded increment would pass the limit; the store changed nothing."""
+
+
+class InFlightLimitReached(StoreSignal):
+    """Opening the request would pass the user's cap on requests in flight; nothing changed."""
 
 
 class AlreadyExists(StoreSignal):

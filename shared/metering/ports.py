@@ -26,6 +26,9 @@ class Page(Generic[T]):
     items: Sequence[T]
     # Opaque; pass it back to get the next page. None when this page is the last.
     next_cursor: str | None
+    # Where the store can name one, the cursor after each item (as many as ``items``): a walk
+    # that stops after ``items[i]`` resumes at ``item_cursors[i]``, even on another day.
+    item_cursors: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class AccountQuery:
     subscribed: bool | None = None  # True: has a Stripe subscription id; False: has none
     period_start_before: datetime | None = None
     period_end_before: datetime | None = None
+    # True: only accounts whose counter is above zero (usage this period, or holds in flight).
+    with_usage: bool = False
 
 
 class ClaimOutcome(StrEnum):
@@ -110,7 +115,10 @@ class UsageStore(Protocol):
         left of a refunded pack); the plan's and add-ons' tokens are untouched."""
 
     def list_accounts(self, query: AccountQuery, limit: int, cursor: str | None) -> Page[Account]:
-        """One page of matching accounts in a stable order."""
+        """One page of matching accounts in a stable order (the order rows were created in),
+        with ``item_cursors``; a cursor stays valid across runs and filters. ``NotFound`` when
+        ``cursor`` names a row that no longer exists (Appwrite's cursors are row ids): start
+        again from None."""
 
     # -- the hard cap and the ledger: every change of both is one atomic change ---------------
     #
@@ -118,6 +126,12 @@ class UsageStore(Protocol):
     # their settled ``usage`` plus their ``held_tokens``. Each method below changes the counter and
     # the entry (and the turn, when given) together or not at all: a TablesDB transaction on
     # Appwrite, a transaction on SQLite.
+    #
+    # Second invariant: the account's in-flight counter (``requestsInFlight``) equals the number
+    # of the user's entries in status ``reserved``. ``open_request`` raises it in the change that
+    # creates the entry; the change that takes an entry out of ``reserved`` (a settle that sets
+    # another status, ``discard_request``) lowers it, never below zero (entries opened before the
+    # counter existed were never counted).
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         """Apply a period reset once, and only forward.
@@ -130,12 +144,22 @@ class UsageStore(Protocol):
         conditional change of the counters.
         """
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
-        """Create ``entry`` (status ``reserved``, ``held_tokens`` its first hold) and ``turn``, and
-        add the hold to the user's counter unless that passes ``limit``. Raises ``AlreadyExists``
-        when the request id has an entry, ``LimitReached`` when the hold does not fit; either way
-        nothing changed. Creating the entry is the request's claim; a turn left by a discarded
-        earlier attempt with the same id (the provider refused it) is replaced."""
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        """Create ``entry`` (status ``reserved``, ``held_tokens`` its first hold) and ``turn``, add
+        the hold to the user's counter unless that passes ``limit``, and count the request in
+        flight unless that makes more than ``max_in_flight`` (None: no cap; operators'
+        adjustments pass none). Raises ``AlreadyExists`` when the request id has an entry,
+        ``LimitReached`` when the hold does not fit, ``InFlightLimitReached`` when the user has
+        ``max_in_flight`` requests in flight already; whichever, nothing changed. Creating the
+        entry is the request's claim; a turn left by a discarded earlier attempt with the same id
+        (the provider refused it) is replaced."""
 
     def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
         """Add ``tokens`` to the user's counter unless that passes ``limit``, and to the entry's
@@ -151,17 +175,24 @@ class UsageStore(Protocol):
     ) -> None:
         """Give back ``release`` tokens of the counter (never below zero), apply ``patch`` to the
         entry (a settled step sets ``held_tokens`` 0 and the new cumulative ``usage``) and
-        ``turn`` to the request's turn. ``Conflict`` when the entry changed meanwhile (the cron
-        reclaimed it): nothing changed."""
+        ``turn`` to the request's turn; a ``patch`` whose status is not ``reserved`` ends the
+        request, and the same change counts it out of flight. ``Conflict`` when the entry
+        changed meanwhile (the cron reclaimed it): nothing changed."""
 
     def discard_request(
         self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None
     ) -> None:
         """Give back ``release`` tokens and delete the entry of a request that charged nothing
-        (the provider refused before generating), so a retry with its id can run; ``turn`` is
-        applied to its turn. No-op for the entry when it does not exist."""
+        (the provider refused before generating), so a retry with its id can run, counting it
+        out of flight; ``turn`` is applied to its turn. No-op for the entry (and the in-flight
+        count) when it does not exist or is no longer in flight."""
 
     def get_ledger(self, request_id: str) -> LedgerEntry | None: ...
+
+    def request_starts(self, user_id: str, after: datetime, limit: int) -> Sequence[datetime]:
+        """When the user's newest requests started (their entries' ``created_at``, operators'
+        adjustments left out), those later than ``after``, newest first, at most ``limit``: one
+        query, for the cap on requests per minute."""
 
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
@@ -177,6 +208,20 @@ class UsageStore(Protocol):
     def ledger_total(self, user_id: str, period_start: datetime) -> int:
         """Sum over the user's entries of that period of their charged ``usage`` total plus their
         ``held_tokens``: what the counter must equal."""
+
+    def record_adjustment(self, entry: LedgerEntry, tokens: int) -> None:
+        """Create ``entry`` (an operator's correction: status ``adjustment``, no usage, no hold)
+        and move the user's counter by ``tokens`` in the same change: up without a limit, or
+        down (a negative ``tokens``) never below zero. The counter is thereby set right without
+        the ledger's total moving. ``AlreadyExists`` when the id has an entry: nothing changed."""
+
+    # -- resumable walks (the cron's passes, each remembered by name between runs) -------------
+
+    def get_cursor(self, name: str) -> str | None:
+        """Where the walk ``name`` stopped (a page cursor), or None to start from the first row."""
+
+    def save_cursor(self, name: str, cursor: str | None) -> None:
+        """Remember where the walk ``name`` stopped; None forgets it (the walk starts over)."""
 
     # -- turns (the streamed reply its user reads) and their Stop ------------------------------
 

@@ -257,6 +257,22 @@ CHAT_MAX_BODY_BYTES = Setting.integer(
     "request body size, checked before parsing; 413 past it",
     minimum=64,
 )
+CHAT_MAX_TURNS_IN_FLIGHT = Setting.integer(
+    "CHAT_MAX_TURNS_IN_FLIGHT",
+    3,
+    (CHAT,),
+    "a user's chat requests running at once, across every instance (counted on the account "
+    "row in the change that opens a request); one more is a 429 `rate_limited` with "
+    "`Retry-After: 2`; 0 means no cap",
+)
+CHAT_MAX_REQUESTS_PER_MINUTE = Setting.integer(
+    "CHAT_MAX_REQUESTS_PER_MINUTE",
+    30,
+    (CHAT,),
+    "a user's chat requests started in any 60 s (counted from the ledger before each request; "
+    "requests arriving together may pass it by up to `CHAT_MAX_TURNS_IN_FLIGHT`); one more is a "
+    "429 `rate_limited` with `Retry-After` until a slot frees; 0 means no cap",
+)
 
 # -- Stripe ------------------------------------------------------------------------------------
 
@@ -331,6 +347,15 @@ CRON_TIME_BUDGET_SECONDS = Setting.integer(
     (CRON,),
     "stop starting work after this long and resume next run; keep it below the function's timeout",
     minimum=1,
+)
+CRON_RECONCILE_SHARE_PERCENT = Setting.integer(
+    "CRON_RECONCILE_SHARE_PERCENT",
+    25,
+    (CRON,),
+    "share of the time budget the Stripe look-ups leave to reconciliation; either pass that runs "
+    "out resumes where it stopped next run",
+    minimum=0,
+    maximum=90,
 )
 
 # -- the store (Appwrite TablesDB) -------------------------------------------------------------

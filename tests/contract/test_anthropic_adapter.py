@@ -90,7 +90,8 @@ def streamed(model: AnthropicModel, sent: ModelRequest) -> ModelReply:
 
 
 def test_request_carries_system_messages_tools_and_the_capped_max_tokens() -> None:
-    """Domain turns, tool calls and results become the API's content blocks unchanged."""
+    """Domain turns, tool calls and results become the API's content blocks unchanged, with
+    the prompt caching breakpoints on the system prompt and the newest message."""
     fake = FakeAnthropic().then(text_reply("Plenty left."))
     conversation = (
         Message.text("user", "How much have I used?"),
@@ -107,7 +108,9 @@ def test_request_carries_system_messages_tools_and_the_capped_max_tokens() -> No
     assert body["stream"] is True
     assert body["model"] == MODEL
     assert body["max_tokens"] == 77
-    assert body["system"] == "Be brief."
+    assert body["system"] == [
+        {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+    ]
     assert body["tools"] == [
         {
             "name": "get_my_usage",
@@ -138,6 +141,7 @@ def test_request_carries_system_messages_tools_and_the_capped_max_tokens() -> No
                     "tool_use_id": "toolu_1",
                     "content": '{"used": 5}',
                     "is_error": False,
+                    "cache_control": {"type": "ephemeral"},
                 },
             ],
         },

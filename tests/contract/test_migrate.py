@@ -80,6 +80,7 @@ def test_appwrite_json_declares_the_tables_with_zero_default_counters() -> None:
         "payments",
         "turns",
         "turn_stops",
+        "cursors",
     }
     for table_id, keys in counters.items():
         for key in keys:

@@ -10,6 +10,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import anthropic
@@ -190,6 +191,75 @@ def test_a_short_prefix_is_not_cached(client: anthropic.Anthropic) -> None:
     system: Any = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
     reply = client.messages.create(model=MODEL, max_tokens=64, system=system, messages=ask("Hi"))
     assert (reply.usage.cache_creation_input_tokens, reply.usage.cache_read_input_tokens) == (0, 0)
+
+
+def test_the_next_turn_through_the_chat_adapter_reads_the_turn_before(runtime: Runtime) -> None:
+    """``make dev`` shows the effect: the adapter's breakpoints make the second turn read the
+    first turn's prompt and write only what it added."""
+    model = AnthropicModel.connect(
+        "offline-local-key",
+        base_url=runtime.base_url + "/_offline/anthropic",
+        timeout_seconds=10,
+        max_retries=0,
+    )
+    # Long enough to pass the minimum; its own words, so that no other test cached it.
+    question = "Explain the envelope budgeting method to me. " * 100
+    first = ModelRequest(
+        model=MODEL,
+        system="Be helpful.",
+        messages=(Message.text("user", question),),
+        max_tokens=300,
+    )
+    written = model.complete(first)
+    second = replace(
+        first,
+        messages=(
+            *first.messages,
+            Message.text("assistant", written.text),
+            Message.text("user", "And for a family of four?"),
+        ),
+    )
+    read = model.complete(second)
+
+    assert written.usage.cache_creation_input_tokens == model.count_tokens(first) >= 1024
+    assert read.usage.cache_read_input_tokens == written.usage.cache_creation_input_tokens
+    assert read.usage.cache_creation_input_tokens == model.count_tokens(
+        second
+    ) - model.count_tokens(first)
+    assert read.usage.input_tokens == 0
+
+
+def test_an_offline_cache_entry_lives_five_minutes_from_its_last_use() -> None:
+    now = [0.0]
+    model = OfflineModel(clock=lambda: now[0])
+    system = [
+        {"type": "text", "text": "Budget carefully. " * 300, "cache_control": {"type": "ephemeral"}}
+    ]
+    request = {"model": MODEL, "max_tokens": 32, "system": system, "messages": ask("Hi")}
+
+    def kinds() -> tuple[int, int]:
+        usage = model.create_message(request)["usage"]
+        return usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"]
+
+    written, _ = kinds()
+    assert written >= 1024
+    now[0] = 299.0
+    assert kinds() == (0, written)
+    now[0] = 598.0  # alive: the read at 299 s refreshed it
+    assert kinds() == (0, written)
+    now[0] = 898.0  # five minutes without use
+    assert kinds() == (written, 0)
+
+
+def test_more_than_four_breakpoints_are_an_invalid_request(client: anthropic.Anthropic) -> None:
+    marked: Any = {"type": "text", "text": "Budget.", "cache_control": {"type": "ephemeral"}}
+    with pytest.raises(anthropic.BadRequestError, match="maximum of 4"):
+        client.messages.create(
+            model=MODEL,
+            max_tokens=32,
+            system=[marked] * 3,
+            messages=[{"role": "user", "content": [marked, marked]}],
+        )
 
 
 def test_no_api_key_is_an_authentication_error(runtime: Runtime) -> None:

@@ -153,6 +153,12 @@ def _exercise(store: UsageStore) -> None:
     store.record_payment(
         Payment("in_1", PaymentKind.INVOICE, "user-1", 900, "usd", NOW, period_start=MARCH)
     )
+    store.save_cursor("cron.stripe-lookups", "first-place")
+    store.save_cursor("cron.stripe-lookups", "second-place")
+    store.save_cursor("cron.reconciliation", "gone")
+    store.save_cursor("cron.reconciliation", None)
+    fix = ledger_entry("user-1", "admin-fix", status=LedgerStatus.ADJUSTMENT, reply='{"fix":1}')
+    store.record_adjustment(fix, -10)
     account = store.get_account("user-1")
     assert account is not None
     reset = plan_reset(account, datetime(2026, 4, 1, tzinfo=UTC), None, NOW)

@@ -1395,3 +1395,108 @@ def test_list_ledger_pages_through_exactly_the_entries_created_in_a_month(
             break
 
     assert seen == ["req-1-first", "req-2-mid", "req-3-last"]
+
+
+# -- accounts with usage, resumable walks and operators' adjustments ---------------------------
+
+
+def test_list_accounts_with_usage_lists_exactly_the_accounts_whose_counter_is_above_zero(
+    store: UsageStore,
+) -> None:
+    """Settled usage and a hold in flight both count; a counter of 0 does not, whatever the
+    lifetime counter or the top-up balance say."""
+    for index in range(9):
+        make_account(store, f"user-{index}")
+    charge(store, "user-1", "settled", 30)
+    builders.charge(store, "user-4", "in-flight", 5, NOW, settled=False)
+    charge(store, "user-7", "settled-7", 1)
+    store.add_topup("user-2", 500)
+
+    listed = _collect(store, AccountQuery(with_usage=True), page_size=2)
+
+    assert listed == ["user-1", "user-4", "user-7"]
+
+
+def test_a_walk_resumed_at_any_item_cursor_lists_exactly_the_rest(store: UsageStore) -> None:
+    """Each item of a page names the cursor after it: stopping after any item and resuming
+    there, in a later call with the same filter, misses nothing and repeats nothing."""
+    for index in range(7):
+        make_account(store, f"user-{index}")
+    everyone = _collect(store, AccountQuery(), page_size=3)
+    first = store.list_accounts(AccountQuery(), 3, None)
+    assert len(first.item_cursors) == len(first.items) == 3
+    assert first.item_cursors[-1] == first.next_cursor
+
+    for position, resume_at in enumerate(first.item_cursors):
+        rest: list[str] = []
+        cursor: str | None = resume_at
+        while cursor is not None:
+            page = store.list_accounts(AccountQuery(), 3, cursor)
+            assert len(page.item_cursors) == len(page.items)
+            rest += [account.user_id for account in page.items]
+            cursor = page.next_cursor
+        assert rest == everyone[position + 1 :]
+
+
+def test_a_cursor_is_kept_per_walk_until_cleared(store: UsageStore) -> None:
+    """Saved positions read back, are replaced by the next save, are independent per name, and
+    a walk cleared (or never saved) starts from the first row."""
+    assert store.get_cursor("cron.reconciliation") is None
+
+    store.save_cursor("cron.reconciliation", "first")
+    store.save_cursor("cron.reconciliation", "second")
+    store.save_cursor("cron.stripe-lookups", "elsewhere")
+
+    assert store.get_cursor("cron.reconciliation") == "second"
+    assert store.get_cursor("cron.stripe-lookups") == "elsewhere"
+    store.save_cursor("cron.reconciliation", None)
+    store.save_cursor("never-saved", None)
+    assert store.get_cursor("cron.reconciliation") is None
+    assert store.get_cursor("never-saved") is None
+    assert store.get_cursor("cron.stripe-lookups") == "elsewhere"
+
+
+def adjustment(request_id: str, user_id: str = "user-1") -> LedgerEntry:
+    return ledger_entry(user_id, request_id, status=LedgerStatus.ADJUSTMENT, reply='{"fix":1}')
+
+
+@pytest.mark.parametrize(("tokens", "expected"), [(250, 550), (-120, 180), (-1_000, 0)])
+def test_an_adjustment_moves_the_counter_and_leaves_the_ledger_total(
+    store: UsageStore, tokens: int, expected: int
+) -> None:
+    """Up without a limit, down never below zero; the record counts nothing in the ledger."""
+    make_account(store, "user-1", tokens_per_month=300)
+    charge(store, "user-1", "req-1", 300)
+
+    store.record_adjustment(adjustment("fix-1"), tokens)
+
+    assert used(store, "user-1") == expected
+    assert store.ledger_total("user-1", MARCH) == 300
+    recorded = entry_of(store, "fix-1")
+    assert (recorded.status, recorded.held_tokens, recorded.usage) == (
+        LedgerStatus.ADJUSTMENT,
+        0,
+        TokenUsage(),
+    )
+    assert recorded.reply == '{"fix":1}'
+
+
+def test_an_adjustment_recorded_twice_moves_the_counter_once(store: UsageStore) -> None:
+    """Its id is its claim: the second one raises AlreadyExists and changes nothing."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 100)
+    store.record_adjustment(adjustment("fix-1"), -40)
+
+    with pytest.raises(AlreadyExists):
+        store.record_adjustment(adjustment("fix-1"), -40)
+
+    assert used(store, "user-1") == 60
+
+
+def test_an_adjustment_for_an_unknown_user_raises_not_found_and_records_nothing(
+    store: UsageStore,
+) -> None:
+    with pytest.raises(NotFound):
+        store.record_adjustment(adjustment("fix-1", user_id="nobody"), 10)
+
+    assert store.get_ledger("fix-1") is None

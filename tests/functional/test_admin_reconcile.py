@@ -94,25 +94,60 @@ def test_drift_is_reported_and_nothing_changes_without_apply(
     assert counters(store) == {"high": (15, 0), "low": (0, 300), "ok": (700, 700)}
 
 
-def test_apply_raises_a_counter_to_its_ledger_and_records_the_fix(
+def test_apply_sets_a_counter_too_low_and_one_too_high_to_its_ledger_and_records_each_fix(
     store: UsageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--apply: a counter below its ledger is raised to it with one adjustment record; one above
-    is named and left (exit 1); a rerun finds only that one."""
+    """--apply: a counter below its ledger is raised to it, one above is lowered to it, each
+    with one adjustment record that counts nothing in the ledger; exit 0, a rerun finds none."""
     drifted(store)
     code, out, _ = admin_run(store, monkeypatch, "--apply")
     again = admin_run(store, monkeypatch)
 
-    assert code == 1
+    assert code == 0
     assert "drift low: counter 0, ledger 300: fixed" in out
-    assert "drift high: counter 15, ledger 0: counter above its ledger, not fixed" in out
-    assert "2 drifted, 1 fixed" in out
-    assert counters(store) == {"high": (15, 0), "low": (300, 300), "ok": (700, 700)}
-    assert "1 drifted" in again[1]
+    assert "drift high: counter 15, ledger 0: fixed" in out
+    assert "2 drifted, 2 fixed" in out
+    assert counters(store) == {"high": (0, 0), "low": (300, 300), "ok": (700, 700)}
+    assert again[0] == 0
+    assert "0 drifted" in again[1]
     everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     page = store.list_ledger(*everything, 100, None)
     fixes = [json.loads(e.reply) for e in page.items if e.status == LedgerStatus.ADJUSTMENT]
-    assert [(fix["counter"], fix["ledger"]) for fix in fixes] == [(0, 300)]
+    assert sorted((fix["counter"], fix["ledger"]) for fix in fixes) == [(0, 300), (15, 0)]
+
+
+def test_apply_lowers_a_counter_that_holds_tokens_in_flight_only_by_its_drift(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter 40 over a ledger that holds 100 for a request in flight goes down by 40 only:
+    the hold stays on it, and settling the request later balances."""
+    store.create_account(replace(new_account("u1", PLANS.default, NOW), current_tokens_used=40))
+    builders.charge(store, "u1", "in-flight", 100, NOW, settled=False)
+
+    code, out, _ = admin_run(store, monkeypatch, "--apply")
+
+    assert code == 0
+    assert "drift u1: counter 140, ledger 100: fixed" in out
+    assert counters_of(store, "u1") == (100, 100)
+
+
+def test_apply_twice_fixes_once(store: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second --apply finds nothing to fix and records nothing more."""
+    drifted(store)
+    admin_run(store, monkeypatch, "--apply")
+    code, out, _ = admin_run(store, monkeypatch, "--apply")
+
+    assert code == 0
+    assert "0 drifted" in out
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    page = store.list_ledger(*everything, 100, None)
+    assert sum(e.status == LedgerStatus.ADJUSTMENT for e in page.items) == 2
+
+
+def counters_of(store: UsageStore, user_id: str) -> tuple[int, int]:
+    account = store.get_account(user_id)
+    assert account is not None
+    return account.current_tokens_used, store.ledger_total(user_id, account.period_start)
 
 
 def test_bad_arguments_fail_in_one_line(store: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,9 @@ from benchmarks import (
     progress_writes,
     stop_latency,
     store_calls,
+    webhooks,
 )
+from benchmarks.__main__ import BENCHMARKS
 from benchmarks.common import Table, ratio
 
 
@@ -63,7 +65,7 @@ def test_store_calls_single_step_is_seven_http_requests_with_atomic_open_and_set
 def test_first_token_waits_for_one_read_and_one_transaction() -> None:
     """Before its model call a turn reads the account and opens the request in one transaction
     (4 HTTP requests on Appwrite); the seed only reads."""
-    measured = first_token.measure(requests=1)
+    measured = first_token.measure(requests=1, event_delay=0.0)
     assert "| before (published counts) " in first_token.render(measured)
     results = {(r.backend, r.flow): r for r in measured}
     for backend in ("SQLite", "Appwrite emulator"):
@@ -116,29 +118,60 @@ def test_stop_cuts_the_stream_and_charges_what_ran() -> None:
         assert browser.charged_output == browser.sent == browser.reply_tokens
 
 
-def test_concurrency_ours_never_overshoots_nor_loses_an_update() -> None:
-    """Under concurrent requests near the limit ours serves nothing past it, loses no charge and
-    keeps its counter equal to its ledger; the seed's figures are reported alongside."""
-    outcomes = concurrency.measure(threads=6, rounds=1, headroom=2_500, seed=3)
-    assert [(o.backend, o.flow.split()[0]) for o in outcomes] == [
-        ("SQLite", "ours"),
-        ("SQLite", "seed"),
-        ("Appwrite emulator", "ours"),
-        ("Appwrite emulator", "seed"),
+def test_concurrency_over_http_ours_never_overshoots_nor_loses_an_update() -> None:
+    """Through the runtime's execution API, on SQLite and the TablesDB emulation over HTTP, ours
+    (synchronous and streamed turns) serves nothing past the limit, loses no charge and keeps its
+    counter equal to its ledger; the seed's read-then-write answers every request; the row with
+    the default per-user caps is there."""
+    outcomes = concurrency.measure((4,), default_caps_size=4)
+    assert "| ours, default caps (3 in flight, 30/min) " in concurrency.render(outcomes)
+    expected = [
+        (backend, 4, flow)
+        for backend in ("SQLite", "Appwrite emulator (HTTP)")
+        for flow in concurrency.FLOWS
     ]
+    expected.append(("SQLite", 4, concurrency.DEFAULT_CAPS_ROW))
+    assert [(o.backend, o.requests, o.flow) for o in outcomes] == expected
     for outcome in outcomes:
-        assert outcome.errors == 0
-        assert outcome.served + outcome.refused == outcome.requests == 6
-        assert outcome.lost_updates >= 0  # a read-then-write can lose charges, never invent them
-    for ours in outcomes[::2]:
-        assert ours.overshoot == 0
-        assert ours.counter_past_limit == 0
+        assert not outcome.errors
+        assert outcome.served + outcome.refused_total == outcome.requests
+        assert outcome.limit - outcome.start == concurrency.HEADROOM_PER_REQUEST * 4
+    for ours in (o for o in outcomes if o.flow != concurrency.SEED):
+        assert ours.overshoot == ours.counter_past_limit == 0
         assert ours.lost_updates == 0
         assert ours.ledger_drift == 0
-        assert ours.served >= 1
-    for seed in outcomes[1::2]:
+        assert set(ours.refused) <= {"token_limit_exceeded", "rate_limited"}
+    for seed in (o for o in outcomes if o.flow == concurrency.SEED):
+        assert seed.served == seed.requests  # it checks only what it read before anyone wrote
         assert seed.ledger_drift is None
-        assert seed.overshoot >= 0
+        assert seed.lost_updates >= 0  # a read-then-write can lose charges, never invent them
+
+
+def test_webhooks_apply_each_event_once_and_refuse_duplicates_at_the_claim() -> None:
+    """Every delivery answers 200; each top-up is credited once however many duplicates came;
+    a duplicate costs one store call (the refused claim), a first delivery more."""
+    results = webhooks.measure(users=6)
+    assert f"| {webhooks.VERIFY_ONLY} " in webhooks.render(results)
+    flows = (
+        webhooks.VERIFY_ONLY,
+        webhooks.OURS_FIRST,
+        webhooks.OURS_DUPLICATE,
+        webhooks.OURS_MIXED,
+    )
+    expected = [(backend, flow) for backend in ("SQLite", "Appwrite emulator") for flow in flows]
+    assert [(r.backend, r.flow) for r in results] == expected
+    for result in results:
+        assert result.answered_200 == result.deliveries
+    by_key = {(r.backend, r.flow): r for r in results}
+    for backend in ("SQLite", "Appwrite emulator"):
+        first = by_key[(backend, webhooks.OURS_FIRST)]
+        duplicate = by_key[(backend, webhooks.OURS_DUPLICATE)]
+        mixed = by_key[(backend, webhooks.OURS_MIXED)]
+        assert first.credited == duplicate.credited == first.expected == 6 * webhooks.TOPUP_TOKENS
+        assert mixed.credited == mixed.expected == 3 * webhooks.TOPUP_TOKENS
+        assert mixed.deliveries == 6
+        assert duplicate.store_calls == duplicate.deliveries
+        assert first.store_calls > first.deliveries
 
 
 @pytest.mark.slow  # two fresh interpreters, each importing a function
@@ -146,36 +179,63 @@ def test_cold_start_reports_packages_and_keeps_anthropic_out_of_the_cron() -> No
     """The cron's entry module loads no Anthropic SDK, while the eager baseline does."""
     (result,) = cold_start.measure(runs=1, function_ids=("monthly-reset-cron",))
     assert result.function_id == "monthly-reset-cron"
+    assert "| monthly-reset-cron " in cold_start.render([result], 1)
     assert not result.imports_anthropic
+    assert result.packages == ()  # its floor imports nothing
     assert {"anthropic", "stripe", "appwrite"} <= set(result.eager_packages)
     assert result.ours_seconds > 0
     assert result.eager_seconds > 0
 
 
 @pytest.mark.slow  # a fresh interpreter per function
-@pytest.mark.parametrize("function_id", ["usage", "stripe-webhook"])
+@pytest.mark.parametrize("function_id", ["usage", "stripe-webhook", "billing"])
 def test_cold_start_sample_of_functions_that_must_not_load_anthropic(function_id: str) -> None:
-    """``usage`` and ``stripe-webhook`` never import ``anthropic`` at cold start."""
-    assert "anthropic" not in cold_start.sample(function_id).packages
+    """``usage``, ``stripe-webhook`` and ``billing`` never import ``anthropic`` at cold start;
+    the floor imports the same third-party modules without the entry module."""
+    ours = cold_start.sample(function_id)
+    assert "anthropic" not in ours.packages
+    assert ours.modules
+    floor = cold_start.sample(function_id, ours.modules, load=False)
+    assert floor.packages == ours.packages
 
 
-def test_cron_cost_paged_queries_find_exactly_the_rows_the_full_scan_finds() -> None:
-    """Both approaches find the same due rows and do the same resets; ours reads only due rows."""
-    size = 600
-    comparisons = cron_cost.measure(subscriptions=size)
-    by_key = {(c.due > 0, c.measure): c for c in comparisons}
-    find = by_key[(True, "find due rows")]
-    assert find.due == size // cron_cost.DUE_EVERY
-    assert find.ours.due == find.baseline.due == find.due
-    assert find.ours.rows_read == find.due
-    assert find.baseline.rows_read == size
-    run = by_key[(True, "whole cron run")]
-    assert run.ours.due == run.baseline.due == find.due
-    assert run.ours.store_calls < run.baseline.store_calls
-    idle = by_key[(False, "find due rows")]
-    assert idle.ours.rows_read == 0
-    assert idle.ours.due == idle.baseline.due == 0
-    assert idle.baseline.rows_read == size
+def test_cron_cost_ours_reads_only_due_rows_and_does_what_the_full_scan_does() -> None:
+    """At every share of due rows both runs do the same work (``measure`` raises otherwise);
+    ours reads only the due rows, the scan reads every row; a run with nothing due reads none."""
+    shares = ((600, 100), (600, 10), (200, 1))
+    comparisons = cron_cost.measure(shares)
+    table = [line for line in cron_cost.render(comparisons).splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(comparisons)  # the header, its rule, a row per run
+    assert [(c.subscriptions, c.due) for c in comparisons] == [
+        (600, 6),
+        (600, 0),
+        (600, 60),
+        (200, 200),
+    ]
+    for c in comparisons:
+        assert c.ours.due == c.baseline.due == c.due
+        assert c.baseline.rows_read >= c.subscriptions
+        # The due rows' query, then the reconciliation of the users the run reset.
+        assert c.ours.rows_read == 2 * c.due
+        assert c.ours.store_calls <= c.baseline.store_calls
+        assert c.ours.peak_bytes > 0
+
+
+def test_every_benchmark_is_registered() -> None:
+    """``make bench`` runs every benchmark module, those of the identity cache and prompt caching
+    included."""
+    assert {
+        "store_calls",
+        "first_token",
+        "progress_writes",
+        "stop_latency",
+        "concurrency",
+        "webhooks",
+        "cold_start",
+        "cron_cost",
+        "identity_cache",
+        "prompt_caching",
+    } == set(BENCHMARKS)
 
 
 def test_tables_render_markdown_and_ratios_divide_as_labelled() -> None:

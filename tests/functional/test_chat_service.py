@@ -151,8 +151,15 @@ class Holds:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
-        self.inner.open_request(entry, limit, turn)
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
         self.holds.append(entry.held_tokens)
 
     def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
@@ -537,11 +544,18 @@ class RacingStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
         if self.rival is not None:
             rival, self.rival = self.rival, None
             rival.handle(entry.user_id, ask(entry.request_id), NOW)
-        self.inner.open_request(entry, limit, turn)
+        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
 
 
 def test_losing_the_race_for_a_request_id_answers_the_winners_reply(store: SQLiteStore) -> None:
@@ -570,11 +584,18 @@ class RoomTakingStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
         if self.taken:
             taken, self.taken = self.taken, 0
             charge(self.inner, entry.user_id, "other", taken, NOW, settled=False)
-        self.inner.open_request(entry, limit, turn)
+        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
 
 
 def test_a_reservation_that_loses_a_race_is_replanned_smaller_instead_of_refused(

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import responses
 from metering.account import Account, new_account
+from metering.adapters.appwrite_store import AppwriteStore
 from metering.ledger import LedgerStatus
+from metering.maintenance import RECONCILIATION
 from metering.plans import load_default_plans
+from metering.ports import UsageStore
 from metering.tokens import TokenUsage
 from metering.turns import Turn, TurnStatus
 
 from localruntime.context import RuntimeContext, RuntimeRequest, RuntimeResult, execute
 from localruntime.sqlite_store import SQLiteStore
+from tests.support.appwrite_emulator import emulated_appwrite
 from tests.support.builders import charge, ledger_entry
 from tests.support.stripe_events import (
     SECRET,
@@ -694,3 +700,200 @@ def test_summary_is_one_log_line_with_every_count(cron: Cron) -> None:
     assert summary["event"] == "cron.summary"
     assert summary["complete"] is True
     assert result.json() == {k: v for k, v in summary.items() if k != "event"}
+
+
+# -- every user with usage, and passes that resume where the last run stopped ----------------
+
+
+class RecordingStore:
+    """The store, noting whose ledger each reconciliation read: the rows a pass covered."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.inner = store
+        self.reconciled: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def ledger_total(self, user_id: str, period_start: datetime) -> int:
+        self.reconciled.append(user_id)
+        return self.inner.ledger_total(user_id, period_start)
+
+
+@dataclass
+class Backend:
+    cron: Cron
+    name: str
+    delete_account: Callable[[str], None]  # the account's row, gone as an operator deletes it
+
+
+@pytest.fixture(params=["sqlite", "appwrite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The cron on the embedded store, or on an AppwriteStore over the TablesDB emulation."""
+    clock = FakeClock(at(2025, 2, 1, 1))
+    if request.param == "sqlite":
+        db_path = str(tmp_path / "metering.sqlite3")
+
+        def delete_sqlite(user_id: str) -> None:
+            with sqlite3.connect(db_path) as connection:
+                connection.execute("DELETE FROM subscriptions WHERE userId = ?", (user_id,))
+            connection.close()
+
+        yield Backend(Cron(db_path, SQLiteStore(db_path), clock), "sqlite", delete_sqlite)
+        return
+    with emulated_appwrite() as emulator:
+        store = AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+
+        def delete_appwrite(user_id: str) -> None:
+            rows = emulator.table("subscriptions").rows
+            del rows[next(key for key, row in rows.items() if row["userId"] == user_id)]
+
+        yield Backend(Cron("", store, clock), "appwrite", delete_appwrite)  # type: ignore[arg-type]
+
+
+def users_with_usage(cron: Cron, count: int) -> list[str]:
+    """``count`` Demo users of the current month, each with usage its ledger accounts for."""
+    user_ids = [f"u{index:02d}" for index in range(count)]
+    for user_id in user_ids:
+        demo(cron, user_id, at(2025, 2, 1), used=5)
+    return user_ids
+
+
+def test_reconciliation_covers_every_user_with_usage_not_only_those_the_run_touched(
+    backend: Backend,
+) -> None:
+    """Six users with usage this period, none reset or reclaimed by the run: all six are
+    reconciled and the one whose counter has no ledger behind it is reported."""
+    cron = backend.cron
+    for index in range(5):
+        demo(cron, f"u{index}", at(2025, 2, 1), used=10 + index)
+    cron.store.create_account(
+        replace(new_account("drifted", PLANS.default, at(2025, 2, 1)), current_tokens_used=15)
+    )
+    demo(cron, "idle", at(2025, 2, 1))
+
+    summary = cron.run().json()
+
+    reconciliation = summary["reconciliation"]
+    assert (reconciliation["users"], reconciliation["drifted"]) == (6, 1)
+    assert reconciliation["drift"] == [
+        {"userId": "drifted", "counter": 15, "ledger": 0, "difference": 15}
+    ]
+    assert (reconciliation["resumed"], reconciliation["finished"]) == (False, True)
+    assert summary["complete"] is True
+
+
+def test_reconciliation_out_of_time_resumes_where_it_stopped_and_covers_each_user_once_a_lap(
+    backend: Backend,
+) -> None:
+    """Runs that each run out of time mid-pass save their place: the next one resumes there,
+    together they reconcile every user exactly once, and the lap's end starts the next over."""
+    cron = backend.cron
+    user_ids = users_with_usage(cron, 10)
+    recording = RecordingStore(cron.store)
+    cron.store = recording  # type: ignore[assignment]
+    cron.clock = TickingClock(cron.clock.now, step=timedelta(seconds=1))
+    env = {"CRON_TIME_BUDGET_SECONDS": "6", "CRON_PAGE_SIZE": "4"}
+
+    runs = [cron.run(**env).json()["reconciliation"]]
+    while not runs[-1]["finished"] and len(runs) < 20:
+        runs.append(cron.run(**env).json()["reconciliation"])
+
+    assert len(runs) > 2
+    assert [run["resumed"] for run in runs] == [False] + [True] * (len(runs) - 1)
+    assert [run["finished"] for run in runs] == [False] * (len(runs) - 1) + [True]
+    assert recording.reconciled == user_ids
+    assert sum(run["users"] for run in runs) == len(user_ids)
+    assert recording.inner.get_cursor(RECONCILIATION) is None
+
+    recording.reconciled.clear()
+    next_lap = cron.run(**env).json()["reconciliation"]
+    assert next_lap["resumed"] is False
+    assert recording.reconciled == user_ids[: len(recording.reconciled)]
+    assert recording.reconciled
+
+
+def test_a_saved_place_at_a_row_deleted_since_does_not_break_the_next_run(
+    backend: Backend,
+) -> None:
+    """The account the saved cursor names is deleted between runs: the next run still ends its
+    lap (on Appwrite, whose cursor is that row's id, by starting the lap over)."""
+    cron = backend.cron
+    user_ids = users_with_usage(cron, 6)
+    recording = RecordingStore(cron.store)
+    cron.store = recording  # type: ignore[assignment]
+    cron.clock = TickingClock(cron.clock.now, step=timedelta(seconds=1))
+    first = cron.run(CRON_TIME_BUDGET_SECONDS="6").json()["reconciliation"]
+    assert first["finished"] is False
+    stopped_after = recording.reconciled[-1]
+    assert recording.inner.get_cursor(RECONCILIATION) is not None
+    backend.delete_account(stopped_after)
+    recording.reconciled.clear()
+
+    second = cron.run(CRON_TIME_BUDGET_SECONDS="600").json()
+
+    reconciliation = second["reconciliation"]
+    assert (reconciliation["finished"], second["complete"]) == (True, True)
+    rest = user_ids[user_ids.index(stopped_after) + 1 :]
+    if backend.name == "appwrite":
+        assert reconciliation["resumed"] is False
+        assert recording.reconciled == [u for u in user_ids if u != stopped_after]
+    else:
+        assert reconciliation["resumed"] is True
+        assert recording.reconciled == rest
+    assert recording.inner.get_cursor(RECONCILIATION) is None
+
+
+@responses.activate
+def test_hundreds_of_past_due_subscriptions_do_not_starve_the_renewable_ones_behind_them(
+    cron: Cron,
+) -> None:
+    """300 due subscriptions Stripe keeps answering `past_due` for, and three renewable ones
+    after them: each run's look-ups start where the last stopped, so within a few runs every
+    row is looked up exactly once, the three are reset, and reconciliation keeps its share of
+    every run."""
+    stuck = [f"p{index:03d}" for index in range(300)]
+    renewable = ["r1", "r2", "r3"]
+    for user_id in stuck + renewable:
+        subscribed(cron, user_id, used=1)
+    lookups: list[str] = []
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        user_id = urlsplit(request.url).path.rsplit("/sub_", 1)[1]
+        lookups.append(user_id)
+        status = "active" if user_id in renewable else "past_due"
+        return 200, {}, json.dumps(stripe_subscription(user_id, NEXT_PERIOD, status=status))
+
+    responses.add_callback(
+        responses.GET, re.compile(rf"{STRIPE_API}/v1/subscriptions/sub_\w+"), callback=answer
+    )
+    cron.clock = TickingClock(SUB_PERIOD[1] + timedelta(hours=7), step=timedelta(seconds=1))
+    env = {**STRIPE, "CRON_TIME_BUDGET_SECONDS": "100"}
+
+    runs = [cron.run(**env).json()]
+    while not runs[-1]["subscriptions"]["finished"] and len(runs) < 10:
+        runs.append(cron.run(**env).json())
+
+    assert 1 < len(runs) < 10
+    assert lookups == stuck + renewable
+    assert sum(run["subscriptions"]["notActive"] for run in runs) == 300
+    assert sum(run["subscriptions"]["reset"] for run in runs) == 3
+    assert all(cron.account(user_id).period_start == NEXT_PERIOD[0] for user_id in renewable)
+    assert all(run["reconciliation"]["users"] > 0 for run in runs)
+    assert [run["subscriptions"]["resumed"] for run in runs] == [False] + [True] * (len(runs) - 1)
+
+
+def test_the_summary_says_whether_each_pass_resumed_and_finished(cron: Cron) -> None:
+    """A run with nothing left over: both passes start at the first row and reach the end;
+    without a Stripe key the look-ups did not run, so they did not finish either."""
+    summary = cron.run().json()
+
+    assert {key: summary["reconciliation"][key] for key in ("resumed", "finished")} == {
+        "resumed": False,
+        "finished": True,
+    }
+    assert {key: summary["subscriptions"][key] for key in ("resumed", "finished")} == {
+        "resumed": False,
+        "finished": False,
+    }
+    assert summary["complete"] is True

@@ -63,6 +63,7 @@ STEP_CHARGES = (440, 550, 660)
 # The store calls of the turn, in order.
 CALLS = (
     "get_account",  # the caller's account
+    "request_starts",  # the minute's requests, for the cap per minute
     "open_request",  # the id claimed, the turn created, the first call held: one change
     "settle",  # step 1 charged, its unused hold given back
     "stop_requested",
@@ -81,6 +82,7 @@ WRITES = frozenset({"open_request", "hold", "settle", "discard_request", "update
 # a change is one transaction (created, staged in one request, committed).
 APPWRITE_CALLS = (
     ("get_account", 1),
+    ("request_starts", 1),
     ("open_request", 3),
     ("settle", 3),
     ("stop_requested", 1),

@@ -68,8 +68,15 @@ class Holds:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
-        self.inner.open_request(entry, limit, turn)
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
         self.holds.append(entry.held_tokens)
 
     def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:

@@ -5,6 +5,10 @@ envelopes). Like the real API, a reply longer than the request's ``max_tokens`` 
 answered with ``stop_reason: max_tokens``. A request with ``"stream": true`` is answered with the
 API's server-sent events for the same reply (or with a scripted ``Streamed`` event list), one
 event per chunk, so a test sees how many events the client pulled and whether it closed.
+
+With a ``PromptCache``, the fake applies the API's prompt caching rules to each request it
+answers with a ``Reply``: the reply's input usage (plain input, cache writes by time to live,
+cache reads) is what the rules make of the request's prompt, its output stays as scripted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
+
+from localruntime.prompt_cache import CacheRuleError, PromptCache, PromptUsage
 
 MODEL = "claude-sonnet-5-5"
 _ids = itertools.count(1)
@@ -247,6 +253,8 @@ class FakeAnthropic:
     headers: list[dict[str, str]] = field(default_factory=list)
     # The bodies of streamed answers, in order.
     streams: list[SSEBody] = field(default_factory=list)
+    # When set, replies report the input usage the caching rules give their request.
+    prompt_cache: PromptCache | None = None
 
     def then(self, *outcomes: Outcome) -> FakeAnthropic:
         self.script.extend(outcomes)
@@ -271,6 +279,12 @@ class FakeAnthropic:
             raise AssertionError("the model was called more often than the test scripted")
         outcome = self.script.popleft() if self.script else self.default
         assert outcome is not None
+        if isinstance(outcome, Reply) and self.prompt_cache is not None:
+            try:
+                prompt = self.prompt_cache.apply(body)
+            except CacheRuleError as exc:
+                return httpx2.Response(400, json=_invalid_request(str(exc)))
+            outcome = Reply(with_prompt_usage(outcome.document, prompt))
         if isinstance(outcome, Reply) and body.get("stream"):
             outcome = Streamed(stream_events(_cut(outcome.document, body["max_tokens"])))
         if isinstance(outcome, Streamed):
@@ -287,6 +301,26 @@ class FakeAnthropic:
             raise outcome.make(request)
         headers = {"request-id": f"req_fake{outcome.status}", **outcome.headers}
         return httpx2.Response(outcome.status, json=outcome.document(), headers=headers)
+
+
+def with_prompt_usage(document: dict[str, Any], prompt: PromptUsage) -> dict[str, Any]:
+    """``document`` with its input usage replaced by ``prompt``'s, its output kept."""
+    usage = usage_document(
+        prompt.input_tokens,
+        document["usage"]["output_tokens"],
+        cache_write_5m=prompt.cache_write_5m,
+        cache_write_1h=prompt.cache_write_1h,
+        cache_read=prompt.cache_read,
+    )
+    return {**document, "usage": usage}
+
+
+def _invalid_request(message: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+        "request_id": "req_fake400",
+    }
 
 
 def _cut(document: dict[str, Any], max_tokens: int) -> dict[str, Any]:

@@ -669,7 +669,9 @@ class AppwriteEmulator:
             if transaction_id and method in ("PATCH", "DELETE"):
                 return 200, self._stage(transaction_id, table, method, params, row_id=row_id)
             if method == "PATCH":
-                return 200, self._update_row(table, row_id, params.get("data") or {})
+                return 200, self._update_row(
+                    table, row_id, params.get("data") or {}, params.get("permissions")
+                )
             if method == "DELETE":
                 self._delete_row(table, row_id)
                 return 204, None
@@ -782,11 +784,18 @@ class AppwriteEmulator:
         self._check_unique(table, row)
         return row
 
-    def _update_row(self, table: Table, row_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    def _update_row(
+        self, table: Table, row_id: str, data: Mapping[str, Any], permissions: Any = None
+    ) -> dict[str, Any]:
+        """Set ``data``; given ``permissions`` replace the row's, else it keeps its own."""
         clean = self._validate(table, data, creating=False)
+        if permissions is not None:
+            _, permissions = _split_permissions({}, permissions)
         with self._lock(table, row_id), self._meta_lock:
             row = self._get_row(table, row_id)
             updated = {**row, **clean}
+            if permissions is not None:
+                updated["$permissions"] = permissions
             self._check_unique(table, updated)
             updated["$updatedAt"] = self._now()
             row.update(updated)

@@ -63,3 +63,14 @@ def test_the_dataclass_defaults_are_the_declared_ones() -> None:
     """Code that builds MaintenanceSettings() directly runs as an unconfigured cron would."""
     assert MaintenanceSettings() == MaintenanceSettings.read(EnvReader({}))
     assert MaintenanceSettings().grace == timedelta(seconds=declared.CRON_GRACE_SECONDS.default)
+
+
+def test_reconciliation_keeps_a_quarter_of_the_budget_unless_told_otherwise() -> None:
+    """The share the Stripe look-ups leave to reconciliation: 25 % by default, 0 to 90."""
+    assert MaintenanceSettings.read(EnvReader({})).reconcile_share_percent == 25
+    told = EnvReader({"CRON_RECONCILE_SHARE_PERCENT": "40"})
+    assert MaintenanceSettings.read(told).reconcile_share_percent == 40
+    too_much = EnvReader({"CRON_RECONCILE_SHARE_PERCENT": "95"})
+    MaintenanceSettings.read(too_much)
+    with pytest.raises(ConfigurationError, match="CRON_RECONCILE_SHARE_PERCENT"):
+        too_much.finish()

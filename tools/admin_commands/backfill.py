@@ -1,5 +1,6 @@
 """Fill what rows that predate their columns read as NULL (counters 0, the plan's allowance, the
-default plan) and copy a former stripe_events table into claims. A second run changes nothing."""
+default plan), give subscriptions rows their user's read permission (as new rows get it), and copy
+a former stripe_events table into claims. A second run changes nothing."""
 
 from __future__ import annotations
 

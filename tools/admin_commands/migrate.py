@@ -21,6 +21,7 @@ from tools.schema_admin import (
     Step,
     backfill_defaults,
     legacy_claim,
+    missing_read_permission,
     missing_steps,
 )
 
@@ -113,19 +114,25 @@ class Migration:
         table = self.schema.table(SUBSCRIPTIONS)
         database_id = table.database_id
         verb = "to fix" if dry_run else "fixed"
+        unreadable = 0
 
         def fix(row: dict[str, Any]) -> bool:
+            nonlocal unreadable
             patch = backfill_defaults(table, row, plans)
-            if patch and not dry_run:
-                self.admin.update_row(database_id, SUBSCRIPTIONS, str(row["$id"]), patch)
-            return bool(patch)
+            permissions = missing_read_permission(row)
+            unreadable += permissions is not None
+            if (patch or permissions is not None) and not dry_run:
+                row_id = str(row["$id"])
+                self.admin.update_row(database_id, SUBSCRIPTIONS, row_id, patch, permissions)
+            return bool(patch) or permissions is not None
 
-        counts = self._scan(
-            database_id,
-            SUBSCRIPTIONS,
-            fix,
-            lambda scanned, fixed: f"{SUBSCRIPTIONS}: {scanned} rows scanned, {fixed} {verb}",
-        )
+        def summary(scanned: int, fixed: int) -> str:
+            line = f"{SUBSCRIPTIONS}: {scanned} rows scanned, {fixed} {verb}"
+            if unreadable:
+                line += f" ({unreadable} without their user's read permission)"
+            return line
+
+        counts = self._scan(database_id, SUBSCRIPTIONS, fix, summary)
         self.copy_legacy_claims(dry_run=dry_run)
         return counts
 

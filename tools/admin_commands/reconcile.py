@@ -1,14 +1,15 @@
 """Check every account's counter against its period's ledger (fixed only with --apply) and, with
 ANTHROPIC_ADMIN_KEY, the month's ledger per model and hour against Anthropic's usage report.
 
-A counter below its ledger is raised to it, recorded as an adjustment row of the ledger (zero
-usage, the drift in its JSON) through the store's own hold and settle, so the ledger's total
-stays; a counter above its ledger is named and left to `reset` or `grant`.
+A counter that differs from its ledger (below it or above it) is set to it, recorded as an
+adjustment row of the ledger (zero usage, the drift in its JSON) created in the same change as the
+counter's, so the ledger's total stays.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -17,13 +18,13 @@ from typing import Any
 
 import requests
 from metering.account import Account
-from metering.errors import UpstreamError
+from metering.errors import AlreadyExists, UpstreamError
 from metering.ledger import LedgerEntry, LedgerStatus
 from metering.ports import AccountQuery, UsageStore
 from metering.timeutil import month_start
 
 from tools.admin_commands.context import Context
-from tools.admin_commands.manual import NO_CAP, record_id
+from tools.admin_commands.manual import record_id
 from tools.admin_commands.report import pages
 
 PAGE = 100
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--apply",
         action="store_true",
-        help="raise each counter below its ledger total to it (default: report only)",
+        help="set each counter that differs from its ledger total to it (default: report only)",
     )
     parser.add_argument(
         "--reason",
@@ -82,13 +83,10 @@ def check_counters(store: UsageStore, context: Context, *, apply: bool, reason: 
         if not apply:
             context.say(f"{line} (run with --apply to fix)")
             continue
-        if counter > ledger:
-            # The store gives a counter back only what an entry holds: no atomic operation
-            # lowers it alone, so this one is left to the operator (a `reset`, or a `grant`).
-            context.say(f"{line}: counter above its ledger, not fixed (use reset or grant)")
+        if not fix(store, context, account, ledger=ledger, reason=reason):
+            context.say(f"{line}: changed while being checked, not fixed (run again)")
             unfixed += 1
             continue
-        fix(store, context, account, ledger=ledger, reason=reason)
         context.say(f"{line}: fixed")
     context.say(
         f"counters: {checked} accounts, {with_usage} with usage this period, {drifted} drifted"
@@ -97,43 +95,39 @@ def check_counters(store: UsageStore, context: Context, *, apply: bool, reason: 
     return unfixed if apply else drifted
 
 
-def fix(store: UsageStore, context: Context, account: Account, *, ledger: int, reason: str) -> None:
-    """Raise the counter to ``ledger``: the record holds the missing tokens (counter and ledger
-    both up), then settles holding nothing (the ledger back down), so only the counter moved."""
+def fix(store: UsageStore, context: Context, account: Account, *, ledger: int, reason: str) -> bool:
+    """Set the counter to ``ledger`` (up or down) with one adjustment record, which counts
+    nothing in the ledger; False, changing nothing, when a request moved the counter or the
+    ledger since they were read (what looked like drift may have been that request)."""
     user_id, period_start, counter = (
         account.user_id,
         account.period_start,
         account.current_tokens_used,
     )
-    delta = ledger - counter
+    again = store.get_account(user_id)
+    if again is None or again.current_tokens_used != counter or again.period_start != period_start:
+        return False
+    if store.ledger_total(user_id, period_start) != ledger:
+        return False
     key = json.dumps([period_start.isoformat(), counter, ledger])
     request_id = record_id("reconcile", user_id, key)
-    if store.get_ledger(request_id) is not None:
-        return
     now = context.clock()
     reply = {"kind": "reconcile", "reason": reason, "counter": counter, "ledger": ledger}
     entry = LedgerEntry(
         request_id=request_id,
         user_id=user_id,
-        status=LedgerStatus.RESERVED,
+        status=LedgerStatus.ADJUSTMENT,
         model="",
         period_start=period_start,
         created_at=now,
         updated_at=now,
-        held_tokens=max(delta, 0),
+        reply=json.dumps(reply, sort_keys=True),
     )
-    store.open_request(entry, NO_CAP)
-    store.settle(
-        user_id,
-        request_id,
-        max(-delta, 0),
-        {
-            "status": LedgerStatus.ADJUSTMENT,
-            "held_tokens": 0,
-            "reply": json.dumps(reply, sort_keys=True),
-            "updated_at": now,
-        },
-    )
+    # A fix applied before (its answer lost) has its record: applying it again would move the
+    # counter twice.
+    with contextlib.suppress(AlreadyExists):
+        store.record_adjustment(entry, ledger - counter)
+    return True
 
 
 # -- the ledger against Anthropic's usage report -----------------------------------------------

@@ -53,6 +53,8 @@ class ChatConfig:
             max_steps=env.read(declared.CHAT_MAX_STEPS),
             call_deadline_seconds=env.read(declared.CHAT_TIMEOUT_SECONDS),
             progress_interval_seconds=env.read(declared.CHAT_PROGRESS_INTERVAL_SECONDS),
+            max_turns_in_flight=env.read(declared.CHAT_MAX_TURNS_IN_FLIGHT),
+            max_requests_per_minute=env.read(declared.CHAT_MAX_REQUESTS_PER_MINUTE),
         )
         limits = BodyLimits(
             max_body_bytes=env.read(declared.CHAT_MAX_BODY_BYTES),

@@ -1,7 +1,8 @@
 """The model provider through the Anthropic SDK: domain requests in, domain replies out.
 
 The only module that imports ``anthropic``; SDK errors become ``UpstreamError`` (the provider
-refused the request) or ``UpstreamUnavailable`` (worth retrying later).
+refused the request) or ``UpstreamUnavailable`` (worth retrying later). Requests mark their stable
+prefix for Anthropic's prompt caching (``_CACHE_CONTROL``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import anthropic
 import httpx2
 from anthropic.types import (
     AssistantMessageParam,
+    CacheControlEphemeralParam,
     ContentBlockParam,
     MessageParam,
+    TextBlockParam,
     ToolChoiceAutoParam,
     ToolChoiceNoneParam,
     ToolChoiceParam,
     ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
     UserMessageParam,
 )
 
@@ -49,12 +54,25 @@ SILENCE_POLL_SECONDS = 0.05
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
+# Prompt caching. A breakpoint caches the prompt up to and including its block (in the order
+# tools, system, messages) once that prefix reaches the model's minimum (1,024 tokens for Sonnet);
+# a later call that starts with the same prefix reads it at a tenth of the input price, and each
+# read keeps it five more minutes. Written tokens cost 1.25x, so only what is sent again is
+# marked: the stable prefix (the system prompt, covering the tools before it; the last tool
+# without one), shared by every conversation, and the newest message, so that the next step of
+# the tool loop and the next turn of the conversation, which resend all of it, read it. Two of
+# the four breakpoints allowed are enough: the lookup walks 20 blocks back from a breakpoint, and
+# a turn of this chat (two text blocks) or a step of its tool loop (three) adds far fewer. The
+# user's charge does not change: the four kinds of tokens are disjoint and all counted.
+_CACHE_CONTROL: CacheControlEphemeralParam = {"type": "ephemeral"}
+
 
 class AnthropicModel:
     """A ``ModelClient`` over one SDK client, built once per cold start and reused."""
 
-    def __init__(self, client: anthropic.Anthropic) -> None:
+    def __init__(self, client: anthropic.Anthropic, *, prompt_caching: bool = True) -> None:
         self._client = client
+        self._caching = prompt_caching
 
     @classmethod
     def connect(
@@ -65,8 +83,10 @@ class AnthropicModel:
         timeout_seconds: float = 12.0,
         max_retries: int = 1,
         http_client: Any = None,
+        prompt_caching: bool = True,
     ) -> AnthropicModel:
-        """``http_client`` (an ``httpx2.Client``) is where tests put a fake transport."""
+        """``http_client`` (an ``httpx2.Client``) is where tests put a fake transport;
+        ``prompt_caching=False`` sends no breakpoint (the benchmark's baseline)."""
         client = anthropic.Anthropic(
             api_key=api_key,
             # Explicit, so that the SDK never reads ANTHROPIC_BASE_URL behind the configuration.
@@ -75,15 +95,15 @@ class AnthropicModel:
             max_retries=max_retries,
             http_client=http_client,
         )
-        return cls(client)
+        return cls(client, prompt_caching=prompt_caching)
 
     def complete(self, request: ModelRequest) -> ModelReply:
         try:
             message = self._client.messages.create(
                 model=request.model,
                 max_tokens=request.max_tokens,
-                messages=_messages(request),
-                **_optional(request),
+                messages=_messages(request, cache=self._caching),
+                **_optional(request, cache=self._caching),
             )
         except anthropic.AnthropicError as exc:
             raise _translate(exc) from exc
@@ -102,11 +122,11 @@ class AnthropicModel:
             manager = self._client.messages.stream(
                 model=request.model,
                 max_tokens=request.max_tokens,
-                messages=_messages(request),
+                messages=_messages(request, cache=self._caching),
                 # Also bounds each read, so that a silent connection cannot outlive the deadline
                 # by more than one read.
                 timeout=deadline_seconds,
-                **_optional(request),
+                **_optional(request, cache=self._caching),
             )
             opened = manager.__enter__()
         except anthropic.AnthropicError as exc:
@@ -234,10 +254,16 @@ def _translate_before_start(exc: Exception) -> UpstreamError | UpstreamUnavailab
     return UpstreamError("the model provider streamed an unusable event")
 
 
-def _messages(request: ModelRequest) -> list[MessageParam]:
+def _messages(request: ModelRequest, *, cache: bool = False) -> list[MessageParam]:
+    """The conversation; with ``cache``, a breakpoint on the newest message's last block that
+    may carry one (the API refuses it on an empty text)."""
     messages: list[MessageParam] = []
-    for message in request.messages:
-        content = [_block_param(block) for block in message.blocks]
+    newest = len(request.messages) - 1
+    for index, message in enumerate(request.messages):
+        marked = _last_markable(message.blocks) if cache and index == newest else None
+        content = [
+            _block_param(block, cached=at == marked) for at, block in enumerate(message.blocks)
+        ]
         if message.role == "user":
             messages.append(UserMessageParam(role="user", content=content))
         else:
@@ -245,24 +271,53 @@ def _messages(request: ModelRequest) -> list[MessageParam]:
     return messages
 
 
-def _block_param(block: Block) -> ContentBlockParam:
+def _last_markable(blocks: tuple[Block, ...]) -> int | None:
+    """The index of the last block that may carry a breakpoint, if any."""
+    for index in range(len(blocks) - 1, -1, -1):
+        block = blocks[index]
+        if not isinstance(block, TextBlock) or block.text:
+            return index
+    return None
+
+
+def _block_param(block: Block, *, cached: bool = False) -> ContentBlockParam:
     if isinstance(block, TextBlock):
-        return {"type": "text", "text": block.text}
+        text: TextBlockParam = {"type": "text", "text": block.text}
+        if cached:
+            text["cache_control"] = _CACHE_CONTROL
+        return text
     if isinstance(block, ToolUseBlock):
-        return {"type": "tool_use", "id": block.id, "name": block.name, "input": dict(block.input)}
-    return {
+        use: ToolUseBlockParam = {
+            "type": "tool_use",
+            "id": block.id,
+            "name": block.name,
+            "input": dict(block.input),
+        }
+        if cached:
+            use["cache_control"] = _CACHE_CONTROL
+        return use
+    result: ToolResultBlockParam = {
         "type": "tool_result",
         "tool_use_id": block.tool_use_id,
         "content": block.content,
         "is_error": block.is_error,
     }
+    if cached:
+        result["cache_control"] = _CACHE_CONTROL
+    return result
 
 
-def _optional(request: ModelRequest) -> dict[str, Any]:
-    """Parameters sent only when they say something (the SDK's ``omit`` otherwise)."""
+def _optional(request: ModelRequest, *, cache: bool = False) -> dict[str, Any]:
+    """Parameters sent only when they say something (the SDK's ``omit`` otherwise); with
+    ``cache``, the breakpoint of the stable prefix on the system prompt, else on the last tool."""
     extra: dict[str, Any] = {}
     if request.system:
-        extra["system"] = request.system
+        marked: TextBlockParam = {
+            "type": "text",
+            "text": request.system,
+            "cache_control": _CACHE_CONTROL,
+        }
+        extra["system"] = [marked] if cache else request.system
     if request.tools:
         tools: list[ToolParam] = [
             {
@@ -272,6 +327,8 @@ def _optional(request: ModelRequest) -> dict[str, Any]:
             }
             for tool in request.tools
         ]
+        if cache and not request.system:
+            tools[-1]["cache_control"] = _CACHE_CONTROL
         choice: ToolChoiceParam = (
             ToolChoiceNoneParam(type="none")
             if request.tool_choice == "none"

@@ -27,6 +27,7 @@ from ..config import StoreSettings
 from ..errors import (
     AlreadyExists,
     Conflict,
+    InFlightLimitReached,
     InvalidRequest,
     LimitReached,
     MeteringError,
@@ -47,6 +48,8 @@ ATTEMPTS = 5
 # The counters the hard cap moves: the user's, and the entry's hold of its call in flight.
 USED = "currentTokensUsed"
 HELD = "heldTokens"
+# The account's count of its requests in flight (``ports.UsageStore``'s second invariant).
+IN_FLIGHT = "requestsInFlight"
 
 # One staged change of a transaction, in the wire format of ``create_operations``.
 Operation = dict[str, Any]
@@ -78,6 +81,8 @@ SIGNALS: Mapping[str, type[MeteringError]] = {
     # server reports as a missing column.
     "column_not_found": ColumnMissing,
     "attribute_not_found": ColumnMissing,
+    # `cursorAfter` names a row that is gone: the walk starts again from the first row.
+    "general_cursor_not_found": NotFound,
 }
 
 
@@ -102,6 +107,12 @@ def connect_tables(endpoint: str, project_id: str, api_key: str) -> TablesDB:
     return TablesDB(client)
 
 
+def account_permissions(user_id: str) -> list[str]:
+    """A subscriptions row is readable by its user alone (row security), so Realtime shows the
+    page its meter; ``backfill`` gives older rows the same."""
+    return [Permission.read(Role.user(user_id))]
+
+
 def document(row: Any) -> dict[str, Any]:
     """The columns of an SDK row model plus the system fields the codec reads."""
     data = dict(row.data) if isinstance(row.data, dict) else {}
@@ -120,6 +131,7 @@ class _Settlement:
     release: int  # what the request gives back
     keeps_hold: bool  # the patch leaves the entry's hold as it is
     account_row: str | None  # the counter's row; None when the user has none
+    counts_out: bool  # the change ends the request: one fewer in flight
     give_back: int = field(init=False)  # what the counter gives back: never below zero
     guarded: bool = field(init=False)  # whether ``_guard`` holds the entry, else ``_check``
 
@@ -149,6 +161,7 @@ class AppwriteStore:
         self._notices = settings.notices_table
         self._turns = codec.TURNS
         self._turn_stops = codec.TURN_STOPS
+        self._cursors = codec.CURSORS
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
@@ -289,10 +302,11 @@ class AppwriteStore:
     def create_account(self, account: Account) -> Account:
         row_id = codec.row_key(account.row_id or account.user_id)
         try:
-            # Readable by its user alone (row security), so Realtime shows the page its meter.
-            permissions = [Permission.read(Role.user(account.user_id))]
             row = self._create(
-                self._subscriptions, row_id, codec.encode_account(account), permissions
+                self._subscriptions,
+                row_id,
+                codec.encode_account(account),
+                account_permissions(account.user_id),
             )
         except AlreadyExists as exc:
             # Lost a race (same row id, or the unique userId index): the winner's row counts.
@@ -353,8 +367,14 @@ class AppwriteStore:
             )
         if query.period_end_before is not None:
             filters.append(Query.less_than("periodEnd", codec.encode_time(query.period_end_before)))
+        if query.with_usage:
+            filters.append(Query.greater_than(USED, 0))
         rows, next_cursor = self._page(self._subscriptions, filters, limit, cursor)
-        return Page(items=[self._account(row) for row in rows], next_cursor=next_cursor)
+        return Page(
+            items=[self._account(row) for row in rows],
+            next_cursor=next_cursor,
+            item_cursors=[str(row["$id"]) for row in rows],
+        )
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -488,17 +508,28 @@ class AppwriteStore:
             return None
 
     def _counter(self, account_row: str) -> int:
+        return self._counters(account_row)[0]
+
+    def _counters(self, account_row: str) -> tuple[int, int]:
+        """The account's tokens used and requests in flight, as stored now."""
         row = self._get(self._subscriptions, account_row)
         if row is None:
             raise NotFound(f"no row {account_row} in {self._subscriptions}")
-        return codec.INT.decode(row.get(USED)) or 0
+        return codec.INT.decode(row.get(USED)) or 0, codec.INT.decode(row.get(IN_FLIGHT)) or 0
 
     def _in_flight(self, ledger_row: str) -> dict[str, Any] | None:
         """The entry's row while it is ``reserved``, else None."""
         row = self._get(self._ledger, ledger_row)
         return row if row is not None and row.get("status") == LedgerStatus.RESERVED.value else None
 
-    def open_request(self, entry: LedgerEntry, limit: int, turn: Turn | None = None) -> None:
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
         if entry.held_tokens < 0:
             raise InvalidRequest("cannot hold a negative amount")
         account_row = self._row_id(entry.user_id)
@@ -516,10 +547,19 @@ class AppwriteStore:
             operations.append(
                 self._operation("upsert", self._turns, codec.row_key(turn.request_id), data)
             )
+        operations += self._add(self._subscriptions, account_row, IN_FLIGHT, 1, max_in_flight)
         operations += self._add(self._subscriptions, account_row, USED, entry.held_tokens, limit)
         for _ in range(ATTEMPTS):
             try:
                 self._commit("opening a request", operations)
+            except LimitReached as exc:
+                # One refusal for either bound: the stored count tells which (checked first,
+                # as on SQLite, so that a user at the cap is told to wait).
+                if max_in_flight is not None and self._counters(account_row)[1] >= max_in_flight:
+                    raise InFlightLimitReached(
+                        f"{entry.user_id!r} has {max_in_flight} requests in flight"
+                    ) from exc
+                raise
             except TransactionConflict as exc:
                 # The commit reports an existing row and a row changed since staging alike.
                 if self._get(self._ledger, ledger_row) is not None:
@@ -559,12 +599,14 @@ class AppwriteStore:
     ) -> None:
         if release < 0:
             raise InvalidRequest("cannot release a negative amount")
+        ends = patch.get("status", LedgerStatus.RESERVED) != LedgerStatus.RESERVED
         change = _Settlement(
             ledger=codec.encode_ledger_patch(patch),
             turn=codec.encode_turn_patch(turn) if turn is not None else None,
             release=release,
             keeps_hold="held_tokens" not in patch,
-            account_row=self._account_row_id(user_id) if release else None,
+            account_row=self._account_row_id(user_id) if release or ends else None,
+            counts_out=ends,
         )
         ledger_row = codec.row_key(request_id)
         for _ in range(ATTEMPTS):
@@ -593,7 +635,8 @@ class AppwriteStore:
             turn=codec.encode_turn_patch(turn) if turn is not None else None,
             release=release,
             keeps_hold=False,
-            account_row=self._account_row_id(user_id) if release else None,
+            account_row=self._account_row_id(user_id),
+            counts_out=True,
         )
         ledger_row = codec.row_key(request_id)
         for _ in range(ATTEMPTS):
@@ -645,7 +688,10 @@ class AppwriteStore:
     def _give_back(self, change: _Settlement) -> list[Operation]:
         if change.account_row is None:
             return []  # nobody's counter holds anything to give back
-        return self._take(self._subscriptions, change.account_row, USED, change.give_back)
+        operations = self._take(self._subscriptions, change.account_row, USED, change.give_back)
+        if change.counts_out:
+            operations += self._take(self._subscriptions, change.account_row, IN_FLIGHT, 1)
+        return operations
 
     def _turn_update(self, request_id: str, change: _Settlement) -> list[Operation]:
         if change.turn is None:
@@ -668,9 +714,12 @@ class AppwriteStore:
                 # A row written before heldTokens keeps its hold in reservedTokens.
                 change.guarded = False
             # Or the counter is below what is given back (a reset lowered it): give back what
-            # is left, never going below zero.
+            # is left, never going below zero; and an entry opened before the count of requests
+            # in flight existed (it reads zero) was never counted in.
             if change.account_row is not None:
-                change.give_back = min(change.give_back, self._counter(change.account_row))
+                used, in_flight = self._counters(change.account_row)
+                change.give_back = min(change.give_back, used)
+                change.counts_out = change.counts_out and in_flight > 0
         # A conflict: a row changed since staging; staged again, it is read afresh.
         return True
 
@@ -729,6 +778,20 @@ class AppwriteStore:
         row = self._get(self._ledger, codec.row_key(request_id))
         return codec.decode_ledger(row, request_id) if row is not None else None
 
+    def request_starts(self, user_id: str, after: datetime, limit: int) -> Sequence[datetime]:
+        if limit < 1:
+            raise StoreError(f"limit must be positive, got {limit}")
+        queries = [
+            Query.equal("userId", user_id),
+            Query.greater_than("startedAt", codec.encode_time(after)),
+            Query.not_equal("status", LedgerStatus.ADJUSTMENT.value),
+            Query.order_desc("startedAt"),
+            Query.limit(min(limit, MAX_PAGE)),
+        ]
+        rows = self._list(self._ledger, queries)
+        starts = (codec.TIME.decode(row.get("startedAt")) for row in rows)
+        return [start for start in starts if start is not None]
+
     def list_stale_reservations(
         self, updated_before: datetime, limit: int, cursor: str | None
     ) -> Page[LedgerEntry]:
@@ -756,6 +819,49 @@ class AppwriteStore:
         ]
         rows = self._all(self._ledger, filters)
         return sum(codec.ledger_counted(codec.decode_ledger(row)) for row in rows)
+
+    def record_adjustment(self, entry: LedgerEntry, tokens: int) -> None:
+        account_row = self._row_id(entry.user_id)
+        ledger_row = codec.row_key(entry.request_id)
+        create = self._operation("create", self._ledger, ledger_row, codec.encode_ledger(entry))
+        lower = -tokens
+        for _ in range(ATTEMPTS):
+            if tokens >= 0:
+                change = self._add(self._subscriptions, account_row, USED, tokens)
+            else:
+                change = self._take(self._subscriptions, account_row, USED, lower)
+            try:
+                self._commit("recording an adjustment", [create, *change])
+            except TransactionConflict as exc:
+                if self._get(self._ledger, ledger_row) is not None:
+                    raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+                continue
+            except LimitReached:
+                # The counter went down meanwhile: take what is left, never below zero.
+                lower = min(lower, self._counter(account_row))
+                continue
+            return
+        raise StoreError(f"the counter of {entry.user_id!r} kept changing during an adjustment")
+
+    # -- resumable walks -------------------------------------------------------------------------
+
+    def get_cursor(self, name: str) -> str | None:
+        row = self._get(self._cursors, codec.row_key(name))
+        return codec.decode_cursor(row) if row is not None else None
+
+    def save_cursor(self, name: str, cursor: str | None) -> None:
+        row_id = codec.row_key(name)
+        if cursor is None:
+            self._delete(self._cursors, row_id)
+            return
+        data = codec.encode_cursor(name, cursor)
+        try:
+            self._update(self._cursors, row_id, data)
+        except NotFound:
+            try:
+                self._create(self._cursors, row_id, data)
+            except AlreadyExists:
+                self._update(self._cursors, row_id, data)  # another run saved it first
 
     # -- turns -----------------------------------------------------------------------------------
 
