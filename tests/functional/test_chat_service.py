@@ -46,6 +46,7 @@ from metering.turns import Turn, TurnStatus
 from localruntime.sqlite_store import SQLiteStore
 from tests.support.builders import charge
 from tests.support.function_harness import NOW
+from tests.support.recording import Holds
 
 MODEL = "claude-sonnet-5-5"
 SETTINGS = ChatSettings(
@@ -139,32 +140,6 @@ def ask(request_id: str | None = None) -> ChatRequest:
 @pytest.fixture
 def store(tmp_path: Path) -> SQLiteStore:
     return SQLiteStore(str(tmp_path / "unit.sqlite3"))
-
-
-@dataclass
-class Holds:
-    """The embedded store, remembering every hold it was asked for (a call's reservation)."""
-
-    inner: SQLiteStore
-    holds: list[int] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def open_request(
-        self,
-        entry: LedgerEntry,
-        limit: int,
-        turn: Turn | None = None,
-        *,
-        max_in_flight: int | None = None,
-    ) -> None:
-        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
-        self.holds.append(entry.held_tokens)
-
-    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
-        self.inner.hold(user_id, request_id, tokens, limit)
-        self.holds.append(tokens)
 
 
 def test_the_first_call_holds_input_bound_plus_max_tokens_then_settles_to_its_usage(

@@ -7,12 +7,10 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from metering.ledger import LedgerEntry
 from metering.turns import Turn
 
 from localruntime.sqlite_store import SQLiteStore
@@ -27,6 +25,7 @@ from tests.support.anthropic_fake import (
     tool_use_reply,
 )
 from tests.support.function_harness import NOW, Harness, running
+from tests.support.recording import Holds
 from tests.support.waiting import wait_until
 
 INPUT_TOKENS = 300
@@ -55,38 +54,6 @@ def count_rule(body: dict[str, Any]) -> int:
         for block in content:
             texts.append(block.get("text") or json.dumps(block.get("input", "")))
     return 10 + sum(tokens_of(text) for text in texts)
-
-
-@dataclass
-class Holds:
-    """A store that remembers the holds it was asked for (a call's reservation)."""
-
-    inner: SQLiteStore
-    holds: list[int] = field(default_factory=list)
-    after_settle: list[Any] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def open_request(
-        self,
-        entry: LedgerEntry,
-        limit: int,
-        turn: Turn | None = None,
-        *,
-        max_in_flight: int | None = None,
-    ) -> None:
-        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
-        self.holds.append(entry.held_tokens)
-
-    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
-        self.inner.hold(user_id, request_id, tokens, limit)
-        self.holds.append(tokens)
-
-    def settle(self, *args: Any, **kwargs: Any) -> None:
-        self.inner.settle(*args, **kwargs)
-        while self.after_settle:
-            self.after_settle.pop(0)()
 
 
 @pytest.fixture

@@ -1,9 +1,15 @@
-"""A store wrapper that names every public call made through it."""
+"""Store wrappers for tests: one names every public call made through it, one remembers the
+holds (a call's reservation) it was asked for."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+from metering.ledger import LedgerEntry
+from metering.ports import UsageStore
+from metering.turns import Turn
 
 
 class Recording:
@@ -29,3 +35,36 @@ class Recording:
     ) -> Any:
         """Make the call ``name`` (already in ``calls``); a subclass may fail it instead."""
         return method(*args, **kwargs)
+
+
+@dataclass
+class Holds:
+    """The store, remembering every hold it was asked for; ``after_settle`` callbacks run (once
+    each) after the next settle, to act between two steps of a turn."""
+
+    inner: UsageStore
+    holds: list[int] = field(default_factory=list)
+    after_settle: list[Callable[[], Any]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def open_request(
+        self,
+        entry: LedgerEntry,
+        limit: int,
+        turn: Turn | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.inner.open_request(entry, limit, turn, max_in_flight=max_in_flight)
+        self.holds.append(entry.held_tokens)
+
+    def hold(self, user_id: str, request_id: str, tokens: int, limit: int) -> None:
+        self.inner.hold(user_id, request_id, tokens, limit)
+        self.holds.append(tokens)
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        self.inner.settle(*args, **kwargs)
+        while self.after_settle:
+            self.after_settle.pop(0)()
