@@ -6,7 +6,7 @@ PORT ?= 8000
 # The functions are the ones appwrite.json declares (their folders).
 FUNCTIONS = $(shell $(PYTHON) -c "import json; print(' '.join(f['path'] for f in json.load(open('appwrite.json'))['functions']))")
 
-.PHONY: dev test test-fast install vendor lint format typecheck unit bench chromium web report-deps deploy clean
+.PHONY: dev test test-fast soak install vendor lint format typecheck unit bench chromium web report-deps deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ test: vendor web report-deps chromium lint typecheck
 # interpreters, virtualenvs) and the browser. `make test`, which CI runs, still runs them all.
 test-fast: vendor report-deps lint typecheck
 	$(BIN)/python -m pytest -m "not slow and not browser"; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+# The long form of the soak (tests/functional/test_soak.py): SOAK_SECONDS of users, faults and
+# the cron on a local runtime; SOAK_SEED picks another sequence.
+SOAK_SECONDS ?= 600
+soak: vendor
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest tests/functional/test_soak.py -s
 
 unit: vendor
 	$(BIN)/python -m pytest tests/unit
