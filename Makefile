@@ -75,8 +75,12 @@ dev: vendor web
 screenshots: vendor web chromium
 	$(BIN)/python -m tools.screenshots
 
+# Every benchmark's tables, printed and written into docs/benchmarks.md (the prose around them
+# stays); BENCH_ARGS: --quick, or the names of some benchmarks.
 bench: vendor
-	$(BIN)/python -m benchmarks
+	@mkdir -p .bench
+	$(BIN)/python -m benchmarks $(BENCH_ARGS) | tee .bench/report.md
+	$(BIN)/python -m benchmarks.doc .bench/report.md
 
 # Vendor, validate appwrite.json, check the project, then the Appwrite CLI pinned in
 # tools/deploy/package.json pushes tables and functions to APPWRITE_ENDPOINT, APPWRITE_PROJECT_ID

@@ -2,7 +2,7 @@
 ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` becomes that benchmark's tables from the
 report, the machine line and total time too; the prose around them stays as written.
 
-    make bench | tee report.md && .venv/bin/python -m benchmarks.doc report.md
+    make bench   (runs `python -m benchmarks | tee .bench/report.md`, then this on it)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 _SECTION = re.compile(
     r"^## (?P<name>\w+): .*?\n\n(?P<body>.*?)\n\n_(?P<seconds>[\d.]+) s_\n", re.S | re.M
 )
-_BLOCK = re.compile(r"(<!-- bench:(?P<name>\w+) -->\n).*?(\n<!-- /bench:(?P=name) -->)", re.S)
+_BLOCK = re.compile(r"(<!-- bench:(?P<name>\w+) -->\n)(?:.*?\n)?(<!-- /bench:(?P=name) -->)", re.S)
 
 
 def sections(report: str) -> dict[str, str]:
@@ -41,7 +41,7 @@ def update(doc: str, report: str) -> tuple[str, list[str]]:
         if name not in bodies:
             missing.append(name)
             return match.group(0)
-        return match.group(1) + bodies[name] + match.group(3)
+        return match.group(1) + bodies[name] + "\n" + match.group(3)
 
     return _BLOCK.sub(replace, doc), missing
 

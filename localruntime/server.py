@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import sys
 import threading
 import time
 from collections.abc import Generator, Mapping
@@ -571,6 +572,14 @@ class _Server(ThreadingHTTPServer):
     # Many executions may be in flight at once, each calling back in; the default backlog is 5.
     request_queue_size = 256
     runtime: Runtime
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that closes or resets its keep-alive connection is not the server's failure:
+        # socketserver would print a traceback for each one.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s left mid-request", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

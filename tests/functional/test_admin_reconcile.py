@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import responses
 from metering.account import new_account
+from metering.adapters.appwrite_store import AppwriteStore
 from metering.ledger import LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
@@ -23,10 +24,13 @@ from metering.tokens import TokenUsage
 
 from localruntime.sqlite_store import SQLiteStore
 from tests.support import builders
+from tests.support.appwrite_emulator import AppwriteEmulator
+from tests.support.appwrite_http_bridge import served
 from tests.support.builders import ledger_entry
 from tools import admin
 from tools.admin_commands.context import Context
 from tools.admin_commands.reconcile import USAGE_REPORT_URL
+from tools.schema import load_schema
 
 NOW = datetime(2026, 3, 20, 9, 30, tzinfo=UTC)
 PLANS = load_default_plans()
@@ -183,19 +187,24 @@ def usage_bucket(start: str, end: str, model: str, **tokens: int) -> dict[str, A
     }
 
 
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> SQLiteStore:
-    """The store of the Anthropic comparison: the emulation answers over HTTP as well, and the
-    faked Anthropic API would take its requests."""
-    return SQLiteStore(str(tmp_path / "metering.sqlite3"))
+@pytest.fixture(params=["sqlite", "appwrite"])
+def comparison_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageStore]:
+    """The store of the Anthropic comparison. The emulation answers over real HTTP here, so that
+    the faked Anthropic API (``responses``) lets its requests pass instead of taking them."""
+    if request.param == "sqlite":
+        yield SQLiteStore(str(tmp_path / "metering.sqlite3"))
+        return
+    with served(lambda endpoint: AppwriteEmulator(load_schema(), endpoint=endpoint)) as emulator:
+        responses.add_passthru(emulator.endpoint)
+        yield AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
 
 
 @responses.activate
 def test_the_ledger_is_compared_with_anthropic_per_model_and_hour(
-    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    comparison_store: UsageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two pages of the report: the matching hour passes, the differing one is named, exit 1."""
-    store = sqlite_store
+    store = comparison_store
     store.create_account(new_account("u1", PLANS.default, NOW))
     for request_id, hour, usage in (
         ("a", 3, TokenUsage(input_tokens=100, cache_creation_input_tokens=20, output_tokens=50)),
@@ -243,12 +252,12 @@ def test_the_ledger_is_compared_with_anthropic_per_model_and_hour(
 
 @responses.activate
 def test_a_refused_usage_report_fails_in_one_line(
-    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    comparison_store: UsageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTP 401 from Anthropic: exit 1 and one stderr line naming it."""
     responses.get(USAGE_REPORT_URL, status=401, json={"error": {"type": "authentication_error"}})
 
-    code, _, err = admin_run(sqlite_store, monkeypatch, ANTHROPIC_ADMIN_KEY="bad")
+    code, _, err = admin_run(comparison_store, monkeypatch, ANTHROPIC_ADMIN_KEY="bad")
 
     assert code == 1
     assert "HTTP 401" in err

@@ -135,12 +135,17 @@ def test_concurrency_over_http_ours_never_overshoots_nor_loses_an_update() -> No
     for outcome in outcomes:
         assert not outcome.errors
         assert outcome.served + outcome.refused_total == outcome.requests
-        assert outcome.limit - outcome.start == concurrency.HEADROOM_PER_REQUEST * 4
+        room = concurrency.HEADROOM_PER_REQUEST * 4
+        if outcome.flow == concurrency.DEFAULT_CAPS_ROW:
+            room = concurrency.CAPS_ROOM
+        assert outcome.limit - outcome.start == room
     for ours in (o for o in outcomes if o.flow != concurrency.SEED):
         assert ours.overshoot == ours.counter_past_limit == 0
         assert ours.lost_updates == 0
         assert ours.ledger_drift == 0
         assert set(ours.refused) <= {"token_limit_exceeded", "rate_limited"}
+    # With room for every request, whatever the caps refuse is theirs, never the limit's.
+    assert outcomes[-1].refused["token_limit_exceeded"] == 0
     for seed in (o for o in outcomes if o.flow == concurrency.SEED):
         assert seed.served == seed.requests  # it checks only what it read before anyone wrote
         assert seed.ledger_drift is None

@@ -13,10 +13,16 @@ import requests
 from tests.support.appwrite_emulator import AppwriteEmulator
 
 
+class _LoopbackServer(ThreadingHTTPServer):
+    # A hundred clients connecting at once (the benchmarks) overflow the default backlog of 5.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 @contextmanager
 def served(make: Callable[[str], AppwriteEmulator]) -> Iterator[AppwriteEmulator]:
     """``make(endpoint)``'s emulator, answering at ``endpoint`` while the block runs."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server = _LoopbackServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     origin = f"http://127.0.0.1:{server.server_address[1]}"
     emulator = make(f"{origin}/v1")
 
