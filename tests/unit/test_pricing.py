@@ -81,7 +81,11 @@ def test_cost_is_rounded_once_to_whole_micro_usd(cache_reads: int, micro_usd: in
             datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), "2025-10-01", id="last-of-old"
         ),
         pytest.param(datetime(2026, 11, 1, tzinfo=UTC), "2026-11-01", id="first-of-new"),
-        pytest.param(datetime(2030, 1, 1, tzinfo=UTC), "2026-11-01", id="long-after"),
+        pytest.param(
+            datetime(2026, 12, 1, 23, 59, 59, tzinfo=UTC), "2026-11-01", id="last-of-november"
+        ),
+        pytest.param(datetime(2026, 12, 2, tzinfo=UTC), "2026-12-02", id="first-of-december"),
+        pytest.param(datetime(2030, 1, 1, tzinfo=UTC), "2026-12-02", id="long-after"),
     ],
 )
 def test_the_newest_started_price_set_is_in_force(at: datetime, version: str) -> None:
@@ -225,3 +229,21 @@ def test_malformed_price_files_raise_pricing_error(text: str) -> None:
     """Every defect in a price file is a PricingError naming it, never a guessed price."""
     with pytest.raises(PricingError):
         parse_prices(text)
+
+
+def test_sonnet_5_5_is_priced_at_its_published_rates_from_december() -> None:
+    """$2 / $10 per MTok, cache writes $2.50 (5 min) and $4 (1 h), reads $0.20, from the
+    2026-12-02 set on; the month before keeps the rates its rows were priced with."""
+    million = 1_000_000
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    rates = {
+        "input_tokens": 2_000_000,
+        "cache_read_input_tokens": 200_000,
+        "output_tokens": 10_000_000,
+        "cache_creation_input_tokens": 2_500_000,
+    }
+    for kind, micro_usd in rates.items():
+        usage = TokenUsage(**{kind: million})
+        assert PRICES.cost("claude-sonnet-5-5", usage, at).micro_usd == micro_usd, kind
+    before = PRICES.cost("claude-sonnet-5-5", TokenUsage(output_tokens=million), at.replace(day=1))
+    assert before.micro_usd == 15_000_000
