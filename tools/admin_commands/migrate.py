@@ -183,6 +183,8 @@ class Migration:
                     return scanned, changed
                 if page.total is not None and bar.total != page.total:
                     bar.total = page.total
+                    # Drawn now, not at tqdm's next interval: a short run would end first.
+                    bar.refresh()
                 for row in page.items:
                     scanned += 1
                     if visit(row):
