@@ -145,6 +145,32 @@ def error(page: Page, stage: Stage) -> None:
     stage.shoot(page, "error")
 
 
+def rate_limited(page: Page, stage: Stage) -> None:
+    """A burst past the cap of messages a minute: the wait, the text kept in the box."""
+    user = stage.backend.sign_up("rosa")
+    log_in(page, stage.runtime.base_url, user)
+    send(page, "What can you do?")
+    wait_for_reply(page, 1)
+    body = {
+        "error": {
+            "code": "rate_limited",
+            "message": "At most 30 messages a minute; try again in 41 s",
+            "retryAfter": 41,
+            "details": [{"reason": "requests_per_minute", "limit": 30}],
+        }
+    }
+
+    def refuse(route: Route) -> None:
+        route.fulfill(
+            status=201, content_type="application/json", body=execution_document(429, body)
+        )
+
+    page.route(CHAT_EXECUTIONS, refuse)
+    send(page, "And one more thing?")
+    expect(page.get_by_test_id("error-banner")).to_be_visible()
+    stage.shoot(page, "rate-limited")
+
+
 def mobile_91(page: Page, stage: Stage) -> None:
     user = stage.backend.sign_up("linus")
     stage.backend.use_tokens(user, 45_500)
@@ -218,6 +244,7 @@ SHOTS: dict[str, Callable[[Page, Stage], None]] = {
     "usage-100": usage_100,
     "too-long": too_long,
     "error": error,
+    "rate-limited": rate_limited,
     "mobile-91": mobile_91,
     "streaming": streaming,
     "markdown": markdown,
