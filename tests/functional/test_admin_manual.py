@@ -4,12 +4,10 @@ line."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from metering.account import new_account
@@ -17,23 +15,16 @@ from metering.ledger import LedgerStatus
 from metering.plans import load_default_plans
 from metering.ports import UsageStore
 
-from localruntime.sqlite_store import SQLiteStore
 from tests.support import builders
-from tools import admin
-from tools.admin_commands.context import Context
+from tests.support.admin import STORES, admin_store, run_admin
 
 NOW = datetime(2026, 3, 20, 9, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "appwrite"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageStore]:
-    if request.param == "sqlite":
-        yield SQLiteStore(str(tmp_path / "metering.sqlite3"))
-        return
-    from tests.support.appwrite_emulator import emulated_appwrite_store
-
-    with emulated_appwrite_store() as appwrite_store:
-        yield appwrite_store
+    with admin_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -48,17 +39,7 @@ def user(store: UsageStore) -> str:
 def admin_run(
     store: UsageStore, monkeypatch: pytest.MonkeyPatch, *args: str
 ) -> tuple[int, str, str]:
-    monkeypatch.setattr(Context, "store", lambda self: store)
-    original = Context.__init__
-
-    def at_now(self: Context, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.clock = lambda: NOW
-
-    monkeypatch.setattr(Context, "__init__", at_now)
-    out, err = io.StringIO(), io.StringIO()
-    code = admin.main(list(args), environ={"DATA_DIR": "unused"}, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+    return run_admin(store, monkeypatch, args, now=NOW)
 
 
 def records(store: UsageStore, user_id: str) -> list[dict[str, object]]:

@@ -4,7 +4,6 @@ against Anthropic's usage report, faked at HTTP."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,11 +23,10 @@ from metering.tokens import TokenUsage
 
 from localruntime.sqlite_store import SQLiteStore
 from tests.support import builders
+from tests.support.admin import STORES, admin_store, run_admin
 from tests.support.appwrite_emulator import AppwriteEmulator
 from tests.support.appwrite_http_bridge import served
 from tests.support.builders import ledger_entry
-from tools import admin
-from tools.admin_commands.context import Context
 from tools.admin_commands.reconcile import USAGE_REPORT_URL
 from tools.schema import load_schema
 
@@ -36,33 +34,16 @@ NOW = datetime(2026, 3, 20, 9, 30, tzinfo=UTC)
 PLANS = load_default_plans()
 
 
-@pytest.fixture(params=["sqlite", "appwrite"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageStore]:
-    if request.param == "sqlite":
-        yield SQLiteStore(str(tmp_path / "metering.sqlite3"))
-        return
-    from tests.support.appwrite_emulator import emulated_appwrite_store
-
-    with emulated_appwrite_store() as appwrite_store:
-        yield appwrite_store
+    with admin_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 def admin_run(
     store: UsageStore, monkeypatch: pytest.MonkeyPatch, *args: str, **environ: str
 ) -> tuple[int, str, str]:
-    monkeypatch.setattr(Context, "store", lambda self: store)
-    original = Context.__init__
-
-    def at_now(self: Context, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.clock = lambda: NOW
-
-    monkeypatch.setattr(Context, "__init__", at_now)
-    out, err = io.StringIO(), io.StringIO()
-    code = admin.main(
-        ["reconcile", *args], environ={"DATA_DIR": "unused", **environ}, out=out, err=err
-    )
-    return code, out.getvalue(), err.getvalue()
+    return run_admin(store, monkeypatch, ["reconcile", *args], now=NOW, environ=environ)
 
 
 def drifted(store: UsageStore) -> None:

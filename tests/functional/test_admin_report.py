@@ -18,6 +18,7 @@ from metering.ports import Payment, PaymentKind, UsageStore
 from metering.tokens import TokenUsage
 
 from localruntime.sqlite_store import SQLiteStore
+from tests.support.admin import STORES, admin_store, run_admin
 from tests.support.builders import ledger_entry
 from tools import admin
 from tools.admin_commands.context import Context
@@ -74,21 +75,13 @@ def seed(store: UsageStore) -> None:
 
 
 def report(store: UsageStore, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(Context, "store", lambda self: store)
-    out, err = io.StringIO(), io.StringIO()
-    code = admin.main(["report", *args], environ={"DATA_DIR": "unused"}, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+    return run_admin(store, monkeypatch, ["report", *args])
 
 
-@pytest.fixture(params=["sqlite", "appwrite"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageStore]:
-    if request.param == "sqlite":
-        yield SQLiteStore(str(tmp_path / "metering.sqlite3"))
-        return
-    from tests.support.appwrite_emulator import emulated_appwrite_store
-
-    with emulated_appwrite_store() as appwrite_store:
-        yield appwrite_store
+    with admin_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 def rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
