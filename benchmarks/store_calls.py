@@ -149,11 +149,15 @@ Runner = Callable[[object, FakeAnthropic, ChatRequest, str], None]
 
 
 def is_transaction(http: Sequence[Any]) -> bool:
-    """Whether ``http`` is exactly one TablesDB transaction: create, one staging call, commit."""
-    return len(http) == len(_TRANSACTION_PATHS) and all(
+    """Whether ``http`` is exactly one TablesDB transaction: create, one staging call, the
+    reads that check what it staged, commit."""
+    if len(http) < len(_TRANSACTION_PATHS):
+        return False
+    create, stage, *reads, commit = http
+    return all(
         call.method == method and pattern.search(call.path)
-        for call, (method, pattern) in zip(http, _TRANSACTION_PATHS, strict=True)
-    )
+        for call, (method, pattern) in zip((create, stage, commit), _TRANSACTION_PATHS, strict=True)
+    ) and all(read.method == "GET" for read in reads)
 
 
 def _measure(
@@ -365,6 +369,8 @@ def _transactions(rows: list[Row]) -> str:
                     broken.add(name)
     text = (
         f"On Appwrite every call of {_names(seen - broken)} was one transaction of 3 HTTP requests"
+        " (create, stage, commit), the settle that ends a request with one read of the account's"
+        " period between staging and commit"
     )
     if broken:
         text += f"; some calls of {_names(broken)} were not"

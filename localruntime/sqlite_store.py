@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from metering import codec
-from metering.account import Account, AccountPatch, ResetPlan
+from metering.account import Account, AccountPatch, ResetPlan, close_period
 from metering.alerts import Notice
 from metering.claims import reset_applies, reset_once
 from metering.errors import (
@@ -437,6 +437,12 @@ class SQLiteStore:
             self._lower_counter(connection, user_id, release)
             if patch.get("status", LedgerStatus.RESERVED) != LedgerStatus.RESERVED:
                 self._count_out(connection, user_id)
+                # It ends in the period its tokens are counted in now, whatever it read first.
+                connection.execute(
+                    "UPDATE usage_events SET periodStart = COALESCE((SELECT periodStart"
+                    " FROM subscriptions WHERE userId = ?), periodStart) WHERE id = ?",
+                    (user_id, row_id),
+                )
             if turn is not None:
                 _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
 
@@ -459,7 +465,7 @@ class SQLiteStore:
 
     @staticmethod
     def _lower_counter(connection: sqlite3.Connection, user_id: str, tokens: int) -> None:
-        # Never below zero: a reset may have taken the hold off with the period's usage.
+        # Never below zero: an operator's correction may have lowered the counter meanwhile.
         connection.execute(
             "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?)"
             " WHERE userId = ?",
@@ -472,13 +478,27 @@ class SQLiteStore:
     def _reset_counters(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         with self._write() as connection:
             row = self._account_row(connection, reset.user_id)
-            if row is None or not reset_applies(self._account(row), reset, previous_period_start):
+            if row is None:
                 return None
+            account = self._account(row)
+            if not reset_applies(account, reset, previous_period_start):
+                return None
+            in_flight = (LedgerStatus.RESERVED.value, reset.user_id)
+            entries = connection.execute(
+                "SELECT * FROM usage_events WHERE status = ? AND userId = ?", in_flight
+            ).fetchall()
+            carried = sum(codec.ledger_counted(codec.decode_ledger(entry)) for entry in entries)
+            closed = close_period(account, carried)
             connection.execute(
-                "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?),"
+                "UPDATE subscriptions SET currentTokensUsed = currentTokensUsed - ?,"
                 " lifetimeTokensUsed = lifetimeTokensUsed + ?,"
-                " topupTokens = MAX(0, topupTokens - ?) WHERE id = ?",
-                (reset.used, reset.used, reset.topup_consumed, row["$id"]),
+                " topupTokens = topupTokens - ? WHERE id = ?",
+                (closed.used, closed.used, closed.topup_consumed, row["$id"]),
+            )
+            # The requests in flight end in the new period, and are counted in it.
+            connection.execute(
+                "UPDATE usage_events SET periodStart = ? WHERE status = ? AND userId = ?",
+                (codec.encode_time(reset.period_start), *in_flight),
             )
             period = codec.encode_account_fields(
                 {

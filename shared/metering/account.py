@@ -130,18 +130,38 @@ def level(used: int, limit: int) -> Level:
 
 @dataclass(frozen=True, slots=True)
 class ResetPlan:
-    """What a period reset does to one account, computed from a snapshot of it.
+    """A move of one account to a new period, decided from a snapshot of it.
 
-    ``used`` is subtracted from the counter (not set to zero) so that reservations taken after the
-    snapshot survive the reset.
+    What the ending period used is not part of the plan: the store works it out from the row
+    inside its atomic change (``close_period``), so that nothing that happens between the
+    snapshot and the change is counted in the wrong period.
     """
 
     user_id: str
-    used: int
-    topup_consumed: int
     period_start: datetime
     period_end: datetime | None
     reset_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodClose:
+    """What a reset takes off the counter: the ending period's usage and the top-up it used."""
+
+    used: int
+    topup_consumed: int
+
+
+def close_period(account: Account, carried: int) -> PeriodClose:
+    """The ending period's share of the counter, as the account stands at the reset.
+
+    ``carried`` is what the user's requests still in flight put on the counter (their charged
+    steps and their holds). A request in flight at a reset belongs to the new period: it ends
+    there, and its entry takes the new period's start, so its tokens stay on the counter.
+    """
+    used = max(0, account.current_tokens_used - carried)
+    allowance = account.max_tokens_per_month + account.addon_tokens
+    topup_consumed = min(account.topup_tokens, max(0, used - allowance))
+    return PeriodClose(used=used, topup_consumed=topup_consumed)
 
 
 def plan_reset(
@@ -150,26 +170,23 @@ def plan_reset(
     """The reset to a new period, or None when it would not move the period forward."""
     if period_start <= account.period_start:
         return None
-    used = account.current_tokens_used
-    allowance = account.max_tokens_per_month + account.addon_tokens
-    topup_consumed = min(account.topup_tokens, max(0, used - allowance))
     return ResetPlan(
         user_id=account.user_id,
-        used=used,
-        topup_consumed=topup_consumed,
         period_start=period_start,
         period_end=period_end,
         reset_at=now,
     )
 
 
-def apply_reset(account: Account, reset: ResetPlan) -> Account:
-    """The account after ``reset``: the reference semantics every store must match."""
+def apply_reset(account: Account, reset: ResetPlan, carried: int = 0) -> Account:
+    """The account after ``reset`` with ``carried`` tokens in flight: the reference semantics
+    every store must match."""
+    closed = close_period(account, carried)
     return replace(
         account,
-        current_tokens_used=max(0, account.current_tokens_used - reset.used),
-        lifetime_tokens_used=account.lifetime_tokens_used + reset.used,
-        topup_tokens=account.topup_tokens - reset.topup_consumed,
+        current_tokens_used=account.current_tokens_used - closed.used,
+        lifetime_tokens_used=account.lifetime_tokens_used + closed.used,
+        topup_tokens=account.topup_tokens - closed.topup_consumed,
         period_start=reset.period_start,
         period_end=reset.period_end,
         last_token_reset_at=reset.reset_at,

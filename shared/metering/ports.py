@@ -136,9 +136,11 @@ class UsageStore(Protocol):
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         """Apply a period reset once, and only forward.
 
-        Subtracts ``reset.used`` from the counter (never below zero), adds it to the lifetime
-        counter, consumes ``reset.topup_consumed`` of top-up balance and sets the period fields,
-        but only if the stored period still starts at ``previous_period_start``. Returns the
+        Closes the old period on the row as it stands in the change itself
+        (``account.close_period``): what the user's requests in flight charged and hold stays on
+        the counter and their entries take the new period's start; the rest moves to the
+        lifetime counter and consumes top-up balance past the allowance. The period fields are
+        set, but only if the stored period still starts at ``previous_period_start``. Returns the
         updated account, or None when the reset was already applied or is no longer forward.
         Every store runs it as ``claims.reset_once``: the reset's claim, then its own atomic,
         conditional change of the counters.
@@ -176,8 +178,9 @@ class UsageStore(Protocol):
         """Give back ``release`` tokens of the counter (never below zero), apply ``patch`` to the
         entry (a settled step sets ``held_tokens`` 0 and the new cumulative ``usage``) and
         ``turn`` to the request's turn; a ``patch`` whose status is not ``reserved`` ends the
-        request, and the same change counts it out of flight. ``Conflict`` when the entry
-        changed meanwhile (the cron reclaimed it): nothing changed."""
+        request, and the same change counts it out of flight and sets the entry's period start
+        to the account's current one (the period its tokens are on the counter of). ``Conflict``
+        when the entry changed meanwhile (the cron reclaimed it): nothing changed."""
 
     def discard_request(
         self, user_id: str, request_id: str, release: int, turn: TurnPatch | None = None

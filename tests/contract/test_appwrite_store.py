@@ -3,6 +3,7 @@ error translation and the wire calls it makes, against the emulated Appwrite."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,6 +24,7 @@ from metering.ports import AccountQuery, ClaimOutcome
 from metering.tokens import TokenUsage
 from metering.turns import Turn, TurnStatus
 
+from tests.support import builders
 from tests.support.appwrite_emulator import AppwriteEmulator, emulated_appwrite
 from tests.support.builders import MARCH, NOW, ledger_entry
 from tests.support.threads import run_together
@@ -34,6 +36,15 @@ LEASE = timedelta(minutes=5)
 @pytest.fixture
 def emulator() -> Iterator[AppwriteEmulator]:
     with emulated_appwrite() as running:
+        yield running
+
+
+@pytest.fixture
+def ticking() -> Iterator[AppwriteEmulator]:
+    """An emulator whose clock moves a millisecond at every reading: changes made one after
+    the other never share the server's time, as they may on a fast machine."""
+    ticks = itertools.count()
+    with emulated_appwrite(clock=lambda: NOW + timedelta(milliseconds=next(ticks))) as running:
         yield running
 
 
@@ -67,8 +78,10 @@ def counter_and_ledger(store: AppwriteStore) -> tuple[int, int]:
 def due_reset(
     store: AppwriteStore, tokens: int, period_end: datetime | None
 ) -> tuple[Account, ResetPlan]:
-    """user-1 on Starter with ``tokens`` held in March, and the reset of that snapshot to April."""
-    holding(store, "req-1", tokens)
+    """user-1 on Starter with ``tokens`` charged in March, and the reset of that snapshot to
+    April."""
+    starter(store, "user-1")
+    builders.charge(store, "user-1", "req-1", tokens, NOW)
     account = store.get_account("user-1")
     assert account is not None
     reset = plan_reset(account, APRIL, period_end, NOW)
@@ -260,6 +273,9 @@ TRANSACTION = [
 ]
 
 
+ACCOUNT_ROW = "/tablesdb/koffers_db/tables/subscriptions/rows/user-1"
+
+
 def requests_of(emulator: AppwriteEmulator) -> list[tuple[str, str]]:
     """The requests made since ``calls`` was cleared, transaction ids replaced by ``{id}``."""
     ids = set(emulator.transactions)
@@ -273,7 +289,9 @@ def test_each_change_of_the_hard_cap_is_one_transaction_of_three_requests(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
     """Opening, holding, settling a step and discarding each create a transaction, stage all
-    their changes in one request and commit: three requests, the user's row id known."""
+    their changes in one request and commit: three requests, the user's row id known. The
+    settle that ends the request also reads the account's row once staged, to stamp the entry
+    with the period it is counted in."""
     starter(store, "user-1")
     turn = new_turn("req-1")
     step: LedgerPatch = {"held_tokens": 0, "usage": TokenUsage(input_tokens=300, steps=1)}
@@ -285,17 +303,19 @@ def test_each_change_of_the_hard_cap_is_one_transaction_of_three_requests(
         lambda: store.open_request(ledger_entry("user-1", "req-2", held_tokens=40), 50_000),
         lambda: store.discard_request("user-1", "req-2", 40),
     ]
-    for change in changes:
+    ending = [*TRANSACTION[:2], ("GET", ACCOUNT_ROW), TRANSACTION[2]]
+    for index, change in enumerate(changes):
         emulator.calls.clear()
         change()
-        assert requests_of(emulator) == TRANSACTION
+        assert requests_of(emulator) == (ending if index == 3 else TRANSACTION)
     assert counter_and_ledger(store) == (300, 300)
 
 
-def test_a_single_step_chat_costs_seven_requests(
+def test_a_single_step_chat_costs_eight_requests(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
-    """The account read, the request opened, its one step settled: 1 + 3 + 3 requests."""
+    """The account read, the request opened, its one step settled (the account's period read
+    once that is staged): 1 + 3 + 4 requests."""
     starter(store, "user-1")
     emulator.calls.clear()
     store.get_account("user-1")
@@ -308,7 +328,7 @@ def test_a_single_step_chat_costs_seven_requests(
         {"status": LedgerStatus.SETTLED, "held_tokens": 0, "usage": usage},
         {"status": TurnStatus.COMPLETED, "usage": usage},
     )
-    assert len(emulator.calls) == 7
+    assert len(emulator.calls) == 8
     assert counter_and_ledger(store) == (350, 350)
 
 
@@ -316,12 +336,13 @@ def test_a_settle_giving_nothing_back_reads_the_entry_once_staged(
     emulator: AppwriteEmulator, store: AppwriteStore
 ) -> None:
     """With no hold to take the guard from, the status is read between staging and commit:
-    one request more."""
+    one request more (after the account's period, read by every settle that ends a request)."""
     holding(store, "req-1", 100)
     emulator.calls.clear()
     store.settle("user-1", "req-1", 0, {"status": LedgerStatus.SETTLED})
     assert requests_of(emulator) == [
         *TRANSACTION[:2],
+        ("GET", ACCOUNT_ROW),
         ("GET", f"/tablesdb/koffers_db/tables/usage_events/rows/{row_key('req-1')}"),
         TRANSACTION[2],
     ]
@@ -367,6 +388,114 @@ def test_connect_refuses_an_empty_endpoint_rather_than_defaulting_to_cloud(
     without_endpoint = replace(emulator.store_settings(), appwrite_endpoint="")
     with pytest.raises(StoreError):
         AppwriteStore.connect(without_endpoint, "key")
+
+
+ENDED: LedgerPatch = {"status": LedgerStatus.SETTLED, "held_tokens": 0}
+
+
+def another_store(emulator: AppwriteEmulator) -> AppwriteStore:
+    """A second instance on the same project: another execution of a function."""
+    return AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+
+
+def reset_to_april(store: AppwriteStore) -> None:
+    march = store.get_account("user-1")
+    assert march is not None
+    reset = plan_reset(march, APRIL, datetime(2026, 5, 1, tzinfo=UTC), NOW)
+    assert reset is not None
+    assert store.apply_reset(reset, MARCH) is not None
+
+
+def totals(store: AppwriteStore) -> tuple[int, int, int, int]:
+    """user-1's counter and lifetime total, then the ledger's totals of April and of March."""
+    account = store.get_account("user-1")
+    assert account is not None
+    april, march = (store.ledger_total("user-1", start) for start in (APRIL, MARCH))
+    return account.current_tokens_used, account.lifetime_tokens_used, april, march
+
+
+def on_first(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, before: Callable[[], object]
+) -> None:
+    """Run ``before`` once, just before the first call of ``owner.name`` (an SDK method)."""
+    original = getattr(owner, name)
+    pending = [before]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if pending and (name != "update_transaction" or kwargs.get("commit")):
+            pending.pop()()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, call)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        pytest.param("create_operations", id="opened-before-the-staging"),
+        pytest.param("update_transaction", id="opened-before-the-commit"),
+    ],
+)
+def test_a_reset_that_a_request_opens_under_reads_again_and_carries_it(
+    ticking: AppwriteEmulator, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Another execution opens a request after the reset listed the requests in flight: the
+    row read once staged shows it (or the commit conflicts on the period's update), so the
+    reset is planned again and carries the new request into April."""
+    emulator, store = ticking, another_store(ticking)
+    account, reset = due_reset(store, 300, datetime(2026, 5, 1, tzinfo=UTC))
+    other = another_store(emulator)
+    opened = ledger_entry("user-1", "req-2", held_tokens=1_000)
+    on_first(monkeypatch, store._db, moment, lambda: other.open_request(opened, 50_000))
+
+    assert store.apply_reset(reset, account.period_start) is not None
+
+    assert totals(store) == (1_000, 300, 1_000, 300)
+
+
+def test_an_ending_settle_whose_account_moved_on_is_staged_again_with_the_new_period(
+    ticking: AppwriteEmulator,
+) -> None:
+    """This execution read March; another reset the account to April before the request even
+    opened. The settle that ends it stages March, reads April once staged, and stages again
+    with April: one transaction rolled back, one committed."""
+    emulator, store = ticking, another_store(ticking)
+    starter(store, "user-1")
+    store.get_account("user-1")
+    reset_to_april(another_store(emulator))
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=500), 50_000)
+    earlier = len(emulator.transactions)
+
+    usage = TokenUsage(input_tokens=320, steps=1)
+    store.settle("user-1", "req-1", 180, {**ENDED, "usage": usage})
+
+    entry = store.get_ledger("req-1")
+    assert entry is not None
+    assert entry.period_start == APRIL
+    account = store.get_account("user-1")
+    assert account is not None
+    assert (account.current_tokens_used, store.ledger_total("user-1", APRIL)) == (320, 320)
+    settling = list(emulator.transactions.values())[earlier:]
+    # A rolled-back transaction reads "failed", as on Appwrite.
+    assert [transaction.status for transaction in settling] == ["failed", "committed"]
+
+
+def test_a_reset_landing_while_a_settle_is_staged_fails_that_commit_and_is_followed(
+    ticking: AppwriteEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reset restamps the entry in flight after the settle staged its update of it: that
+    commit conflicts, and the settle is staged again in April."""
+    emulator, store = ticking, another_store(ticking)
+    starter(store, "user-1")
+    builders.charge(store, "user-1", "req-0", 200, NOW)
+    store.open_request(ledger_entry("user-1", "req-1", held_tokens=500), 50_000)
+    other = another_store(emulator)
+
+    on_first(monkeypatch, store._db, "update_transaction", lambda: reset_to_april(other))
+    usage = TokenUsage(input_tokens=320, steps=1)
+    store.settle("user-1", "req-1", 180, {**ENDED, "usage": usage})
+
+    assert totals(store) == (320, 200, 320, 200)
 
 
 def test_a_reset_refused_for_a_stale_snapshot_does_not_block_the_fresh_one(

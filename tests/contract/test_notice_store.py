@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from metering.account import Level, new_account, plan_reset
+from metering.account import Level, new_account
 from metering.adapters.appwrite_store import AppwriteStore
 from metering.alerts import Notice
 from metering.errors import StoreError
@@ -20,7 +20,7 @@ from metering.plans import load_default_plans
 from metering.ports import UsageStore
 
 from tests.support.appwrite_emulator import AppwriteEmulator
-from tests.support.builders import MARCH, NOW
+from tests.support.builders import MARCH, NOW, reset_now
 from tests.support.threads import run_together
 from tools.schema import load_schema
 
@@ -124,14 +124,9 @@ def test_a_reset_sets_the_marker_back_to_zero(store: UsageStore) -> None:
     """The new period's alerts are armed again; the marker no longer applies to March."""
     make_account(store)
     store.mark_alert_sent("user-1", MARCH, 100)
-    account = store.get_account("user-1")
-    assert account is not None
-    reset = plan_reset(account, APRIL, MAY, NOW)
-    assert reset is not None
 
-    result = store.apply_reset(reset, account.period_start)
+    result = reset_now(store, "user-1", APRIL, MAY)
 
-    assert result is not None
     assert result.alert_threshold_sent == 0
     assert sent(store) == 0
     store.mark_alert_sent("user-1", MARCH, 90)

@@ -503,14 +503,10 @@ def test_settle_leaves_the_hold_alone_when_the_patch_does_not_name_it(store: Usa
 
 
 def test_settle_giving_back_more_than_the_counter_floors_at_zero(store: UsageStore) -> None:
-    """A reset took the hold off the counter with the old period's usage: what the request
-    gives back afterwards takes the counter to zero, never below."""
+    """An operator's correction lowered the counter under a request in flight: what the
+    request gives back afterwards takes the counter to zero, never below."""
     holding(store, 300)
-    snapshot = store.get_account("user-1")
-    assert snapshot is not None
-    reset = plan_reset(snapshot, APRIL, MAY, NOW)
-    assert reset is not None
-    assert store.apply_reset(reset, snapshot.period_start) is not None
+    store.record_adjustment(adjustment("fix-1"), -300)
 
     store.settle("user-1", "req-1", 250, step(TokenUsage(input_tokens=50, steps=1)))
 
@@ -744,17 +740,13 @@ def test_ledger_total_sums_charged_and_held_tokens_of_one_period(store: UsageSto
     charge(store, "user-1", "req-settled", 150)
     store.open_request(ledger_entry("user-1", "req-held", held_tokens=45), UNLIMITED)
     charge(store, "user-2", "req-other-user", 1_000)
-    store.open_request(
-        ledger_entry("user-1", "req-last-period", period_start=datetime(2026, 2, 1, tzinfo=UTC)),
-        UNLIMITED,
-    )
-    store.settle(
-        "user-1",
-        "req-last-period",
-        0,
-        step(TokenUsage(input_tokens=999), status=LedgerStatus.SETTLED),
-    )
+    february = store.get_account("user-1")
+    assert february is not None
+    store.update_account("user-1", {"period_start": datetime(2026, 2, 1, tzinfo=UTC)})
+    charge(store, "user-1", "req-last-period", 999)
+    store.update_account("user-1", {"period_start": MARCH})
 
+    assert entry_of(store, "req-last-period").period_start == datetime(2026, 2, 1, tzinfo=UTC)
     assert store.ledger_total("user-1", MARCH) == 150 + 45
     assert store.ledger_total("user-1", APRIL) == 0
 
@@ -868,16 +860,111 @@ def test_apply_reset_from_a_stale_snapshot_changes_nothing(store: UsageStore) ->
     assert store.get_account("user-1") == applied
 
 
-def test_apply_reset_keeps_reservations_taken_after_the_snapshot(store: UsageStore) -> None:
-    """Tokens reserved between planning and applying a reset stay on the new period's counter."""
+def test_a_request_settled_between_planning_and_applying_a_reset_counts_in_the_old_period(
+    store: UsageStore,
+) -> None:
+    """The store closes the period on the row as it stands when the reset applies, not on the
+    snapshot: a request that ended in March meanwhile is March's usage, and nothing of it stays
+    on April's counter."""
     snapshot, reset = charged_and_due(store)
-    charge(store, "user-1", "req-in-flight", 120)
+    charge(store, "user-1", "req-late", 120)
 
     result = store.apply_reset(reset, snapshot.period_start)
 
     assert result is not None
-    assert result.current_tokens_used == 120
-    assert result.lifetime_tokens_used == 300
+    assert (result.current_tokens_used, result.lifetime_tokens_used) == (0, 420)
+    assert store.ledger_total("user-1", MARCH) == 420
+    assert store.ledger_total("user-1", APRIL) == 0
+
+
+def ended_in_april(store: UsageStore, *, release: int, total: int) -> int:
+    """req-2 ends settled at ``total`` tokens, giving ``release`` back; checked to be counted in
+    April alone, the answer is what March's ledger keeps."""
+    ended = step(TokenUsage(input_tokens=total, steps=1), status=LedgerStatus.SETTLED)
+    store.settle("user-1", "req-2", release, ended)
+    assert in_april(store) == total
+    return store.ledger_total("user-1", MARCH)
+
+
+def reset_to_april(store: UsageStore) -> Account:
+    return builders.reset_now(store, "user-1", APRIL, MAY)
+
+
+def in_april(store: UsageStore) -> int:
+    """user-1's counter, once checked to equal April's ledger with nothing left held."""
+    counter = used(store, "user-1")
+    assert store.ledger_total("user-1", APRIL) == counter
+    account = store.get_account("user-1")
+    assert account is not None
+    assert account.period_start == APRIL
+    return counter
+
+
+def test_a_request_opened_between_planning_and_applying_a_reset_ends_in_the_new_period(
+    store: UsageStore,
+) -> None:
+    """The reset's snapshot is read, then a request opens in March holding 1,000, then the reset
+    applies, then the request settles at 640: its tokens are April's, on the counter and in the
+    ledger; March keeps what had ended in it."""
+    snapshot, reset = charged_and_due(store)
+    store.open_request(ledger_entry("user-1", "req-2", held_tokens=1_000), UNLIMITED)
+
+    result = store.apply_reset(reset, snapshot.period_start)
+
+    assert result is not None
+    assert (result.current_tokens_used, result.lifetime_tokens_used) == (1_000, 300)
+    assert entry_of(store, "req-2").period_start == APRIL
+    assert in_april(store) == 1_000
+    assert ended_in_april(store, release=360, total=640) == 300
+
+
+def test_a_tool_loop_across_a_reset_takes_its_later_holds_in_the_new_period(
+    store: UsageStore,
+) -> None:
+    """A request in flight before the snapshot, its first step settled, is carried over whole;
+    its next hold and its last settle land in April beside it."""
+    make_account(store, "user-1")
+    charge(store, "user-1", "req-1", 200)
+    store.open_request(ledger_entry("user-1", "req-2", held_tokens=400), UNLIMITED)
+    store.settle("user-1", "req-2", 100, step(TokenUsage(input_tokens=300, steps=1)))
+
+    result = reset_to_april(store)
+
+    assert (result.current_tokens_used, result.lifetime_tokens_used) == (300, 200)
+    store.hold("user-1", "req-2", 500, UNLIMITED)
+    assert in_april(store) == 800
+    assert ended_in_april(store, release=150, total=650) == 200
+
+
+def test_a_request_that_read_the_account_before_a_reset_ends_in_the_new_period(
+    store: UsageStore,
+) -> None:
+    """The chat read March, the reset applied, then its request opened with March on its entry:
+    its hold is on April's counter, and the settle that ends it stamps April."""
+    charged_and_due(store)
+    reset_to_april(store)
+
+    store.open_request(ledger_entry("user-1", "req-2", held_tokens=1_000), UNLIMITED)
+    assert entry_of(store, "req-2").period_start == MARCH
+    assert ended_in_april(store, release=360, total=640) == 300
+    assert entry_of(store, "req-2").period_start == APRIL
+
+
+def test_the_reclaim_of_a_request_that_died_across_a_reset_gives_back_in_the_new_period(
+    store: UsageStore,
+) -> None:
+    """A request opened on a stale read and never settled: the cron's reclaim ends it in the
+    period its charged step is counted in."""
+    charged_and_due(store)
+    reset_to_april(store)
+    store.open_request(ledger_entry("user-1", "req-2", held_tokens=700), UNLIMITED)
+    store.settle("user-1", "req-2", 450, step(TokenUsage(input_tokens=250, steps=1)))
+    store.hold("user-1", "req-2", 450, UNLIMITED)
+
+    reclaim(store, "req-2")
+
+    assert entry_of(store, "req-2").status is LedgerStatus.RECLAIMED
+    assert in_april(store) == 250
 
 
 _user_ids = (f"user-prop-{index}" for index in range(10**9))
@@ -917,7 +1004,7 @@ def test_store_reset_matches_the_reference_and_applies_at_most_once(
     reset = plan_reset(snapshot, period[0], period[1], NOW)
     if reset is None:
         # Not forward: even an explicit plan for it changes nothing.
-        backwards = ResetPlan(user_id, snapshot.current_tokens_used, 0, period[0], period[1], NOW)
+        backwards = ResetPlan(user_id, period[0], period[1], NOW)
         assert store.apply_reset(backwards, snapshot.period_start) is None
         assert store.get_account(user_id) == snapshot
         return

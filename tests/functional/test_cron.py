@@ -36,6 +36,7 @@ from tests.support.stripe_events import (
     load_event,
     retarget,
     unload_app,
+    use,
     webhook_context,
 )
 
@@ -663,15 +664,23 @@ def test_a_crashed_turn_keeps_its_settled_steps_and_gives_back_only_its_live_hol
     assert (ended.status, ended.content) == (TurnStatus.FAILED, "Let me look.")
 
 
-def test_a_hold_from_a_period_already_reset_is_marked_but_not_released_twice(cron: Cron) -> None:
+def test_a_dead_hold_carried_across_a_rollover_is_given_back_and_never_counted_as_used(
+    cron: Cron,
+) -> None:
+    """A request that died holding 25 in January: the rollover carries the hold into February
+    (a request in flight belongs to the new period), the reclaim gives it back there, and
+    January's usage, moved to the lifetime total, has none of it."""
     demo(cron, "u1", at(2025, 1, 5))
+    use(cron.store, "u1", "done", 40, at(2025, 1, 20))
     hold(cron.store, "u1", "crashed", 25, at(2025, 1, 31, 23))
 
-    summary = cron.run().json()  # the rollover takes the 25 off with January's usage
+    summary = cron.run().json()
 
-    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 0}
+    assert summary["demoResets"] == 1
+    assert summary["reservations"] == {"reclaimed": 1, "tokensReleased": 25}
     account = cron.account("u1")
-    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 25)
+    assert (account.current_tokens_used, account.lifetime_tokens_used) == (0, 40)
+    assert cron.store.ledger_total("u1", account.period_start) == 0
     assert summary["reconciliation"]["drifted"] == 0
 
 

@@ -94,7 +94,8 @@ APPWRITE_CALLS = (
     ("get_account", 1),
     ("stop_requested", 1),
     ("hold", 3),
-    ("settle", 3),
+    # The settle that ends the request reads the account's period once staged.
+    ("settle", 4),
 )
 
 

@@ -38,13 +38,13 @@ from tests.support.stripe_events import (
     at,
     encode,
     fixture_names,
-    hold,
     invoice_id_for,
     load_app,
     load_event,
     retarget,
     sign,
     unload_app,
+    use,
     webhook_context,
 )
 from tools import stripe_events as stripe_events_tool
@@ -299,7 +299,7 @@ def test_an_upgrade_takes_effect_when_its_prorated_invoice_is_paid_without_reset
 ) -> None:
     """Starter to Pro: nothing on the update alone, Pro once the prorations are paid."""
     subscribe(webhook, shape)
-    hold(webhook.store, USER, "req-1", 700, JAN)
+    use(webhook.store, USER, "req-1", 700, JAN)
     updated, paid = plan_change(shape, JAN + timedelta(days=5), [("pro", 1)], [("starter", 1)])
 
     webhook.deliver(updated)
@@ -349,7 +349,7 @@ def test_upgrade_spend_and_downgrade_before_paying_gains_nothing(webhook: Webhoo
     webhook.deliver(updated)
     upgraded = webhook.account()
     # Spending what Business would allow: the cap is still Starter's.
-    hold(webhook.store, USER, "req-1", upgraded.limit, upgraded_at)
+    use(webhook.store, USER, "req-1", upgraded.limit, upgraded_at)
     with pytest.raises(LimitReached):
         webhook.store.open_request(
             ledger_entry(USER, "req-2", period_start=JAN, held_tokens=1), webhook.account().limit
@@ -391,7 +391,7 @@ def test_paid_renewal_resets_to_the_invoice_line_period(
 ) -> None:
     """A paid renewal resets usage to the line's period, moving it to lifetime."""
     subscribe(webhook, shape)
-    hold(webhook.store, USER, "req-1", 1_200, JAN)
+    use(webhook.store, USER, "req-1", 1_200, JAN)
 
     result = webhook.deliver(invoice_event(kind, shape, (FEB, MAR)))
 
@@ -408,10 +408,10 @@ def test_invoice_paid_and_payment_succeeded_for_one_payment_reset_once(
 ) -> None:
     """The two events of one payment reset once."""
     subscribe(webhook, shape)
-    hold(webhook.store, USER, "req-1", 500, JAN)
+    use(webhook.store, USER, "req-1", 500, JAN)
     paid = invoice_event("paid", shape, (FEB, MAR))
     webhook.deliver(paid)
-    hold(webhook.store, USER, "req-2", 40, FEB)  # used in the new period
+    use(webhook.store, USER, "req-2", 40, FEB)  # used in the new period
 
     succeeded = invoice_event("payment_succeeded", shape, (FEB, MAR))
     assert webhook.deliver(succeeded).status_code == 200
@@ -424,7 +424,7 @@ def test_invoice_paid_and_payment_succeeded_for_one_payment_reset_once(
 def test_invoice_for_a_plan_change_does_not_reset(webhook: Webhook, shape: str) -> None:
     """A plan change's prorated invoice starts no period."""
     subscribe(webhook, shape)
-    hold(webhook.store, USER, "req-1", 300, JAN)
+    use(webhook.store, USER, "req-1", 300, JAN)
 
     webhook.deliver(invoice_event("paid", shape, (FEB, MAR), "subscription_update"))
 
@@ -435,7 +435,7 @@ def test_invoice_for_a_plan_change_does_not_reset(webhook: Webhook, shape: str) 
 def test_payment_failed_marks_past_due_without_reset(webhook: Webhook, shape: str) -> None:
     """A failed renewal marks past due and keeps the period."""
     subscribe(webhook, shape)
-    hold(webhook.store, USER, "req-1", 300, JAN)
+    use(webhook.store, USER, "req-1", 300, JAN)
 
     webhook.deliver(invoice_event("payment_failed", shape, (FEB, MAR)))
 
@@ -494,11 +494,11 @@ def test_cancellation_keeps_a_topup_the_paid_usage_never_needed_through_the_demo
     """A top-up the paid usage never needed survives the cancellation and the Demo rollover."""
     subscribe(webhook)  # Starter: 50,000 a month
     webhook.deliver(topup_event("cs_test_topup_1", 500, JAN + timedelta(days=1)))
-    hold(webhook.store, USER, "req-1", 4_000, JAN)
+    use(webhook.store, USER, "req-1", 4_000, JAN)
 
     webhook.deliver(ended("deleted", "", ENDED))
     canceled = webhook.account()
-    hold(webhook.store, USER, "req-2", 10, ENDED)
+    use(webhook.store, USER, "req-2", 10, ENDED)
     rolled = demo_rollover(webhook, at(2025, 2, 1, 1))
 
     assert (canceled.plan, canceled.period_start, canceled.period_end) == ("demo", ENDED, FEB_1)
@@ -517,7 +517,7 @@ def test_cancellation_consumes_exactly_the_top_up_used_beyond_the_paid_allowance
     """The cancellation consumes only the top-up used beyond Starter's allowance."""
     subscribe(webhook)
     webhook.deliver(topup_event("cs_test_topup_1", 5_000, JAN + timedelta(days=1)))
-    hold(webhook.store, USER, "req-1", 52_000, JAN)
+    use(webhook.store, USER, "req-1", 52_000, JAN)
 
     webhook.deliver(ended("deleted", "", ENDED))
 
@@ -529,13 +529,13 @@ def test_cancellation_consumes_exactly_the_top_up_used_beyond_the_paid_allowance
 def test_two_events_ending_one_subscription_close_its_period_once(webhook: Webhook) -> None:
     """An update to canceled and the deletion close the period once."""
     subscribe(webhook)
-    hold(webhook.store, USER, "req-1", 4_000, JAN)
+    use(webhook.store, USER, "req-1", 4_000, JAN)
     updated = ended("updated", "", ENDED)
     deleted = ended("deleted", "", ENDED)
     deleted["created"] += 60  # sent a minute later, about the same end
 
     webhook.deliver(updated)
-    hold(webhook.store, USER, "req-2", 20, ENDED)
+    use(webhook.store, USER, "req-2", 20, ENDED)
     result = webhook.deliver(deleted)
 
     assert result.status_code == 200
@@ -616,7 +616,7 @@ def test_reset_for_an_older_period_after_a_newer_one_is_a_no_op(webhook: Webhook
     """A renewal of an older period after a newer one changes nothing."""
     subscribe(webhook)
     webhook.deliver(invoice_event("paid", "", (MAR, at(2025, 4, 10))))
-    hold(webhook.store, USER, "req-1", 250, MAR)
+    use(webhook.store, USER, "req-1", 250, MAR)
 
     webhook.deliver(invoice_event("paid", "", (FEB, MAR)))
 
@@ -779,12 +779,12 @@ def test_ten_deliveries_of_one_event_change_state_once(
 ) -> None:
     """Nine more deliveries of an event are duplicates that change nothing."""
     subscribe(webhook)
-    hold(webhook.store, USER, "req-1", 800, JAN)
+    use(webhook.store, USER, "req-1", 800, JAN)
     event = make_event()
     webhook.deliver(event)
     after_one = webhook.account()
     # Usage in between: a second application (a reset) would be visible on the counter.
-    hold(webhook.store, USER, "req-2", 5, JAN)
+    use(webhook.store, USER, "req-2", 5, JAN)
     expected = after_one.current_tokens_used + 5
 
     results = [webhook.deliver(event) for _ in range(9)]
@@ -902,7 +902,7 @@ def test_failed_reset_answers_500_and_the_retry_resets_once(
 ) -> None:
     """A failed reset answers 500 and the retry resets exactly once."""
     subscribe(webhook)
-    hold(webhook.store, USER, "req-1", 900, JAN)
+    use(webhook.store, USER, "req-1", 900, JAN)
     install_store(webhook, FlakyStore(webhook.db_path, operation))
     event = invoice_event("paid", "", (FEB, MAR))
 
@@ -920,13 +920,13 @@ def test_cancellation_failing_after_its_reset_converges_on_the_retry(webhook: We
     """A cancellation failing after its reset converges on the retry without a second reset."""
     subscribe(webhook)
     webhook.deliver(topup_event("cs_test_topup_1", 500, JAN + timedelta(days=1)))
-    hold(webhook.store, USER, "req-1", 4_000, JAN)
+    use(webhook.store, USER, "req-1", 4_000, JAN)
     install_store(webhook, FlakyStore(webhook.db_path, "update_account"))
     event = ended("deleted", "", ENDED)
 
     failed = webhook.deliver(event)
     between = webhook.account()
-    hold(webhook.store, USER, "req-2", 20, ENDED)
+    use(webhook.store, USER, "req-2", 20, ENDED)
     retried = webhook.deliver(event)
 
     assert (failed.status_code, retried.status_code) == (500, 200)
@@ -997,7 +997,7 @@ def test_a_forged_checkout_cannot_relink_the_victim(
     forged = webhook.deliver(forged_checkout(metadata))
     created = webhook.deliver(eves("created", JAN + timedelta(days=2)))
     canceled = webhook.deliver(eves("deleted", JAN + timedelta(days=3)))
-    hold(webhook.store, USER, "req-1", 400, JAN)
+    use(webhook.store, USER, "req-1", 400, JAN)
     renewal = webhook.deliver(invoice_event("paid", "", (FEB, MAR)))
 
     assert forged.status_code == 200
@@ -1101,7 +1101,7 @@ def test_a_refund_never_takes_more_than_is_left_nor_the_plans_tokens(webhook: We
     """A pack mostly consumed by a past period loses only its rest; nothing goes below zero."""
     subscribe(webhook)
     webhook.deliver(topup_event("cs_test_pack", 100_000, JAN))
-    hold(webhook.store, USER, "req-1", 110_000, JAN)  # 60,000 beyond Starter's allowance
+    use(webhook.store, USER, "req-1", 110_000, JAN)  # 60,000 beyond Starter's allowance
     webhook.deliver(invoice_event("paid", "", (FEB, MAR)))
     consumed = webhook.account().topup_tokens
 
@@ -1777,7 +1777,7 @@ def test_a_year_in_order_with_usage_accounts_every_token(webhook: Webhook) -> No
     for index, event in enumerate(events):
         webhook.deliver(event)
         if event["type"] == "invoice.paid" and webhook.account().plan != "demo":
-            hold(webhook.store, USER, f"req-{index}", 1_000, webhook.clock.now)
+            use(webhook.store, USER, f"req-{index}", 1_000, webhook.clock.now)
             used += 1_000
 
     account = webhook.account()
@@ -1837,7 +1837,7 @@ def test_dev_command_scenarios_sign_and_post_events_the_webhook_applies(
     run = partial(dev_command, url)
     assert run("subscribe", "--plan", "starter", "--at", "2025-01-10T09:00:00Z") == 0
     subscribed = webhook.account()
-    hold(webhook.store, USER, "req-1", 100, webhook.clock.now)
+    use(webhook.store, USER, "req-1", 100, webhook.clock.now)
     assert run("renew", "--at", "2025-02-09T09:00:00Z") == 0
     renewed = webhook.account()
     assert run("change-plan", "--plan", "pro", "--at", "2025-02-12T09:00:00Z") == 0
@@ -1881,7 +1881,7 @@ def test_dev_command_renews_a_seeded_account_never_linked(
     url, webhook = dev_endpoint
     webhook.store.create_account(new_account(USER, PLANS.default, webhook.clock.now))
     webhook.store.update_account(USER, {"plan": "pro", "max_tokens_per_month": 200_000})
-    hold(webhook.store, USER, "req-1", 70, webhook.clock.now)
+    use(webhook.store, USER, "req-1", 70, webhook.clock.now)
 
     code = stripe_events_tool.main(
         ["renew", "--plan", "pro", "--user", USER, "--url", url, "--at", "2025-01-05T00:00:00Z"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from metering.account import Account
+from metering.account import Account, plan_reset
 from metering.ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from metering.ports import UsageStore
 from metering.tokens import TokenUsage
@@ -94,3 +94,15 @@ def charge(
             "updated_at": now,
         }
         store.settle(user_id, request_id, 0, patch)
+
+
+def reset_now(store: UsageStore, user_id: str, start: datetime, end: datetime | None) -> Account:
+    """The user's reset to the period ``start``..``end``, planned from the row as it is now,
+    applied (asserted to apply); the account after it."""
+    snapshot = store.get_account(user_id)
+    assert snapshot is not None
+    reset = plan_reset(snapshot, start, end, NOW)
+    assert reset is not None
+    result = store.apply_reset(reset, snapshot.period_start)
+    assert result is not None
+    return result

@@ -92,6 +92,11 @@ class FakeClock:
         self.now += delta
 
 
+def use(store: UsageStore, user_id: str, request_id: str, tokens: int, now: datetime) -> None:
+    """``tokens`` used this period by a chat request of the user's that ended (no cap)."""
+    charge(store, user_id, request_id, tokens, now)
+
+
 def hold(store: UsageStore, user_id: str, request_id: str, tokens: int, now: datetime) -> None:
     """``tokens`` held on the user's counter by a chat request still in flight (no cap: the
     cap is the chat's concern, not these tests')."""

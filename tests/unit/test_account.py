@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +9,9 @@ from hypothesis import given
 from metering.account import (
     Account,
     Level,
+    PeriodClose,
     apply_reset,
+    close_period,
     demo_period_due,
     level,
     new_account,
@@ -173,7 +174,7 @@ def test_reset_moves_usage_to_lifetime_and_consumes_topup_beyond_the_allowance()
     reset = plan_reset(account, APRIL, MAY, NOW)
 
     assert reset is not None
-    assert (reset.used, reset.topup_consumed) == (58_000, 3_000)
+    assert close_period(account, carried=0) == PeriodClose(used=58_000, topup_consumed=3_000)
     after = apply_reset(account, reset)
     assert (after.current_tokens_used, after.lifetime_tokens_used, after.topup_tokens) == (
         0,
@@ -192,15 +193,29 @@ def test_reset_that_is_not_forward_is_not_planned(new_start: datetime) -> None:
     assert plan_reset(starter(current_tokens_used=10), new_start, APRIL, NOW) is None
 
 
-def test_reset_keeps_tokens_reserved_after_its_snapshot() -> None:
-    """The reset subtracts what it saw, so a reservation taken meanwhile stays counted."""
-    snapshot = starter(current_tokens_used=400)
-    reset = plan_reset(snapshot, APRIL, MAY, NOW)
+def test_reset_carries_the_requests_in_flight_into_the_new_period() -> None:
+    """What requests in flight put on the counter stays on it: they end in the new period.
+    The ending period's usage is the rest, and only it can consume the top-up."""
+    account = starter(current_tokens_used=58_000, topup_tokens=8_000, lifetime_tokens_used=10)
+    reset = plan_reset(account, APRIL, MAY, NOW)
     assert reset is not None
 
-    after = apply_reset(replace(snapshot, current_tokens_used=650), reset)
+    after = apply_reset(account, reset, carried=6_500)
 
-    assert after.current_tokens_used == 250
+    assert close_period(account, carried=6_500) == PeriodClose(used=51_500, topup_consumed=1_500)
+    assert (after.current_tokens_used, after.lifetime_tokens_used, after.topup_tokens) == (
+        6_500,
+        51_510,
+        6_500,
+    )
+
+
+def test_a_reset_never_carries_more_than_the_counter_holds() -> None:
+    """A counter below what its requests in flight hold (an operator lowered it) closes the
+    period at zero usage and keeps what it has."""
+    account = starter(current_tokens_used=300)
+
+    assert close_period(account, carried=1_000) == PeriodClose(used=0, topup_consumed=0)
 
 
 @given(accounts(), periods(), instants)

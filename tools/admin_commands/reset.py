@@ -25,9 +25,16 @@ def run(args: argparse.Namespace, context: Context) -> int:
         # The period keeps its end (the subscription's renewal still comes then).
         end = account.period_end if account.period_end and account.period_end > now else None
         reset = plan_reset(account, now, end, now)
-        if reset is None or store.apply_reset(reset, account.period_start) is None:
+        after = store.apply_reset(reset, account.period_start) if reset is not None else None
+        if after is None:
             raise Conflict(f"the period of {args.user!r} moved meanwhile; run it again")
-        return {"used": reset.used, "topupConsumed": reset.topup_consumed}
+        # Only a reset moves tokens to the lifetime counter; what requests in flight hold and
+        # charged stays on the counter, in the new period.
+        return {
+            "used": after.lifetime_tokens_used - account.lifetime_tokens_used,
+            "carried": after.current_tokens_used,
+            "topupConsumed": max(0, account.topup_tokens - after.topup_tokens),
+        }
 
     return apply_once(
         context,

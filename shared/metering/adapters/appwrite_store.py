@@ -20,7 +20,7 @@ from appwrite.role import Role
 from appwrite.services.tables_db import TablesDB
 
 from .. import codec
-from ..account import Account, AccountPatch, ResetPlan
+from ..account import Account, AccountPatch, ResetPlan, close_period
 from ..alerts import Notice
 from ..claims import reset_applies, reset_once
 from ..config import StoreSettings
@@ -37,6 +37,7 @@ from ..errors import (
 from ..ledger import LedgerEntry, LedgerPatch, LedgerStatus
 from ..plans import PlanCatalog, load_default_plans
 from ..ports import AccountQuery, ClaimOutcome, Page, Payment, PaymentPatch
+from ..timeutil import parse_timestamp
 from ..turns import Turn, TurnPatch
 
 T = TypeVar("T")
@@ -50,9 +51,19 @@ USED = "currentTokensUsed"
 HELD = "heldTokens"
 # The account's count of its requests in flight (``ports.UsageStore``'s second invariant).
 IN_FLIGHT = "requestsInFlight"
+# What a reset moves besides the counter.
+LIFETIME = "lifetimeTokensUsed"
+TOPUP = "topupTokens"
+# What tells that an account's row changed: its time, and the counters (changes within the
+# server's millisecond share a time).
+_ROW_VERSION = ("$updatedAt", USED, IN_FLIGHT, TOPUP)
 
 # One staged change of a transaction, in the wire format of ``create_operations``.
 Operation = dict[str, Any]
+
+
+class _PeriodMoved(StoreError):
+    """Once staged, an ending settle found its account in another period than it stamped."""
 
 
 class TransactionConflict(StoreError):
@@ -132,12 +143,17 @@ class _Settlement:
     keeps_hold: bool  # the patch leaves the entry's hold as it is
     account_row: str | None  # the counter's row; None when the user has none
     counts_out: bool  # the change ends the request: one fewer in flight
+    period: str | None = None  # the period an ending change stamps on the entry
     give_back: int = field(init=False)  # what the counter gives back: never below zero
     guarded: bool = field(init=False)  # whether ``_guard`` holds the entry, else ``_check``
 
     def __post_init__(self) -> None:
         self.give_back = self.release
         self.guarded = self.release > 0
+
+
+def _same_time(left: object, right: object) -> bool:
+    return parse_timestamp(left) == parse_timestamp(right)
 
 
 @functools.cache
@@ -165,6 +181,8 @@ class AppwriteStore:
         self._plans = plans or _default_plans()
         # Row ids never change, so a user's row id is looked up once per warm instance.
         self._row_ids: dict[str, str] = {}
+        # The period each user's row was last seen in: what an ending settle stamps first.
+        self._periods: dict[str, str] = {}
         self._row_ids_lock = threading.Lock()
 
     @classmethod
@@ -277,12 +295,13 @@ class AppwriteStore:
         if not rows:
             return None
         if column == "userId":
-            self._remember(value, str(rows[0]["$id"]))
+            self._remember(value, rows[0])
         return rows[0]
 
-    def _remember(self, user_id: str, row_id: str) -> None:
+    def _remember(self, user_id: str, row: Mapping[str, Any]) -> None:
         with self._row_ids_lock:
-            self._row_ids[user_id] = row_id
+            self._row_ids[user_id] = str(row["$id"])
+            self._periods[user_id] = str(row.get("periodStart"))
 
     def _row_id(self, user_id: str) -> str:
         """The row id of the user's subscription; raises ``NotFound`` when there is none."""
@@ -314,7 +333,7 @@ class AppwriteStore:
             if existing is None:
                 raise StoreError(f"row id {row_id} is taken by another user") from exc
             return existing
-        self._remember(account.user_id, row_id)
+        self._remember(account.user_id, row)
         return self._account(row)
 
     def find_account_by_customer(self, stripe_customer_id: str) -> Account | None:
@@ -342,14 +361,14 @@ class AppwriteStore:
             if row is None:
                 raise NotFound(f"no account for user {user_id}")
             return self._account(row)
-        return self._account(self._increment(self._subscriptions, row_id, "topupTokens", tokens))
+        return self._account(self._increment(self._subscriptions, row_id, TOPUP, tokens))
 
     def remove_topup(self, user_id: str, tokens: int) -> Account:
         if tokens < 0:
             raise InvalidRequest("cannot remove a negative amount")
         row_id = self._row_id(user_id)
         if tokens > 0:
-            self._decrement_floored(self._subscriptions, row_id, "topupTokens", tokens)
+            self._decrement_floored(self._subscriptions, row_id, TOPUP, tokens)
         row = self._get(self._subscriptions, row_id)
         if row is None:
             raise NotFound(f"no account for user {user_id}")
@@ -609,14 +628,19 @@ class AppwriteStore:
             counts_out=ends,
         )
         ledger_row = codec.row_key(request_id)
+        if ends and change.account_row is not None:
+            change.period = self._seen_period(user_id, change.account_row)
         for _ in range(ATTEMPTS):
-            operations = self._guard(ledger_row, change)
+            operations = self._stamp(ledger_row, change)
+            operations += self._guard(ledger_row, change)
             operations.append(self._operation("update", self._ledger, ledger_row, change.ledger))
             operations += self._give_back(change)
             operations += self._turn_update(request_id, change)
             try:
-                if self._commit("settling a request", operations, self._check(ledger_row, change)):
+                if self._commit("settling a request", operations, self._wanted(ledger_row, change)):
                     return
+            except _PeriodMoved:
+                continue  # staged again with the account's period
             except (LimitReached, NotFound, TransactionConflict) as exc:
                 row = self._in_flight(ledger_row)
                 if row is not None and self._refused(change, exc, row):
@@ -685,6 +709,43 @@ class AppwriteStore:
             return None
         return lambda: self._in_flight(ledger_row) is not None
 
+    def _stamp(self, ledger_row: str, change: _Settlement) -> list[Operation]:
+        """A change that ends the request first stamps the entry with the period its tokens are
+        counted in. First, so that the commit checks it against changes since the staging: a
+        reset landing meanwhile restamps the entry, and so fails the commit."""
+        if change.period is None:
+            return []
+        return [self._operation("update", self._ledger, ledger_row, {"periodStart": change.period})]
+
+    def _wanted(self, ledger_row: str, change: _Settlement) -> Callable[[], bool] | None:
+        """What a settle asks once staged: ``_check``, and for a change that stamps the entry,
+        that the account is still in that period (a reset that landed before the staging)."""
+        check = self._check(ledger_row, change)
+        stamp, account_row = change.period, change.account_row
+        if stamp is None or account_row is None:
+            return check
+
+        def wanted() -> bool:
+            row = self._get(self._subscriptions, account_row)
+            current = row.get("periodStart") if row is not None else None
+            if current is not None and not _same_time(current, stamp):
+                change.period = str(current)
+                raise _PeriodMoved(f"the account of {ledger_row} moved to the period {current}")
+            return check is None or check()
+
+        return wanted
+
+    def _seen_period(self, user_id: str, account_row: str) -> str:
+        """The period the user's row was last seen in, read when this instance has not."""
+        with self._row_ids_lock:
+            seen = self._periods.get(user_id)
+        if seen is not None:
+            return seen
+        row = self._get(self._subscriptions, account_row)
+        if row is None:
+            raise NotFound(f"no row {account_row} in {self._subscriptions}")
+        return str(row.get("periodStart"))
+
     def _give_back(self, change: _Settlement) -> list[Operation]:
         if change.account_row is None:
             return []  # nobody's counter holds anything to give back
@@ -727,40 +788,47 @@ class AppwriteStore:
         return reset_once(self, reset, lambda: self._reset_counters(reset, previous_period_start))
 
     def _reset_counters(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
+        """Read the row and the user's requests in flight, stage the change they call for, and
+        commit it only if the row is still as read once staged: a change of the row after the
+        staging fails the commit (the period's update conflicts), one before it shows here."""
+        row_id = self._account_row_id(reset.user_id)
         for _ in range(ATTEMPTS):
-            account = self.get_account(reset.user_id)
-            if account is None or not reset_applies(account, reset, previous_period_start):
+            row = self._get(self._subscriptions, row_id) if row_id is not None else None
+            if row is None:
                 return None
+            account = self._account(row)
+            if not reset_applies(account, reset, previous_period_start):
+                return None
+            in_flight = list(self._all(self._ledger, self._in_flight_of(reset.user_id)))
+            operations = self._reset_operations(reset, account, in_flight)
             try:
-                self._transaction("committing a reset", self._reset_steps(reset, account))
-            except (LimitReached, TransactionConflict):
-                continue  # the counter moved under the snapshot: read it again
-            return self.get_account(reset.user_id)
+                unchanged = functools.partial(self._as_read, row)
+                if self._commit("committing a reset", operations, unchanged):
+                    return self.get_account(reset.user_id)
+            except (LimitReached, NotFound, TransactionConflict):
+                pass  # a request changed its entry or the counter under the staging
         raise StoreError("the counter kept changing during a reset")
 
-    def _reset_steps(self, reset: ResetPlan, account: Account) -> list[Callable[..., object]]:
-        """One reset's changes of the row, to commit together: all happen or none."""
-        db, database, table, row_id = self._db, self._database, self._subscriptions, account.row_id
-        # A concurrent release may have lowered the counter below the snapshot: never below 0.
-        used = min(reset.used, account.current_tokens_used)
-        topup = min(reset.topup_consumed, account.topup_tokens)
-        change = functools.partial
-        steps: list[Callable[..., object]] = []
-        if used > 0:
-            steps.append(self._decrement(table, row_id, "currentTokensUsed", used))
-        if reset.used > 0:
-            steps.append(
-                change(
-                    db.increment_row_column,
-                    database,
-                    table,
-                    row_id,
-                    "lifetimeTokensUsed",
-                    value=reset.used,
-                )
-            )
-        if topup > 0:
-            steps.append(self._decrement(table, row_id, "topupTokens", topup))
+    @staticmethod
+    def _in_flight_of(user_id: str) -> list[str]:
+        return [
+            Query.equal("userId", user_id),
+            Query.equal("status", LedgerStatus.RESERVED.value),
+        ]
+
+    def _as_read(self, row: Mapping[str, Any]) -> bool:
+        """The account's row has not changed since ``row`` was read."""
+        now = self._get(self._subscriptions, str(row["$id"]))
+        return now is not None and all(now.get(key) == row.get(key) for key in _ROW_VERSION)
+
+    def _reset_operations(
+        self, reset: ResetPlan, account: Account, in_flight: Sequence[Mapping[str, Any]]
+    ) -> list[Operation]:
+        """One reset's changes, to commit together: the counters, the period, and the new
+        period's start on every entry in flight (they end, and are counted, in it)."""
+        table, row_id = self._subscriptions, account.row_id
+        carried = sum(codec.ledger_counted(codec.decode_ledger(entry)) for entry in in_flight)
+        closed = close_period(account, carried)
         period = codec.encode_account_fields(
             {
                 "period_start": reset.period_start,
@@ -769,8 +837,16 @@ class AppwriteStore:
                 "alert_threshold_sent": 0,
             }
         )
-        steps.append(change(db.update_row, database, table, row_id, period))
-        return steps
+        started = {"periodStart": codec.encode_time(reset.period_start)}
+        # The update first: a commit checks an update against changes made since the staging
+        # only while the commit itself has not yet changed that row.
+        return [
+            self._operation("update", table, row_id, period),
+            *self._take(table, row_id, USED, closed.used),
+            *self._add(table, row_id, LIFETIME, closed.used),
+            *self._take(table, row_id, TOPUP, closed.topup_consumed),
+            *(self._operation("update", self._ledger, str(e["$id"]), started) for e in in_flight),
+        ]
 
     # -- the ledger ------------------------------------------------------------------------------
 
