@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import string
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -40,6 +41,10 @@ SESSION_SECONDS = 24 * 3600
 API_VERSION: str = stripe.api_version
 PORTAL_CONFIGURATION = "bpc_local"
 WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+# A delivery not answered with a 2xx is tried again at once, this many times in all, waiting a
+# little longer before each: a webhook down for longer leaves the event pending.
+DELIVERY_ATTEMPTS = 3
+DELIVERY_RETRY_SECONDS = 0.05
 # Idempotency keys remembered: Stripe keeps them 24 h; a local run needs only the recent ones.
 IDEMPOTENCY_CAPACITY = 1000
 GRANTING = ("active", "trialing", "past_due")
@@ -1478,6 +1483,24 @@ class LocalStripe:
         product = self._objects.get(price["product"], "product") or {}
         return str(product.get("name", price["product"]))
 
+    def _deliver_with_retries(
+        self, event: Json, payload: bytes, signature: str
+    ) -> tuple[int, bytes]:
+        """Stripe retries a delivery that was not answered with a 2xx (for up to three days);
+        the local one retries at once, a few times, so that the next event still comes after."""
+        status, body = 0, b""
+        for attempt in range(DELIVERY_ATTEMPTS):
+            if attempt:
+                time.sleep(DELIVERY_RETRY_SECONDS * attempt)
+            try:
+                status, body = self._deliver_one(payload, signature)
+            except Exception:
+                log.exception("local stripe: delivering %s %s failed", event["type"], event["id"])
+                status, body = 0, b""
+            if 200 <= status < 300:
+                break
+        return status, body
+
     def _deliver(self, events: list[Json]) -> None:
         """POST each event, signed, to the webhook, one after the other; a delivery that fails
         leaves the event pending (``pending_webhooks``), as Stripe shows it."""
@@ -1486,11 +1509,7 @@ class LocalStripe:
             signature: str = stripe.WebhookSignature.generate_signature_header(
                 payload.decode("utf-8"), self._secret, self._now()
             )
-            try:
-                status, body = self._deliver_one(payload, signature)
-            except Exception:
-                log.exception("local stripe: delivering %s %s failed", event["type"], event["id"])
-                status, body = 0, b""
+            status, body = self._deliver_with_retries(event, payload, signature)
             if 200 <= status < 300:
                 with self._lock:
                     self._objects.put({**event, "pending_webhooks": 0})

@@ -416,6 +416,36 @@ def test_a_second_press_of_pay_changes_nothing(runtime: Runtime) -> None:
     assert "Payment complete" in requests.get(session.url, timeout=30).text
 
 
+def test_a_delivery_the_webhook_refused_is_retried_and_then_delivered(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Stripe retries a delivery answered with a non-2xx, the local Stripe tries again: a
+    webhook that fails each event's first delivery still takes all of them, in order."""
+    assert runtime.stripe is not None
+    deliver = runtime.stripe._deliver_one  # the one seam between the local Stripe and the webhook
+    attempts: list[str] = []
+
+    def fails_first(payload: bytes, signature: str) -> tuple[int, bytes]:
+        event_id = json.loads(payload)["id"]
+        attempts.append(event_id)
+        if attempts.count(event_id) == 1:
+            return 500, b'{"error":{"code":"internal"}}'
+        return deliver(payload, signature)
+
+    monkeypatch.setattr(runtime.stripe, "_deliver_one", fails_first)
+    _, user_id = user(runtime)
+    session = checkout_session(runtime, user_id, plan="starter")
+
+    assert press(session.url + "/pay").status_code == 303
+
+    customer = local_stripe(runtime).v1.checkout.sessions.retrieve(session.id).customer
+    events = delivered(runtime, session.id, customer)
+    assert len(events) == 4
+    assert attempts == [event_id for event_id in dict.fromkeys(attempts) for _ in range(2)]
+    pending = local_stripe(runtime).v1.events.list(params={"delivery_success": False, "limit": 100})
+    assert not [e for e in pending.data if e.data.object.get("customer") == customer]
+
+
 def test_an_existing_customer_is_reused(runtime: Runtime) -> None:
     """A session for a linked customer bills that customer; no other one is created."""
     _, user_id, first = subscribed(runtime)
