@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import requests
+from metering.adapters.appwrite_store import AppwriteStore
 from metering.ports import UsageStore
 from metering.turns import TurnStatus
 from wsproto import ConnectionType, WSConnection
@@ -45,9 +46,12 @@ from localruntime.functions import ExecutionRecord
 from localruntime.loader import bootstrap_of
 from localruntime.server import CRON_FUNCTION, Runtime
 from localruntime.settings import LOCAL_STRIPE_KEY, RuntimeSettings
+from tests.support.appwrite_emulator import AppwriteEmulator
+from tests.support.appwrite_http_bridge import served
 from tests.support.faults import Faults, FaultyModel, FaultyStore
 from tests.support.runtime import PROJECT, AppwriteHttp
 from tests.support.waiting import wait_until
+from tools.schema import load_schema
 
 FINAL = {status.value for status in TurnStatus if status.final}
 DATABASE = "koffers_db"
@@ -129,9 +133,18 @@ class Rig:
 
 
 @contextmanager
-def soak_runtime(data_dir: Path, plan: SoakPlan) -> Iterator[Rig]:
+def emulated_store() -> Iterator[UsageStore]:
+    """An ``AppwriteStore`` on the TablesDB emulation served over loopback HTTP, so that every
+    function's store call is a real request, made concurrently, as on Appwrite."""
+    with served(lambda endpoint: AppwriteEmulator(load_schema(), endpoint=endpoint)) as emulator:
+        yield AppwriteStore.connect(emulator.store_settings(), emulator.api_key)
+
+
+@contextmanager
+def soak_runtime(data_dir: Path, plan: SoakPlan, store: UsageStore | None = None) -> Iterator[Rig]:
     """A started runtime on loopback with the faulty model, every function warm and wired to
-    the faulty store, the cron to its own clock; faults stay off until the soak turns them on."""
+    the faulty store (over ``store``, by default the runtime's SQLite), the cron to its own
+    clock; faults stay off until the soak turns them on."""
     faults = Faults(plan.seed, store_rate=plan.store_fault_rate, model_rate=plan.model_fault_rate)
     environ = {
         "HOST": "127.0.0.1",
@@ -146,11 +159,11 @@ def soak_runtime(data_dir: Path, plan: SoakPlan) -> Iterator[Rig]:
         "CHAT_MAX_TURNS_IN_FLIGHT": "3",
     }
     model = FaultyModel(faults, plan.tokens_per_second)
-    runtime = Runtime(RuntimeSettings.read(environ), environ=environ, model=model)
+    runtime = Runtime(RuntimeSettings.read(environ), environ=environ, store=store, model=model)
     runtime.start()
     try:
-        store = cast("UsageStore", runtime.store)
-        rig = Rig(runtime, faults, CronClock(), FaultyStore(store, faults), store)
+        published = cast("UsageStore", runtime.store)
+        rig = Rig(runtime, faults, CronClock(), FaultyStore(published, faults), published)
         for spec in runtime.specs.values():
             # Loaded once as the runtime wires it, then configured again for the next cold start
             # (no cold reset follows before the runtime stops).
