@@ -434,7 +434,7 @@ class SQLiteStore:
             )
             if changed == 0:
                 raise Conflict(f"ledger entry {request_id!r} is not in flight")
-            self._lower_counter(connection, user_id, release)
+            self._move_counter(connection, user_id, -release)
             if patch.get("status", LedgerStatus.RESERVED) != LedgerStatus.RESERVED:
                 self._count_out(connection, user_id)
                 # It ends in the period its tokens are counted in now, whatever it read first.
@@ -458,19 +458,21 @@ class SQLiteStore:
                 (row_id, LedgerStatus.RESERVED.value),
             )
             if deleted.rowcount:
-                self._lower_counter(connection, user_id, release)
+                self._move_counter(connection, user_id, -release)
                 self._count_out(connection, user_id)
             if turn is not None:
                 _update(connection, codec.TURNS, codec.encode_turn_patch(turn), "id = ?", (row_id,))
 
     @staticmethod
-    def _lower_counter(connection: sqlite3.Connection, user_id: str, tokens: int) -> None:
-        # Never below zero: an operator's correction may have lowered the counter meanwhile.
-        connection.execute(
-            "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed - ?)"
+    def _move_counter(connection: sqlite3.Connection, user_id: str, tokens: int) -> bool:
+        """Add ``tokens`` (less than zero: take) to the counter, never below zero, as an
+        operator's correction may have lowered it meanwhile; False when there is no account."""
+        moved = connection.execute(
+            "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed + ?)"
             " WHERE userId = ?",
             (tokens, user_id),
         )
+        return moved.rowcount > 0
 
     def apply_reset(self, reset: ResetPlan, previous_period_start: datetime) -> Account | None:
         return reset_once(self, reset, lambda: self._reset_counters(reset, previous_period_start))
@@ -577,12 +579,7 @@ class SQLiteStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
-            moved = connection.execute(
-                "UPDATE subscriptions SET currentTokensUsed = MAX(0, currentTokensUsed + ?)"
-                " WHERE userId = ?",
-                (tokens, entry.user_id),
-            )
-            if moved.rowcount == 0:
+            if not self._move_counter(connection, entry.user_id, tokens):
                 raise NotFound(f"no account for user {entry.user_id!r}")
 
     # -- resumable walks -----------------------------------------------------------------------

@@ -415,29 +415,23 @@ class AppwriteStore:
             self._require(table, row_id)
             raise
 
-    def _decrement(
-        self, table: str, row_id: str, column: str, amount: int
-    ) -> Callable[..., object]:
-        """The call that subtracts ``amount`` (alone or as a transaction's step); the server
-        refuses it (LimitReached) rather than take the counter below zero."""
-        return functools.partial(
-            self._db.decrement_row_column,
-            self._database,
-            table,
-            row_id,
-            column,
-            value=amount,
-            min=0,
-        )
-
     def _decrement_floored(self, table: str, row_id: str, column: str, tokens: int) -> None:
-        """Subtract ``tokens`` but never go below zero, even when the counter went down
-        concurrently (a reset): then subtract what is left."""
+        """Subtract ``tokens`` but never go below zero, even when the column went down
+        concurrently (a refund's top-up removal racing another): then subtract what is left."""
         amount = tokens
         for _ in range(ATTEMPTS * 2):
             if amount <= 0:
                 return
-            decrement = self._decrement(table, row_id, column, amount)
+            # The server refuses (LimitReached) rather than take the column below zero.
+            decrement = functools.partial(
+                self._db.decrement_row_column,
+                self._database,
+                table,
+                row_id,
+                column,
+                value=amount,
+                min=0,
+            )
             try:
                 call(f"decrementing {table}.{column}", decrement)
             except ColumnMissing:
