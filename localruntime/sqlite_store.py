@@ -146,6 +146,16 @@ def _insert(
     connection.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))
 
 
+def _claim_entry(connection: sqlite3.Connection, entry: LedgerEntry) -> None:
+    """Insert the entry: its id is its claim, so an existing one raises ``AlreadyExists``."""
+    try:
+        _insert(
+            connection, codec.LEDGER, codec.row_key(entry.request_id), codec.encode_ledger(entry)
+        )
+    except sqlite3.IntegrityError as exc:
+        raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+
+
 def _update(
     connection: sqlite3.Connection,
     table: str,
@@ -345,15 +355,7 @@ class SQLiteStore:
         if tokens < 0:
             raise InvalidRequest("cannot hold a negative amount")
         with self._write() as connection:
-            try:
-                _insert(
-                    connection,
-                    codec.LEDGER,
-                    codec.row_key(entry.request_id),
-                    codec.encode_ledger(entry),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+            _claim_entry(connection, entry)
             self._count_in(connection, entry.user_id, max_in_flight)
             self._raise_counter(connection, entry.user_id, tokens, limit)
             if turn is not None:
@@ -570,15 +572,7 @@ class SQLiteStore:
 
     def record_adjustment(self, entry: LedgerEntry, tokens: int) -> None:
         with self._write() as connection:
-            try:
-                _insert(
-                    connection,
-                    codec.LEDGER,
-                    codec.row_key(entry.request_id),
-                    codec.encode_ledger(entry),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise AlreadyExists(f"ledger entry {entry.request_id!r} exists") from exc
+            _claim_entry(connection, entry)
             if not self._move_counter(connection, entry.user_id, tokens):
                 raise NotFound(f"no account for user {entry.user_id!r}")
 
